@@ -1,0 +1,1 @@
+"""Switchyard: one frozen base model, many small adapters, trained and served over HTTP."""

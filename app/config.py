@@ -1,0 +1,111 @@
+"""One Settings object, built once at start-up and passed to every part that needs it.
+
+Nothing below `app/` reads the environment: limits and paths arrive through this object, so
+tests build a Settings with the values they need and the service validates them once.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Scope = Literal["predict", "train", "manage", "admin"]
+SCOPES: tuple[Scope, ...] = ("predict", "train", "manage", "admin")
+
+
+class Settings(BaseSettings):
+    """Every knob of the service, prefixed `SWITCHYARD_` in the environment or a `.env` file."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SWITCHYARD_", env_file=".env", extra="ignore", validate_default=True
+    )
+
+    # --- the base model
+    base_model: str = Field("minilm", description="minilm, smollm2, or a local HF folder")
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    cache_dir: Path = Field(Path.home() / ".cache" / "switchyard", description="dequantized bases")
+
+    # --- where things live
+    store: Path = Path("./adapters")
+    database_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+
+    # --- auth: key (or "sha256:<hex>") -> scopes, optionally {"scopes": [...], "adapters": [...]}
+    api_keys: dict[str, list[Scope] | dict[str, list[str]]] = Field(default_factory=dict)
+
+    # --- adapter limits
+    max_rank: int = Field(64, ge=1, le=1024)
+    max_upload_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    max_dataset_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    max_multipart_parts: int = Field(16, ge=1)
+
+    # --- inference limits
+    max_inputs_per_request: int = Field(256, ge=1)
+    max_input_tokens: int = Field(512, ge=8)
+    truncate_inputs: bool = Field(True, description="truncate long inputs (else 4xx)")
+    request_timeout_s: float = Field(60.0, gt=0)
+    max_new_tokens: int = Field(256, ge=1)
+    max_prompt_tokens: int = Field(1024, ge=8)
+
+    # --- runtime: slots, tiers and the batcher
+    max_slots: int = Field(128, ge=1, description="adapters resident on the device at once")
+    device_bytes: int = Field(512 * 1024 * 1024, ge=0, description="budget for resident adapters")
+    cpu_bytes: int = Field(1024 * 1024 * 1024, ge=0, description="budget for the CPU tier")
+    max_batch_size: int = Field(64, ge=1)
+    max_wait_ms: float = Field(2.0, ge=0)
+    queue_size: int = Field(1024, ge=1, description="rows waiting for the batcher")
+
+    # --- training
+    max_concurrent_jobs: int = Field(1, ge=1)
+    max_training_rows: int = Field(200_000, ge=1)
+    trainer_threads: int = Field(0, ge=0, description="torch threads for training; 0 = auto")
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _parse_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return json.loads(value) if value.strip() else {}
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        if value in {"auto", "cpu", "cuda", "mps"} or value.startswith("cuda:"):
+            return value
+        raise ValueError(f"device {value!r} is not one of auto, cpu, cuda, cuda:N, mps")
+
+    @model_validator(mode="after")
+    def _check_exposure(self) -> Settings:
+        # An unauthenticated management API on a public interface is how TorchServe got owned.
+        if not self.api_keys and not _is_loopback(self.host):
+            raise ValueError(
+                f"host {self.host!r} is not loopback and no SWITCHYARD_API_KEYS are configured; "
+                "set keys or bind 127.0.0.1"
+            )
+        if self.max_upload_bytes > self.max_body_bytes * 64:
+            raise ValueError(
+                f"max_upload_bytes {self.max_upload_bytes} > 64 * max_body_bytes; raise the body limit"
+            )
+        return self
+
+    @property
+    def resolved_database_url(self) -> str:
+        """SQLite inside the store unless a URL is given."""
+        return self.database_url or f"sqlite:///{(self.store / 'switchyard.db').resolve()}"
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,159 @@
+"""The registry: what adapters exist, their metadata, and the one door into the store.
+
+Uploads and trained adapters both come in through `register`, which parses and checks the
+files against the base before the store sees a byte; the runtime reads them back through
+`load_weights`, which runs the same checks so a file corrupted on disk fails only its own
+requests.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from app.base import BaseModel as Base
+from app.config import Settings
+from app.errors import SwitchyardError, bad_request
+from app.registry.store import (
+    CONFIG_FILE,
+    META_FILE,
+    WEIGHTS_FILE,
+    AdapterStore,
+    check_name,
+    now_iso,
+)
+from app.registry.validate import parse_json_object, parse_safetensors, too_large
+from app.registry.weights import AdapterWeights, build_weights
+
+
+class Registry:
+    """Named, versioned adapters for one base, backed by an `AdapterStore`."""
+
+    def __init__(self, store: AdapterStore, base: Base, settings: Settings) -> None:
+        self.store = store
+        self.base = base
+        self.settings = settings
+
+    # ---------------------------------------------------------------- writing
+    def register(
+        self,
+        name: str,
+        *,
+        config_bytes: bytes,
+        weights_bytes: bytes,
+        task: str,
+        labels: list[str],
+        meta: dict[str, Any] | None = None,
+    ) -> int:
+        """Check an adapter against the base, then store it as the next version."""
+        check_name(name)
+        size = len(config_bytes) + len(weights_bytes)
+        if size > self.settings.max_upload_bytes:
+            raise too_large("adapter", size, self.settings.max_upload_bytes, "file")
+        meta = dict(meta or {})
+        fingerprint = meta.get("base_fingerprint")
+        if fingerprint is not None and fingerprint != self.base.fingerprint:
+            raise SwitchyardError(
+                409,
+                "base_mismatch",
+                f"adapter was made for base {str(fingerprint)[:23]}..., this service runs "
+                f"{self.base.fingerprint[:23]}...",
+                param="base_fingerprint",
+            )
+        config = parse_json_object(config_bytes, what=CONFIG_FILE, param=CONFIG_FILE)
+        tensors = parse_safetensors(weights_bytes)
+        weights = build_weights(
+            config, tensors, self.base, task=task, labels=labels, max_rank=self.settings.max_rank
+        )
+        meta.update(
+            task=task,
+            labels=labels,
+            method=weights.method,
+            rank=weights.rank,
+            base_model=self.base.name,
+            base_fingerprint=self.base.fingerprint,
+            created_at=now_iso(),
+        )
+        meta.setdefault("lineage", {"source": "upload"})
+        meta.setdefault("metrics", {})
+        files = {CONFIG_FILE: _with_base_path(config, self.base), WEIGHTS_FILE: weights_bytes}
+        return self.store.write_version(name, files, meta)
+
+    # ---------------------------------------------------------------- reading
+    def load_weights(self, name: str, version: int) -> AdapterWeights:
+        """Read and re-check a stored version for the runtime."""
+        meta = self.store.read_meta(name, version)
+        try:
+            config = parse_json_object(
+                self.store.read_file(name, version, CONFIG_FILE), what=CONFIG_FILE, param=CONFIG_FILE
+            )
+            tensors = parse_safetensors(self.store.read_file(name, version, WEIGHTS_FILE))
+            return build_weights(
+                config, tensors, self.base, task=meta["task"], labels=list(meta.get("labels", [])),
+                max_rank=max(self.settings.max_rank, int(meta.get("rank", 0))),
+            )
+        except SwitchyardError as exc:
+            if exc.status >= 500:
+                raise
+            raise SwitchyardError(
+                503, "adapter_corrupted",
+                f"stored adapter {name!r} v{version} no longer loads: {exc.message}",
+                param="name",
+            ) from exc
+        except KeyError as exc:
+            raise SwitchyardError(
+                503, "adapter_corrupted", f"metadata of {name!r} v{version} lacks {exc}"
+            ) from exc
+
+    def summary(self, name: str) -> dict[str, Any]:
+        """One line of the adapter list: the latest version's metadata."""
+        version = self.store.resolve(name)
+        meta = self.store.read_meta(name, version)
+        return {
+            "name": name,
+            "latest_version": version,
+            "method": meta.get("method"),
+            "task": meta.get("task"),
+            "labels": meta.get("labels", []),
+            "size_bytes": self.store.size_bytes(name, version),
+            "created_at": meta.get("created_at"),
+            "pinned": self.store.is_pinned(name),
+        }
+
+    def details(self, name: str) -> dict[str, Any]:
+        """All versions with their metadata."""
+        versions = []
+        for version in self.store.versions(name):
+            meta = self.store.read_meta(name, version)
+            meta["size_bytes"] = self.store.size_bytes(name, version)
+            versions.append(meta)
+        if not versions:
+            self.store.resolve(name)  # raises the 404
+        return {**self.summary(name), "versions": versions}
+
+    def meta(self, name: str, version: int | None = None) -> dict[str, Any]:
+        """switchyard.json of a version (latest when None), with its number."""
+        resolved = self.store.resolve(name, version)
+        return {**self.store.read_meta(name, resolved), "version": resolved}
+
+
+def _with_base_path(config: dict[str, Any], base: Base) -> bytes:
+    # PEFT records where the base came from; point it at this service's base so that a download
+    # names the model it belongs to rather than whatever path the uploader had.
+    config = {**config, "base_model_name_or_path": str(base.path)}
+    return (json.dumps(config, indent=2, sort_keys=True) + "\n").encode()
+
+
+def parse_labels(raw: str | None) -> list[str]:
+    """The `labels` form field: a JSON list of strings in head order."""
+    if raw is None or raw == "":
+        return []
+    try:
+        labels = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise bad_request("invalid_labels", f"labels is not JSON: {exc}", param="labels") from exc
+    if not isinstance(labels, list) or not all(isinstance(x, str) and x for x in labels):
+        raise bad_request("invalid_labels", "labels must be a JSON list of strings", param="labels")
+    if len(set(labels)) != len(labels):
+        raise bad_request("invalid_labels", "labels repeat a name", param="labels")
+    return labels

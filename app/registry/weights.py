@@ -1,0 +1,268 @@
+"""Turn checked adapter files into `AdapterWeights`: what the runtime copies into a slot.
+
+The same function runs on upload (so a bad adapter is refused before it is stored) and when
+the runtime loads a stored version (so a file corrupted on disk fails only its own requests).
+Every tensor name must map to a module of this base, with the shape that module needs.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from app.base import BaseModel as Base
+from app.errors import bad_request
+from app.tasks import TASKS, head_rows
+
+Method = Literal["lora", "prefix", "prompt", "ia3", "linear_probe"]
+PEFT_TYPES: dict[str, Method] = {
+    "LORA": "lora",
+    "PREFIX_TUNING": "prefix",
+    "PROMPT_TUNING": "prompt",
+    "IA3": "ia3",
+    "LINEAR_PROBE": "linear_probe",
+}
+HEAD_MODULES = ("classifier", "score")
+_CONFIG = "adapter_config.json"
+_WEIGHTS = "adapter_model.safetensors"
+
+
+class _Strict(BaseModel):
+    # PEFT adds fields every release, so unknown keys pass; the ones we act on are strict.
+    model_config = ConfigDict(extra="allow", strict=True)
+
+
+class LoraConfigSpec(_Strict):
+    peft_type: Literal["LORA"]
+    r: int = Field(ge=1)
+    lora_alpha: float | int = Field(gt=0)
+    use_rslora: bool = False
+    use_dora: Literal[False] = False
+    fan_in_fan_out: Literal[False] = False
+    bias: Literal["none"] = "none"
+    rank_pattern: dict[str, int] = Field(default_factory=dict)
+    alpha_pattern: dict[str, float | int] = Field(default_factory=dict)
+    layer_replication: None = None
+
+
+class ProbeConfigSpec(_Strict):
+    peft_type: Literal["LINEAR_PROBE"]
+    layers: list[int] = Field(min_length=1, max_length=64)
+    pooling: Literal["mean", "cls", "max"] = "mean"
+
+
+@dataclass
+class AdapterWeights:
+    """A parsed adapter, ready to copy into a runtime slot."""
+
+    method: Method
+    task: str
+    labels: list[str]
+    # module path inside the backbone -> (A [r, in], B [out, r] with the LoRA scale folded in)
+    lora: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    head: dict[str, torch.Tensor] = field(default_factory=dict)
+    probe_layers: list[int] = field(default_factory=list)
+    pooling: str = "mean"
+    rank: int = 0
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def nbytes(self) -> int:
+        tensors = [t for pair in self.lora.values() for t in pair] + list(self.head.values())
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def build_weights(
+    config: dict[str, Any],
+    tensors: dict[str, torch.Tensor],
+    base: Base,
+    *,
+    task: str,
+    labels: list[str],
+    max_rank: int,
+) -> AdapterWeights:
+    """Check config and tensors against the base and the task; raise a 400 naming the problem."""
+    if task not in TASKS:
+        raise bad_request("invalid_task", f"task {task!r} is not one of {sorted(TASKS)}", param="task")
+    peft_type = config.get("peft_type")
+    method = PEFT_TYPES.get(str(peft_type))
+    if method is None:
+        raise bad_request(
+            "unsupported_method",
+            f"peft_type {peft_type!r} is not one of {sorted(PEFT_TYPES)}",
+            param=_CONFIG,
+        )
+    tensors = {_normalise_key(k): v for k, v in tensors.items()}
+    head_keys = {k for k in tensors if k.split(".")[0] in HEAD_MODULES}
+    body = {k: v for k, v in tensors.items() if k not in head_keys}
+    weights = AdapterWeights(method=method, task=task, labels=labels, config=config)
+    in_features = base.hidden_size
+    if method == "lora":
+        _parse_lora(_spec(LoraConfigSpec, config), body, base, weights, max_rank=max_rank)
+    elif method == "linear_probe":
+        in_features *= _parse_probe(_spec(ProbeConfigSpec, config), body, base, weights)
+    else:
+        raise bad_request(
+            "unsupported_method",
+            f"method {method!r} cannot be served on this base yet",
+            param=_CONFIG,
+        )
+    head = {k.split(".", 1)[1]: tensors[k] for k in head_keys}
+    weights.head = _check_head(head, task=task, labels=labels, in_features=in_features)
+    return weights
+
+
+def _spec(model: type[_Strict], config: dict[str, Any]) -> Any:
+    try:
+        return model.model_validate(config)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise bad_request(
+            "invalid_adapter_config",
+            f"adapter_config.json field {where!r}: {first['msg']}",
+            param=_CONFIG,
+        ) from exc
+
+
+def _normalise_key(key: str) -> str:
+    """Strip PEFT's wrappers: `base_model.model.` for tuners, `base_model.` for prompt methods."""
+    for prefix in ("base_model.model.", "base_model."):
+        if key.startswith(prefix):
+            return key[len(prefix):]
+    return key
+
+
+def _parse_lora(
+    spec: LoraConfigSpec,
+    body: dict[str, torch.Tensor],
+    base: Base,
+    weights: AdapterWeights,
+    *,
+    max_rank: int,
+) -> None:
+    pairs: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in body.items():
+        match = re.fullmatch(r"(.+)\.lora_([AB])\.weight", key)
+        if match is None:
+            raise bad_request(
+                "unknown_tensor", f"tensor {key!r} is not a LoRA weight of a linear layer",
+                param=_WEIGHTS,
+            )
+        pairs.setdefault(match[1], {})[match[2]] = tensor
+    if not pairs:
+        raise bad_request("empty_adapter", "the adapter holds no LoRA weights", param=_WEIGHTS)
+    for module_key, ab in sorted(pairs.items()):
+        path = base.module_path(module_key)
+        if path not in base.linear_shapes:
+            raise bad_request(
+                "unknown_module",
+                f"tensor {module_key!r} targets {path!r}, which is not a linear layer of base "
+                f"{base.name}",
+                param=_WEIGHTS,
+            )
+        if set(ab) != {"A", "B"}:
+            raise bad_request(
+                "incomplete_lora", f"module {module_key!r} lacks lora_A or lora_B", param=_WEIGHTS
+            )
+        weights.lora[path] = _lora_pair(spec, path, ab["A"], ab["B"], base, max_rank=max_rank)
+        weights.rank = max(weights.rank, ab["A"].shape[0])
+
+
+def _lora_pair(
+    spec: LoraConfigSpec,
+    path: str,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    base: Base,
+    *,
+    max_rank: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    d_in, d_out = base.linear_shapes[path]
+    rank = _pattern_value(spec.rank_pattern, path, spec.r)
+    if rank > max_rank:
+        raise bad_request(
+            "rank_too_large", f"rank {rank} of {path!r} > max_rank {max_rank}", param="r"
+        )
+    if a.dim() != 2 or b.dim() != 2 or tuple(a.shape) != (rank, d_in) or tuple(b.shape) != (
+        d_out, rank,
+    ):
+        raise bad_request(
+            "shape_mismatch",
+            f"LoRA of {path!r} has A {tuple(a.shape)} and B {tuple(b.shape)}; this base needs "
+            f"A ({rank}, {d_in}) and B ({d_out}, {rank})",
+            param=_WEIGHTS,
+        )
+    alpha = float(_pattern_value(spec.alpha_pattern, path, spec.lora_alpha))
+    scale = alpha / math.sqrt(rank) if spec.use_rslora else alpha / rank
+    return a.to(torch.float32).contiguous(), (b.to(torch.float32) * scale).contiguous()
+
+
+def _pattern_value(patterns: dict[str, Any], path: str, default: Any) -> Any:
+    """PEFT's rule: a pattern key matches a module whose name ends with it."""
+    for key, value in patterns.items():
+        if re.match(rf"(.*\.)?({key})$", path):
+            return value
+    return default
+
+
+def _check_head(
+    head: dict[str, torch.Tensor],
+    *,
+    task: str,
+    labels: list[str],
+    in_features: int,
+) -> dict[str, torch.Tensor]:
+    rows = head_rows(task, labels)
+    if rows == 0:
+        if head:
+            raise bad_request(
+                "unexpected_head", f"task {task!r} takes no head but one was given", param=_WEIGHTS
+            )
+        return {}
+    width = in_features
+    weight, bias = head.get("weight"), head.get("bias")
+    if weight is None or set(head) - {"weight", "bias"}:
+        raise bad_request(
+            "invalid_head",
+            f"task {task!r} needs a head 'classifier.weight' [{rows}, {width}] (+ bias); "
+            f"found {sorted(head)}",
+            param=_WEIGHTS,
+        )
+    if tuple(weight.shape) != (rows, width) or (bias is not None and tuple(bias.shape) != (rows,)):
+        raise bad_request(
+            "shape_mismatch",
+            f"head weight {tuple(weight.shape)} does not fit {rows} outputs of task {task!r} "
+            f"over {width} features",
+            param=_WEIGHTS,
+        )
+    out = {"weight": weight.to(torch.float32).contiguous()}
+    out["bias"] = (bias if bias is not None else torch.zeros(rows)).to(torch.float32).contiguous()
+    return out
+
+
+def _parse_probe(
+    spec: ProbeConfigSpec, body: dict[str, torch.Tensor], base: Base, weights: AdapterWeights
+) -> int:
+    """Check a probe's layers; returns how many layers its head concatenates."""
+    if body:
+        raise bad_request(
+            "unknown_tensor",
+            f"a linear probe holds only its head; found {sorted(body)[:5]}",
+            param=_WEIGHTS,
+        )
+    for layer in spec.layers:
+        if not -base.num_layers - 1 <= layer <= base.num_layers:
+            raise bad_request(
+                "invalid_layer",
+                f"layer {layer} is outside this base's {base.num_layers} layers (+ embeddings)",
+                param="layers",
+            )
+    weights.probe_layers = list(spec.layers)
+    weights.pooling = spec.pooling
+    return len(spec.layers)

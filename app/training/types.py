@@ -1,0 +1,56 @@
+"""What the job manager hands the trainer and gets back: the seam between the two."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass
+class TrainingPlan:
+    """Everything one training run needs, already validated by the job manager."""
+
+    adapter: str
+    task: str  # classification | multi_label_classification | regression | token_classification ...
+    method: str  # lora | prefix | prompt | ia3 | linear_probe
+    train_rows: list[dict[str, Any]]
+    validation_rows: list[dict[str, Any]]
+    labels: list[str]  # head order; [] for regression and generation
+    hyperparameters: dict[str, Any] = field(default_factory=dict)  # user-given, unvalidated
+    checkpoint_dir: str | None = None  # where resumable state may be written
+
+
+class TrainingReporter(Protocol):
+    """Callbacks the trainer calls from its thread; the job manager persists them."""
+
+    def progress(self, *, step: int, total_steps: int, epoch: float) -> None: ...
+
+    def event(self, kind: str, data: dict[str, Any]) -> None: ...  # "loss", "evaluation", "info"
+
+
+@dataclass
+class TrainingOutcome:
+    """A finished run: the PEFT files of the best checkpoint and what was measured."""
+
+    files: dict[str, bytes]  # adapter_config.json, adapter_model.safetensors
+    metrics: dict[str, float]  # of the best checkpoint, on validation rows
+    history: list[dict[str, Any]]  # one entry per evaluation
+    best: dict[str, Any]  # {"step", "epoch", "metric", "value"}
+    hyperparameters: dict[str, Any]  # effective values after defaults
+
+
+@dataclass
+class CancelToken:
+    """Set by cancel or shutdown; the trainer checks it between steps."""
+
+    event: threading.Event = field(default_factory=threading.Event)
+    reason: str = "cancelled"
+
+    def cancel(self, reason: str = "cancelled") -> None:
+        self.reason = reason
+        self.event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self.event.is_set()

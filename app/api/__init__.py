@@ -1,0 +1,1 @@
+"""HTTP surface: routes per resource, typed dependencies, errors, auth and limits."""

@@ -1,0 +1,40 @@
+"""Typed `Depends` aliases: routes name what they need, the app state provides it."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from app.base import BaseModel as Base
+from app.config import Settings
+from app.registry.catalog import Registry
+from app.runtime.metrics import Metrics
+from app.runtime.runtime import Runtime
+
+
+def _settings(request: Request) -> Settings:
+    return request.app.state.settings  # type: ignore[no-any-return]
+
+
+def _base(request: Request) -> Base:
+    return request.app.state.base  # type: ignore[no-any-return]
+
+
+def _registry(request: Request) -> Registry:
+    return request.app.state.registry  # type: ignore[no-any-return]
+
+
+def _runtime(request: Request) -> Runtime:
+    return request.app.state.runtime  # type: ignore[no-any-return]
+
+
+def _metrics(request: Request) -> Metrics:
+    return request.app.state.metrics  # type: ignore[no-any-return]
+
+
+SettingsDep = Annotated[Settings, Depends(_settings)]
+BaseDep = Annotated[Base, Depends(_base)]
+RegistryDep = Annotated[Registry, Depends(_registry)]
+RuntimeDep = Annotated[Runtime, Depends(_runtime)]
+MetricsDep = Annotated[Metrics, Depends(_metrics)]

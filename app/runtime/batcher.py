@@ -1,0 +1,135 @@
+"""The dynamic batcher: one bounded queue for every adapter, batches formed by rows or time.
+
+Requests for any adapters share the queue; the worker takes what is waiting, waits at most
+`max_wait_ms` for more while the batch has fewer than `max_batch_rows` rows, and runs it on
+the engine's thread. The queue is bounded in rows: past it, callers get a 429 with
+Retry-After at once instead of a growing wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from app.errors import SwitchyardError
+from app.runtime.engine import Job, JobResult
+from app.runtime.metrics import Metrics
+
+log = logging.getLogger(__name__)
+_Item = tuple[Job, "asyncio.Future[list[Any]]"]
+
+
+class Batcher:
+    """Groups jobs from concurrent requests into engine batches."""
+
+    def __init__(
+        self,
+        run: Callable[[list[Job]], list[JobResult]],
+        *,
+        max_batch_rows: int,
+        max_wait_ms: float,
+        queue_rows: int,
+        metrics: Metrics,
+    ) -> None:
+        self._run = run
+        self.max_batch_rows = max_batch_rows
+        self.max_wait = max_wait_ms / 1000.0
+        self.queue_rows = queue_rows
+        self.metrics = metrics
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue()
+        self._pending_rows = 0
+        # One thread: the engine runs one forward at a time; more threads would only contend.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def pending_rows(self) -> int:
+        return self._pending_rows
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._worker(), name="batcher")
+
+    async def stop(self) -> None:
+        """Stop taking batches; queued callers get a 503."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        while not self._queue.empty():
+            _job, future = self._queue.get_nowait()
+            if not future.done():
+                future.set_exception(SwitchyardError(503, "shutting_down", "service is stopping"))
+        self._executor.shutdown(wait=True)
+
+    async def submit(self, job: Job) -> list[Any]:
+        """Queue a job and wait for its outputs; 429 when the queue is full."""
+        rows = len(job.rows)
+        if self._pending_rows + rows > self.queue_rows:
+            self.metrics.rejected.labels(reason="queue_full").inc()
+            raise SwitchyardError(
+                429, "queue_full",
+                f"{self._pending_rows} rows are queued; {rows} more would pass queue_size "
+                f"{self.queue_rows}",
+                headers={"Retry-After": "1"},
+            )
+        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        self._pending_rows += rows
+        self.metrics.queue_rows.set(self._pending_rows)
+        self._queue.put_nowait((job, future))
+        return await future
+
+    async def _worker(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._collect()
+            live = [(job, fut) for job, fut in batch if not fut.done()]
+            try:
+                if live:
+                    results = await loop.run_in_executor(
+                        self._executor, self._run, [job for job, _ in live]
+                    )
+                    self._deliver(live, results)
+            except Exception as exc:  # a bug in the engine must not kill the worker
+                log.exception("engine batch failed")
+                for _job, fut in live:
+                    if not fut.done():
+                        fut.set_exception(exc)
+            finally:
+                self._pending_rows -= sum(len(job.rows) for job, _ in batch)
+                self.metrics.queue_rows.set(self._pending_rows)
+
+    async def _collect(self) -> list[_Item]:
+        loop = asyncio.get_running_loop()
+        batch = [await self._queue.get()]
+        rows = len(batch[0][0].rows)
+        deadline = loop.time() + self.max_wait
+        while rows < self.max_batch_rows:
+            try:
+                item = self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    item = await asyncio.wait_for(self._queue.get(), remaining)
+                except TimeoutError:
+                    break
+            batch.append(item)
+            rows += len(item[0].rows)
+        self.metrics.batch_rows.observe(rows)
+        self.metrics.batch_adapters.observe(len({job.key for job, _ in batch}))
+        return batch
+
+    @staticmethod
+    def _deliver(live: list[_Item], results: list[JobResult]) -> None:
+        for (_job, future), result in zip(live, results, strict=True):
+            if future.done():
+                continue  # the caller timed out or went away
+            if result.error is not None:
+                future.set_exception(result.error)
+            else:
+                future.set_result(result.outputs or [])

@@ -1,0 +1,240 @@
+"""Residency: which adapters sit in device slots, which in CPU memory, which only on disk.
+
+Device slots are an LRU cache bounded by bytes and slot count; pinned adapters are never
+evicted. Evicted adapters drop to a CPU tier (also LRU by bytes) so that coming back costs a
+copy, not a file read. Acquire/release are counted (SGLang's registry does the same): an
+adapter in use is never evicted or freed under a running batch, and a load that fails leaves
+no trace because nothing is recorded until the copy into the slot has succeeded.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from app.errors import SwitchyardError
+from app.registry.weights import AdapterWeights
+from app.runtime.layers import LayerSet
+from app.runtime.metrics import Metrics
+
+Key = tuple[str, int]
+Loader = Callable[[str, int], AdapterWeights]
+
+
+@dataclass
+class Resident:
+    """An adapter on the device: its slot, its head on the device, and who is using it."""
+
+    key: Key
+    weights: AdapterWeights
+    slot: int  # 0 for head-only adapters, which need no slot
+    nbytes: int
+    pinned: bool = False
+    refs: int = 0
+    dropped: bool = False  # deleted while in use: freed at the last release
+    head: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class CacheLimits:
+    """Budgets of the two tiers; from Settings."""
+
+    max_slots: int
+    device_bytes: int
+    cpu_bytes: int
+
+
+class AdapterCache:
+    """Thread-safe residency manager over a `LayerSet`'s slots."""
+
+    def __init__(
+        self,
+        layers: LayerSet | None,
+        loader: Loader,
+        *,
+        limits: CacheLimits,
+        device: torch.device,
+        metrics: Metrics,
+        is_pinned: Callable[[str], bool] = lambda _name: False,
+    ) -> None:
+        self.layers = layers
+        self.loader = loader
+        self.limits = limits
+        self.device = device
+        self.metrics = metrics
+        self.is_pinned = is_pinned
+        self._lock = threading.RLock()
+        self._device: OrderedDict[Key, Resident] = OrderedDict()
+        self._cpu: OrderedDict[Key, AdapterWeights] = OrderedDict()
+        self._free_slots: list[int] = []
+        self._next_slot = 1
+
+    # ---------------------------------------------------------------- public
+    def acquire(self, name: str, version: int) -> Resident:
+        """Make (name, version) resident if needed and count one user of it."""
+        key = (name, version)
+        with self._lock:
+            resident = self._device.get(key)
+            if resident is None:
+                resident = self._load(key)
+            self._device.move_to_end(key)
+            resident.refs += 1
+            return resident
+
+    def release(self, resident: Resident) -> None:
+        """One user is done; a dropped adapter is freed when its last user leaves."""
+        with self._lock:
+            resident.refs -= 1
+            if resident.dropped and resident.refs == 0:
+                self._free(resident)
+
+    def drop(self, name: str, version: int | None = None) -> None:
+        """Forget an adapter (deleted from the store): free now, or at its last release."""
+        with self._lock:
+            for key in [k for k in self._cpu if k[0] == name and version in (None, k[1])]:
+                del self._cpu[key]
+            for key, resident in list(self._device.items()):
+                if key[0] == name and version in (None, key[1]):
+                    del self._device[key]
+                    resident.dropped = True
+                    if resident.refs == 0:
+                        self._free(resident)
+            self._update_gauges()
+
+    def set_pinned(self, name: str, pinned: bool) -> None:
+        """Pin or unpin every resident version of `name`."""
+        with self._lock:
+            for key, resident in self._device.items():
+                if key[0] == name:
+                    resident.pinned = pinned
+
+    def residency(self, name: str, version: int) -> str:
+        """`device`, `cpu` or `disk`."""
+        with self._lock:
+            if (name, version) in self._device:
+                return "device"
+            return "cpu" if (name, version) in self._cpu else "disk"
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            return {
+                "device_adapters": len(self._device),
+                "device_bytes": sum(r.nbytes for r in self._device.values()),
+                "cpu_adapters": len(self._cpu),
+                "cpu_bytes": sum(w.nbytes for w in self._cpu.values()),
+                "slot_capacity": self.layers.slot_capacity if self.layers else 0,
+            }
+
+    # ---------------------------------------------------------------- internals
+    def _load(self, key: Key) -> Resident:
+        weights = self._cpu.pop(key, None)
+        source = "cpu"
+        if weights is None:
+            weights, source = self.loader(*key), "disk"
+        try:
+            resident = self._place(key, weights)
+        except BaseException:
+            if source == "cpu":
+                self._cpu[key] = weights  # nothing changed: put it back where it was
+            raise
+        self.metrics.loads.labels(adapter=key[0], source=source).inc()
+        self._update_gauges()
+        return resident
+
+    def _place(self, key: Key, weights: AdapterWeights) -> Resident:
+        nbytes = weights.nbytes
+        needs_slot = bool(weights.lora)
+        self._make_room(nbytes, needs_slot=needs_slot)
+        slot = self._take_slot(weights.rank) if needs_slot else 0
+        try:
+            if needs_slot and self.layers is not None:
+                self.layers.assign(slot, weights.lora)
+            head = {k: v.to(self.device) for k, v in weights.head.items()}
+        except BaseException:
+            self._return_slot(slot)
+            raise
+        resident = Resident(
+            key=key, weights=weights, slot=slot, nbytes=nbytes,
+            pinned=self.is_pinned(key[0]), head=head,
+        )
+        self._device[key] = resident
+        return resident
+
+    def _make_room(self, nbytes: int, *, needs_slot: bool) -> None:
+        limits = self.limits
+        if nbytes > limits.device_bytes:
+            raise SwitchyardError(
+                507, "adapter_too_large",
+                f"adapter needs {nbytes} bytes > device budget {limits.device_bytes}",
+            )
+        while True:
+            used = sum(r.nbytes for r in self._device.values())
+            slots_used = sum(1 for r in self._device.values() if r.slot)
+            if used + nbytes <= limits.device_bytes and (
+                not needs_slot or slots_used < limits.max_slots
+            ):
+                return
+            if not self._evict_one():
+                raise SwitchyardError(
+                    429, "no_free_slot",
+                    f"all {slots_used} slots / {used} bytes are pinned or in use; retry shortly",
+                    headers={"Retry-After": "1"},
+                )
+
+    def _evict_one(self) -> bool:
+        for key, resident in self._device.items():  # oldest first
+            if resident.refs == 0 and not resident.pinned:
+                del self._device[key]
+                self._free(resident)
+                self._cpu[key] = resident.weights
+                self._trim_cpu()
+                self.metrics.evictions.labels(adapter=key[0], tier="device").inc()
+                return True
+        return False
+
+    def _trim_cpu(self) -> None:
+        while self._cpu and sum(w.nbytes for w in self._cpu.values()) > self.limits.cpu_bytes:
+            key, _ = self._cpu.popitem(last=False)
+            self.metrics.evictions.labels(adapter=key[0], tier="cpu").inc()
+
+    def _take_slot(self, rank: int) -> int:
+        slot = self._free_slots.pop() if self._free_slots else self._next_slot
+        if slot == self._next_slot:
+            self._next_slot += 1
+        if self.layers is not None:
+            # Grow capacity by doubling so a stream of new adapters reallocates rarely.
+            want = slot + 1
+            if want > self.layers.slot_capacity:
+                want = min(max(want, 2 * self.layers.slot_capacity), self.limits.max_slots + 1)
+            self.layers.ensure(max(want, slot + 1), rank)
+        return slot
+
+    def _return_slot(self, slot: int) -> None:
+        if slot:
+            self._free_slots.append(slot)
+
+    def _free(self, resident: Resident) -> None:
+        if resident.slot and self.layers is not None:
+            self.layers.assign(resident.slot, {})
+        self._return_slot(resident.slot)
+        resident.slot = -1
+        self._update_gauges()
+
+    def _update_gauges(self) -> None:
+        stats = self.stats()
+        self.metrics.resident_bytes.labels(tier="device").set(stats["device_bytes"])
+        self.metrics.resident_bytes.labels(tier="cpu").set(stats["cpu_bytes"])
+        self.metrics.resident_adapters.labels(tier="device").set(stats["device_adapters"])
+        self.metrics.resident_adapters.labels(tier="cpu").set(stats["cpu_adapters"])
+
+
+def timed_acquire(cache: AdapterCache, name: str, version: int) -> tuple[Resident, float]:
+    """Acquire and return how long it took, in seconds (for the hot-swap bench and logs)."""
+    start = time.perf_counter()
+    resident = cache.acquire(name, version)
+    return resident, time.perf_counter() - start

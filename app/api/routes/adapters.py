@@ -1,0 +1,152 @@
+"""Adapters: list, details, upload (validated before storing), download, delete, pin."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from pydantic import BaseModel, ConfigDict
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData, UploadFile
+
+from app.api.deps import RegistryDep, RuntimeDep, SettingsDep
+from app.errors import SwitchyardError, bad_request
+from app.registry.catalog import parse_labels
+from app.registry.store import CONFIG_FILE, META_FILE, WEIGHTS_FILE, check_name
+from app.registry.validate import parse_json_object, too_large
+from app.tasks import canonical_task
+
+router = APIRouter(prefix="/v1/adapters", tags=["adapters"])
+_FIELDS = {"name", "task", "labels", "base_fingerprint"}
+_FILES = {CONFIG_FILE, WEIGHTS_FILE, META_FILE}
+
+
+class PinRequest(BaseModel):
+    """PATCH body."""
+
+    model_config = ConfigDict(extra="forbid")
+    pinned: bool
+
+
+@router.get("")
+async def list_adapters(registry: RegistryDep, runtime: RuntimeDep) -> dict[str, Any]:
+    """Every adapter with its latest version's metadata and where it is resident."""
+    items = await run_in_threadpool(_summaries, registry, runtime)
+    return {"data": items}
+
+
+def _summaries(registry: RegistryDep, runtime: RuntimeDep) -> list[dict[str, Any]]:
+    out = []
+    for name in registry.store.names():
+        try:
+            item = registry.summary(name)
+        except SwitchyardError:
+            continue  # deleted meanwhile, or corrupted: it fails on its own requests
+        item["resident"] = runtime.cache.residency(name, item["latest_version"])
+        out.append(item)
+    return out
+
+
+@router.get("/{name}")
+async def get_adapter(name: str, registry: RegistryDep, runtime: RuntimeDep) -> dict[str, Any]:
+    """Details, all versions, metrics and lineage."""
+    details = await run_in_threadpool(registry.details, check_name(name))
+    details["resident"] = runtime.cache.residency(name, details["latest_version"])
+    return details
+
+
+@router.post("", status_code=201)
+async def upload_adapter(
+    request: Request, registry: RegistryDep, settings: SettingsDep
+) -> dict[str, Any]:
+    """Multipart upload; checked against the base before anything is stored."""
+    form = await request.form(
+        max_files=len(_FILES), max_fields=len(_FIELDS), max_part_size=settings.max_body_bytes
+    )
+    try:
+        parts = await _read_parts(form, settings.max_upload_bytes)
+    finally:
+        await form.close()
+    name = check_name(_text(parts, "name") or "")
+    meta: dict[str, Any] = {}
+    if META_FILE in parts:
+        meta = parse_json_object(parts[META_FILE], what=META_FILE, param=META_FILE)
+    task = canonical_task(_text(parts, "task") or str(meta.get("task") or "classification"))
+    labels = parse_labels(_text(parts, "labels")) if "labels" in parts else meta.get("labels", [])
+    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+        raise bad_request("invalid_labels", "labels must be a list of strings", param="labels")
+    if "base_fingerprint" in parts:
+        meta["base_fingerprint"] = _text(parts, "base_fingerprint")
+    for required in (CONFIG_FILE, WEIGHTS_FILE):
+        if required not in parts:
+            raise bad_request("missing_file", f"multipart upload lacks {required}", param=required)
+    keep = {k: meta[k] for k in ("base_fingerprint", "metrics", "description") if k in meta}
+    keep["lineage"] = {"source": "upload", **(meta.get("lineage") or {})}
+    version = await run_in_threadpool(
+        registry.register, name, config_bytes=parts[CONFIG_FILE],
+        weights_bytes=parts[WEIGHTS_FILE], task=task, labels=labels, meta=keep,
+    )
+    return registry.meta(name, version)
+
+
+async def _read_parts(form: FormData, limit: int) -> dict[str, bytes]:
+    parts: dict[str, bytes] = {}
+    total = 0
+    for key, value in form.multi_items():
+        if isinstance(value, UploadFile):
+            field = key if key in _FILES else (value.filename or key)
+            if field not in _FILES:
+                raise bad_request("unexpected_file", f"unexpected file {field!r}", param=field)
+            data = await value.read(limit + 1)
+        else:
+            field, data = key, value.encode()
+            if field not in _FIELDS:
+                raise bad_request("unexpected_field", f"unexpected field {field!r}", param=field)
+        if field in parts:
+            raise bad_request("duplicate_field", f"field {field!r} given twice", param=field)
+        total += len(data)
+        if total > limit:
+            raise too_large("upload", total, limit, field)
+        parts[field] = data
+    return parts
+
+
+def _text(parts: dict[str, bytes], key: str) -> str | None:
+    raw = parts.get(key)
+    return raw.decode("utf-8", errors="strict") if raw is not None else None
+
+
+@router.get("/{name}/download", response_class=Response)
+async def download_adapter(name: str, registry: RegistryDep, version: int | None = None) -> Response:
+    """Zip of the PEFT folder; loads with plain `PeftModel.from_pretrained`."""
+    resolved = registry.store.resolve(check_name(name), version)
+    data = await run_in_threadpool(registry.store.zip_version, name, resolved)
+    return Response(
+        data, media_type="application/zip",
+        headers={"Content-Disposition": f'attachment; filename="{name}-v{resolved}.zip"'},
+    )
+
+
+@router.delete("/{name}")
+async def delete_adapter(
+    name: str, registry: RegistryDep, runtime: RuntimeDep, version: int | None = None
+) -> dict[str, Any]:
+    """Remove all versions (or one); in-flight batches keep their copy until they finish."""
+    registry.store.resolve(check_name(name), version)
+    runtime.cache.drop(name, version)
+    removed = await run_in_threadpool(registry.store.delete, name, version)
+    return {"name": name, "deleted_versions": removed}
+
+
+@router.patch("/{name}")
+async def patch_adapter(
+    name: str, body: PinRequest, registry: RegistryDep, runtime: RuntimeDep
+) -> dict[str, Any]:
+    """`{"pinned": true}` keeps the latest version resident on the device."""
+    version = registry.store.resolve(check_name(name))
+    registry.store.set_pinned(name, body.pinned)
+    runtime.cache.set_pinned(name, body.pinned)
+    if body.pinned:
+        resident = await run_in_threadpool(runtime.cache.acquire, name, version)
+        runtime.cache.release(resident)
+    return {**registry.summary(name), "resident": runtime.cache.residency(name, version)}

@@ -1,0 +1,73 @@
+"""Liveness, readiness, service info and Prometheus metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from app.api.deps import BaseDep, MetricsDep, SettingsDep
+from app.registry.weights import PEFT_TYPES
+from app.tasks import DECODER_TASKS, ENCODER_TASKS
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/health/live")
+async def live() -> dict[str, str]:
+    """200 while the process runs."""
+    return {"status": "live"}
+
+
+@router.get("/health/ready", responses={503: {"description": "loading or draining"}})
+async def ready(request: Request) -> JSONResponse:
+    """200 once the base is loaded and warmed up; 503 before that and while draining."""
+    state = getattr(request.app.state, "readiness", "starting")
+    if state == "ready":
+        return JSONResponse({"status": "ready"})
+    body = {"error": {"code": f"not_ready_{state}", "message": f"service is {state}", "param": None}}
+    return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
+
+
+@router.get("/v1/info")
+async def info(base: BaseDep, settings: SettingsDep) -> dict[str, Any]:
+    """The base model, what it can do, and the limits callers must respect."""
+    return {
+        "base_model": {
+            "name": base.name,
+            "path": str(base.path),
+            "kind": base.kind,
+            "architecture": type(base.model).__name__,
+            "fingerprint": base.fingerprint,
+            "parameters": base.parameter_count,
+            "device": str(base.device),
+            "dtype": str(base.dtype).removeprefix("torch."),
+            "hidden_size": base.hidden_size,
+            "num_layers": base.num_layers,
+        },
+        "methods": sorted(PEFT_TYPES.values()),
+        "tasks": list(DECODER_TASKS if base.kind == "decoder" else ENCODER_TASKS),
+        "limits": {
+            "max_rank": settings.max_rank,
+            "max_upload_bytes": settings.max_upload_bytes,
+            "max_body_bytes": settings.max_body_bytes,
+            "max_inputs_per_request": settings.max_inputs_per_request,
+            "max_input_tokens": settings.max_input_tokens,
+            "truncate_inputs": settings.truncate_inputs,
+            "max_new_tokens": settings.max_new_tokens,
+            "max_prompt_tokens": settings.max_prompt_tokens,
+            "max_batch_size": settings.max_batch_size,
+            "queue_size": settings.queue_size,
+            "max_slots": settings.max_slots,
+            "device_bytes": settings.device_bytes,
+            "cpu_bytes": settings.cpu_bytes,
+            "request_timeout_s": settings.request_timeout_s,
+        },
+    }
+
+
+@router.get("/metrics", response_class=Response)
+async def metrics(m: MetricsDep) -> Response:
+    """Prometheus text format."""
+    return Response(m.render(), media_type="text/plain; version=0.0.4; charset=utf-8")

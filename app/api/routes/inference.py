@@ -1,0 +1,150 @@
+"""Inference: predict with one adapter, several adapters over the same inputs, embeddings."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.api.deps import RegistryDep, RuntimeDep, SettingsDep
+from app.config import Settings
+from app.errors import SwitchyardError, bad_request
+from app.registry.store import check_name
+from app.runtime.engine import Job
+from app.runtime.runtime import Runtime
+from app.tasks import EMBEDDINGS, GENERATION
+
+router = APIRouter(tags=["inference"])
+Input = str | dict[str, Any]
+
+
+class PredictRequest(BaseModel):
+    """One adapter over a list of inputs."""
+
+    model_config = ConfigDict(extra="forbid")
+    inputs: list[Input] = Field(min_length=1)
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+
+class MultiPredictRequest(PredictRequest):
+    """Several adapters over the same inputs."""
+
+    adapters: list[str] = Field(min_length=1, max_length=64)
+
+
+class EmbeddingsRequest(BaseModel):
+    """OpenAI-style embeddings, with optional adapter, layers and pooling."""
+
+    model_config = ConfigDict(extra="forbid")
+    input: str | list[str]
+    adapter: str | None = None
+    model: str | None = None  # OpenAI clients send it; an adapter name when it is not the base
+    layers: list[int] = Field(default_factory=lambda: [-1], min_length=1, max_length=64)
+    pooling: str = Field("mean", pattern="^(mean|cls|max)$")
+    normalize: bool = True
+
+
+@router.post("/v1/adapters/{name}/predict")
+async def predict(
+    name: str, body: PredictRequest, registry: RegistryDep, runtime: RuntimeDep,
+    settings: SettingsDep, version: int | None = None,
+) -> dict[str, Any]:
+    """Pipeline-shaped outputs, one per input."""
+    meta = registry.meta(check_name(name), version)
+    outputs = await _run(name, meta, body.inputs, body.parameters, runtime, settings)
+    return {"adapter": name, "version": meta["version"], "outputs": outputs}
+
+
+@router.post("/v1/predict")
+async def predict_many(
+    body: MultiPredictRequest, registry: RegistryDep, runtime: RuntimeDep, settings: SettingsDep
+) -> dict[str, Any]:
+    """Several adapters over the same inputs; head-only adapters share one base pass."""
+    if len(set(body.adapters)) != len(body.adapters):
+        raise bad_request("duplicate_adapter", "adapters repeat a name", param="adapters")
+    metas = [registry.meta(check_name(name)) for name in body.adapters]
+    results = await asyncio.gather(
+        *(_run(m["name"], m, body.inputs, body.parameters, runtime, settings) for m in metas)
+    )
+    return {
+        "results": {
+            m["name"]: {"adapter": m["name"], "version": m["version"], "outputs": out}
+            for m, out in zip(metas, results, strict=True)
+        }
+    }
+
+
+@router.post("/v1/embeddings")
+async def embeddings(
+    body: EmbeddingsRequest, registry: RegistryDep, runtime: RuntimeDep, settings: SettingsDep
+) -> dict[str, Any]:
+    """Pooled hidden states of the base, or of the base with an adapter's LoRA applied."""
+    texts = [body.input] if isinstance(body.input, str) else body.input
+    adapter = body.adapter or (body.model if body.model not in (None, runtime.base.name) else None)
+    key = None
+    if adapter is not None:
+        meta = registry.meta(check_name(adapter))
+        key = (adapter, int(meta["version"]))
+    for layer in body.layers:
+        if not -runtime.base.num_layers - 1 <= layer <= runtime.base.num_layers:
+            raise bad_request("invalid_layer", f"layer {layer} is out of range", param="layers")
+    params = {"layers": body.layers, "pooling": body.pooling, "normalize": body.normalize}
+    rows = _prepare(runtime, settings, texts, EMBEDDINGS)
+    vectors = await _submit(runtime, settings, Job(key=key, task=EMBEDDINGS, rows=rows, params=params),
+                            label=adapter or "_base")
+    return {
+        "object": "list",
+        "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)],
+        "model": adapter or runtime.base.name,
+        "usage": {"prompt_tokens": sum(len(r.input_ids) for r in rows),
+                  "total_tokens": sum(len(r.input_ids) for r in rows)},
+    }
+
+
+async def _run(
+    name: str, meta: dict[str, Any], inputs: list[Input], params: dict[str, Any],
+    runtime: Runtime, settings: Settings,
+) -> list[Any]:
+    task = str(meta["task"])
+    if task == GENERATION:
+        generate = getattr(runtime, "generate", None)
+        if generate is None:
+            raise bad_request("unsupported_task", "this base cannot generate", param="name")
+        return await generate(name, int(meta["version"]), inputs, params)  # type: ignore[no-any-return]
+    rows = _prepare(runtime, settings, inputs, task)
+    job = Job(key=(name, int(meta["version"])), task=task, rows=rows, params=params)
+    return await _submit(runtime, settings, job, label=name)
+
+
+def _prepare(runtime: Runtime, settings: Settings, inputs: list[Any], task: str) -> list[Any]:
+    if len(inputs) > settings.max_inputs_per_request:
+        raise SwitchyardError(
+            413, "too_many_inputs",
+            f"{len(inputs)} inputs > max_inputs_per_request {settings.max_inputs_per_request}",
+            param="inputs",
+        )
+    if runtime.base.kind != "encoder":
+        raise bad_request("unsupported_task", f"task {task!r} needs an encoder base", param="task")
+    return runtime.engine.prepare(inputs, task=task)
+
+
+async def _submit(runtime: Runtime, settings: Settings, job: Job, *, label: str) -> list[Any]:
+    start = time.perf_counter()
+    status = "ok"
+    try:
+        return await asyncio.wait_for(runtime.batcher.submit(job), settings.request_timeout_s)
+    except TimeoutError as exc:
+        status = "timeout"
+        raise SwitchyardError(
+            504, "timeout", f"no answer within request_timeout_s {settings.request_timeout_s}"
+        ) from exc
+    except SwitchyardError as exc:
+        status = exc.code
+        raise
+    finally:
+        runtime.metrics.requests.labels(adapter=label, status=status).inc()
+        runtime.metrics.latency.labels(adapter=label).observe(time.perf_counter() - start)
+

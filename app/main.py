@@ -1,0 +1,74 @@
+"""create_app(settings): the lifespan wires base, registry, runtime and training together."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+
+from app.api.errors import install_error_handlers
+from app.api.limits import BodyLimitMiddleware
+from app.api.routes import adapters, health, inference
+from app.base import BaseModel as Base
+from app.base import load_base
+from app.config import Settings
+from app.registry.catalog import Registry
+from app.registry.store import AdapterStore
+from app.runtime.metrics import Metrics
+from app.runtime.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None, *, base: Base | None = None) -> FastAPI:
+    """Build the service. Tests pass a tiny `base`; production loads the configured one."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.readiness = "starting"
+        await run_in_threadpool(_start, app, settings, base)
+        app.state.runtime.batcher.start()
+        await run_in_threadpool(app.state.runtime.engine.warm_up)
+        app.state.readiness = "ready"
+        log.info("ready on %s:%d", settings.host, settings.port)
+        try:
+            yield
+        finally:
+            app.state.readiness = "draining"
+            await app.state.runtime.batcher.stop()
+
+    app = FastAPI(
+        title="Switchyard",
+        version="1",
+        description="One frozen base model, many small adapters, trained and served over HTTP.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.readiness = "starting"
+    install_error_handlers(app)
+    for module in (health, adapters, inference):
+        app.include_router(module.router)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        body_bytes=settings.max_body_bytes,
+        upload_bytes=max(settings.max_upload_bytes, settings.max_dataset_bytes),
+    )
+    return app
+
+
+def _start(app: FastAPI, settings: Settings, base: Base | None) -> None:
+    store = AdapterStore(settings.store)
+    removed = store.sweep()
+    if removed:
+        log.warning("start-up removed %d leftovers of interrupted writes", len(removed))
+    base = base or load_base(settings)
+    metrics = Metrics()
+    registry = Registry(store, base, settings)
+    app.state.base = base
+    app.state.metrics = metrics
+    app.state.registry = registry
+    app.state.runtime = Runtime(base, registry, settings, metrics)

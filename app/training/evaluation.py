@@ -1,0 +1,72 @@
+"""Validation metrics per task, computed the way the service will serve the adapter."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from app.tasks import MULTI_LABEL, REGRESSION, TOKEN_CLASSIFICATION
+from app.tasks.classification import classification_metrics, multi_label_metrics, regression_metrics
+from app.tasks.token_classification import entity_metrics
+from app.training.encoding import IGNORE, Example, batches
+
+_PRIMARY = {REGRESSION: "pearson", MULTI_LABEL: "micro_f1", TOKEN_CLASSIFICATION: "entity_f1"}
+
+
+def primary_metric(task: str) -> str:
+    """The metric the best checkpoint is chosen by."""
+    return _PRIMARY.get(task, "accuracy")
+
+
+@torch.no_grad()
+def predict_logits(
+    model: nn.Module, examples: list[Example], *, task: str, pad_id: int, device: torch.device,
+    batch_size: int, pause: Callable[[], None] | None = None,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(logits, labels) per batch, in order, with the model in eval mode."""
+    model.eval()
+    out = []
+    for batch in batches(examples, batch_size=batch_size, shuffle=False, seed=0, task=task,
+                         pad_id=pad_id, device=device):
+        if pause is not None:
+            pause()
+        labels = batch.pop("labels")
+        out.append((model(**batch).logits.float().cpu(), labels.cpu()))
+    return out
+
+
+def evaluate(
+    model: nn.Module, examples: list[Example], *, task: str, labels: list[str], pad_id: int,
+    device: torch.device, batch_size: int, pause: Callable[[], None] | None = None,
+) -> dict[str, float]:
+    """The task's metrics over `examples`."""
+    if not examples:
+        return {}
+    pairs = predict_logits(model, examples, task=task, pad_id=pad_id, device=device,
+                           batch_size=batch_size, pause=pause)
+    return metrics_from_logits(pairs, task=task, labels=labels)
+
+
+def metrics_from_logits(
+    pairs: list[tuple[torch.Tensor, torch.Tensor]], *, task: str, labels: list[str]
+) -> dict[str, float]:
+    """Metrics from batches of (logits, gold labels)."""
+    if task == TOKEN_CLASSIFICATION:
+        pred_tags: list[list[str]] = []
+        gold_tags: list[list[str]] = []
+        for logits, gold in pairs:
+            for row_logits, row_gold in zip(logits, gold, strict=True):
+                keep = row_gold != IGNORE
+                pred_tags.append([labels[i] for i in row_logits[keep].argmax(-1).tolist()])
+                gold_tags.append([labels[i] for i in row_gold[keep].tolist()])
+        return entity_metrics(pred_tags, gold_tags)
+    logits = torch.cat([p[0] for p in pairs])
+    gold = torch.cat([p[1] for p in pairs])
+    if task == REGRESSION:
+        return regression_metrics(logits[:, 0].tolist(), gold.tolist())
+    if task == MULTI_LABEL:
+        pred = (torch.sigmoid(logits) >= 0.5).int().numpy()
+        return multi_label_metrics(pred, gold.int().numpy())
+    return classification_metrics(logits.argmax(-1).tolist(), gold.tolist())

@@ -1,0 +1,86 @@
+"""A trainable view of the frozen base that shares its tensors: training adds no base copy.
+
+The task model's skeleton is built on the meta device (no memory), then every base parameter
+and buffer is assigned by reference. Only the new head is materialised. The view's modules
+are distinct objects from the serving modules, so PEFT may inject into them freely while the
+runtime keeps serving from the same weights.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+    PreTrainedModel,
+)
+
+from app.base import BaseModel as Base
+from app.errors import bad_request
+from app.tasks import GENERATION, REGRESSION, TOKEN_CLASSIFICATION
+
+
+def build_view(base: Base, *, task: str, num_labels: int) -> PreTrainedModel:
+    """The task model (`BertForSequenceClassification`, ...) over the base's own tensors."""
+    config = base.config.__class__.from_dict(base.config.to_dict())
+    config.num_labels = max(num_labels, 1)
+    if task == REGRESSION:
+        config.problem_type = "regression"
+    factory = _factory(base, task)
+    with torch.device("meta"):
+        view = factory.from_config(config)
+    prefix = "" if base.kind == "decoder" else base.prefix + "."
+    shared = {**{prefix + k: v for k, v in base.parameters.items()}, **_buffers(base, prefix)}
+    for name, _tensor in list(view.named_parameters()) + list(view.named_buffers()):
+        if name in shared:
+            _set(view, name, shared[name], is_param=isinstance(_tensor, nn.Parameter))
+    for name, tensor in list(view.named_parameters()) + list(view.named_buffers()):
+        if tensor.device.type == "meta":
+            if name.split(".")[0] not in ("classifier", "score"):
+                raise bad_request("unsupported_base", f"cannot build a training view: {name} unset")
+            _set(view, name, _init_like(tensor, base), is_param=True)
+    view.to(base.device)
+    for name, param in view.named_parameters():
+        param.requires_grad_(name.split(".")[0] in ("classifier", "score"))
+    return view
+
+
+def _factory(base: Base, task: str) -> type:
+    if base.kind == "decoder":
+        if task != GENERATION:
+            raise bad_request(
+                "unsupported_task", f"task {task!r} needs an encoder base; this one is a decoder",
+                param="task",
+            )
+        return AutoModelForCausalLM
+    if task == GENERATION:
+        raise bad_request("unsupported_task", "generation needs a decoder base", param="task")
+    return AutoModelForTokenClassification if task == TOKEN_CLASSIFICATION else (
+        AutoModelForSequenceClassification
+    )
+
+
+def _buffers(base: Base, prefix: str) -> dict[str, torch.Tensor]:
+    # Buffers (position ids) live on modules the runtime never wraps, so names are stable.
+    return {prefix + k: v for k, v in base.model.named_buffers() if "lora_" not in k}
+
+
+def _set(root: nn.Module, name: str, tensor: torch.Tensor, *, is_param: bool) -> None:
+    module_path, _, attr = name.rpartition(".")
+    module = root.get_submodule(module_path) if module_path else root
+    if is_param:
+        value = tensor if isinstance(tensor, nn.Parameter) else nn.Parameter(tensor)
+        module._parameters[attr] = value
+    else:
+        module._buffers[attr] = tensor
+
+
+def _init_like(meta: torch.Tensor, base: Base) -> torch.Tensor:
+    tensor = torch.empty(meta.shape, dtype=torch.float32, device=base.device)
+    if tensor.dim() > 1:
+        nn.init.normal_(tensor, std=0.02)
+    else:
+        nn.init.zeros_(tensor)
+    return tensor

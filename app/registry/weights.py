@@ -50,6 +50,23 @@ class LoraConfigSpec(_Strict):
     layer_replication: None = None
 
 
+class PrefixConfigSpec(_Strict):
+    peft_type: Literal["PREFIX_TUNING"]
+    num_virtual_tokens: int = Field(ge=1, le=1024)
+    prefix_projection: Literal[False] = False
+
+
+class PromptConfigSpec(_Strict):
+    peft_type: Literal["PROMPT_TUNING"]
+    num_virtual_tokens: int = Field(ge=1, le=1024)
+
+
+class IA3ConfigSpec(_Strict):
+    peft_type: Literal["IA3"]
+    feedforward_modules: list[str] | str | None = None
+    fan_in_fan_out: Literal[False] = False
+
+
 class ProbeConfigSpec(_Strict):
     peft_type: Literal["LINEAR_PROBE"]
     layers: list[int] = Field(min_length=1, max_length=64)
@@ -66,6 +83,13 @@ class AdapterWeights:
     # module path inside the backbone -> (A [r, in], B [out, r] with the LoRA scale folded in)
     lora: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     head: dict[str, torch.Tensor] = field(default_factory=dict)
+    # IA3: module path -> scaling vector; input-side ([in]) for feed-forward modules, else [out]
+    ia3: dict[str, torch.Tensor] = field(default_factory=dict)
+    ia3_input_side: set[str] = field(default_factory=set)
+    # prompt tuning: [virtual tokens, hidden] input embeddings prepended to each row
+    prompt: torch.Tensor | None = None
+    # prefix tuning: per layer (key, value), each [kv_heads, virtual tokens, head_dim]
+    prefix: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
     probe_layers: list[int] = field(default_factory=list)
     pooling: str = "mean"
     rank: int = 0
@@ -74,6 +98,8 @@ class AdapterWeights:
     @property
     def nbytes(self) -> int:
         tensors = [t for pair in self.lora.values() for t in pair] + list(self.head.values())
+        tensors += list(self.ia3.values()) + [t for kv in self.prefix for t in kv]
+        tensors += [self.prompt] if self.prompt is not None else []
         return sum(t.numel() * t.element_size() for t in tensors)
 
 
@@ -106,12 +132,14 @@ def build_weights(
         _parse_lora(_spec(LoraConfigSpec, config), body, base, weights, max_rank=max_rank)
     elif method == "linear_probe":
         in_features *= _parse_probe(_spec(ProbeConfigSpec, config), body, base, weights)
+    elif method == "ia3":
+        _parse_ia3(_spec(IA3ConfigSpec, config), body, base, weights)
+    elif method == "prompt":
+        spec = _spec(PromptConfigSpec, config)
+        weights.prompt = _virtual(body, spec.num_virtual_tokens, base.hidden_size)
     else:
-        raise bad_request(
-            "unsupported_method",
-            f"method {method!r} cannot be served on this base yet",
-            param=_CONFIG,
-        )
+        spec = _spec(PrefixConfigSpec, config)
+        weights.prefix = _parse_prefix(spec, body, base)
     head = {k.split(".", 1)[1]: tensors[k] for k in head_keys}
     weights.head = _check_head(head, task=task, labels=labels, in_features=in_features)
     return weights
@@ -266,3 +294,66 @@ def _parse_probe(
     weights.probe_layers = list(spec.layers)
     weights.pooling = spec.pooling
     return len(spec.layers)
+
+
+def _virtual(body: dict[str, torch.Tensor], tokens: int, width: int) -> torch.Tensor:
+    """The one `prompt_embeddings` tensor of a prompt-learning adapter, shape-checked."""
+    extra = sorted(set(body) - {"prompt_embeddings"})
+    if extra or "prompt_embeddings" not in body:
+        raise bad_request(
+            "unknown_tensor",
+            f"a prompt-learning adapter holds prompt_embeddings only; found {sorted(body)[:5]}",
+            param=_WEIGHTS,
+        )
+    emb = body["prompt_embeddings"]
+    if tuple(emb.shape) != (tokens, width):
+        raise bad_request(
+            "shape_mismatch",
+            f"prompt_embeddings {tuple(emb.shape)} != ({tokens}, {width}) for this base",
+            param=_WEIGHTS,
+        )
+    return emb.to(torch.float32).contiguous()
+
+
+def _parse_prefix(
+    spec: PrefixConfigSpec, body: dict[str, torch.Tensor], base: Base
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """PEFT's layout: [virtual, layers * 2 * kv_dim], key then value for each layer."""
+    cfg = base.config
+    heads = int(getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads)
+    head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
+    layers = base.num_layers
+    emb = _virtual(body, spec.num_virtual_tokens, layers * 2 * heads * head_dim)
+    grid = emb.view(spec.num_virtual_tokens, layers * 2, heads, head_dim).permute(1, 2, 0, 3)
+    return [(grid[2 * i].contiguous(), grid[2 * i + 1].contiguous()) for i in range(layers)]
+
+
+def _parse_ia3(
+    _spec_: IA3ConfigSpec, body: dict[str, torch.Tensor], base: Base, weights: AdapterWeights
+) -> None:
+    for key, tensor in sorted(body.items()):
+        if not key.endswith(".ia3_l"):
+            raise bad_request("unknown_tensor", f"tensor {key!r} is not an IA3 vector",
+                              param=_WEIGHTS)
+        path = base.module_path(key.removesuffix(".ia3_l"))
+        if path not in base.linear_shapes:
+            raise bad_request(
+                "unknown_module", f"IA3 vector {key!r} targets {path!r}, not a linear layer",
+                param=_WEIGHTS,
+            )
+        d_in, d_out = base.linear_shapes[path]
+        # PEFT stores feed-forward vectors as (1, in) and the others as (out, 1): the shape
+        # alone says which side a vector scales, even for square layers.
+        if tuple(tensor.shape) == (1, d_in):
+            weights.ia3_input_side.add(path)
+        elif tuple(tensor.shape) != (d_out, 1):
+            raise bad_request(
+                "shape_mismatch",
+                f"IA3 vector of {path!r} is {tuple(tensor.shape)}; expected ({d_out}, 1) or "
+                f"(1, {d_in}) for a feed-forward module",
+                param=_WEIGHTS,
+            )
+        weights.ia3[path] = tensor.reshape(-1).to(torch.float32).contiguous()
+    if not weights.ia3:
+        raise bad_request("empty_adapter", "the adapter holds no IA3 vectors", param=_WEIGHTS)
+

@@ -134,6 +134,11 @@ class AdapterStore:
     def write_version(self, name: str, files: dict[str, bytes], meta: dict[str, Any]) -> int:
         """Write a new version atomically and return its number."""
         folder = self.root / check_name(name)
+        if folder.is_symlink():
+            # versions() ignores a linked folder; writing through it would land outside the root.
+            raise SwitchyardError(
+                500, "store_corrupted", f"{folder} is a symlink; refusing to write through it"
+            )
         folder.mkdir(exist_ok=True)
         tmp = folder / f"{_TMP_PREFIX}{uuid.uuid4().hex}"
         tmp.mkdir()
@@ -141,6 +146,8 @@ class AdapterStore:
             with self._lock:
                 existing = self.versions(name)
                 version = (existing[-1] if existing else 0) + 1
+                while os.path.lexists(folder / str(version)):
+                    version += 1  # a stray link or file with that number: never replace it
                 meta = {**meta, "name": name, "version": version}
                 for filename, data in {**files, META_FILE: _json_bytes(meta)}.items():
                     _write_synced(tmp / filename, data)

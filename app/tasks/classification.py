@@ -9,6 +9,7 @@ import torch
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score
 
+from app.errors import bad_request
 from app.tasks import MULTI_LABEL, REGRESSION
 
 
@@ -20,22 +21,38 @@ def decode(
         return [{"score": float(v)} for v in logits[:, 0].tolist()]
     if task == MULTI_LABEL:
         threshold = float(params.get("threshold", 0.5))
-        probs = torch.sigmoid(logits.float()).tolist()
+        scores = _apply(logits, str(params.get("function_to_apply", "sigmoid"))).tolist()
         return [
             sorted(
                 ({"label": lab, "score": p} for lab, p in zip(labels, row, strict=True)
                  if p >= threshold),
                 key=lambda item: -float(item["score"]),
             )
-            for row in probs
+            for row in scores
         ]
-    top_k = min(int(params.get("top_k", 1) or len(labels)), len(labels))
-    probs = torch.softmax(logits.float(), dim=-1)
-    scores, index = probs.topk(top_k, dim=-1)
+    top_k = params.get("top_k", 1)
+    k = len(labels) if top_k is None else max(1, min(int(top_k), len(labels)))
+    values, index = _apply(logits, str(params.get("function_to_apply", "softmax"))).topk(k, dim=-1)
     return [
         [{"label": labels[i], "score": s} for s, i in zip(srow, irow, strict=True)]
-        for srow, irow in zip(scores.tolist(), index.tolist(), strict=True)
+        for srow, irow in zip(values.tolist(), index.tolist(), strict=True)
     ]
+
+
+def _apply(logits: torch.Tensor, function: str) -> torch.Tensor:
+    """The pipeline's `function_to_apply`: softmax, sigmoid, or none (raw logits)."""
+    logits = logits.float()
+    if function == "none":
+        return logits
+    if function == "sigmoid":
+        return torch.sigmoid(logits)
+    if function == "softmax":
+        return torch.softmax(logits, dim=-1)
+    raise bad_request(
+        "invalid_parameter",
+        f"function_to_apply {function!r} is not one of softmax, sigmoid, none",
+        param="parameters.function_to_apply",
+    )
 
 
 def classification_metrics(pred: list[int], gold: list[int]) -> dict[str, float]:
@@ -64,3 +81,22 @@ def regression_metrics(pred: list[float], gold: list[float]) -> dict[str, float]
         pearson = float(pearsonr(p, g)[0])
         spearman = float(spearmanr(p, g)[0])
     return {"pearson": pearson, "spearman": spearman, "mse": float(np.mean((p - g) ** 2))}
+
+
+def check_params(params: dict[str, object]) -> None:
+    """Reject bad `parameters` before the request joins a batch (400 naming the field)."""
+    top_k = params.get("top_k", 1)
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise bad_request("invalid_parameter", f"top_k {top_k!r} must be an integer >= 1 or null",
+                          param="parameters.top_k")
+    threshold = params.get("threshold", 0.5)
+    if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not (
+        0 <= threshold <= 1
+    ):
+        raise bad_request("invalid_parameter", f"threshold {threshold!r} must be within [0, 1]",
+                          param="parameters.threshold")
+    function = params.get("function_to_apply", "softmax")
+    if function not in ("softmax", "sigmoid", "none"):
+        raise bad_request("invalid_parameter",
+                          f"function_to_apply {function!r} is not one of softmax, sigmoid, none",
+                          param="parameters.function_to_apply")

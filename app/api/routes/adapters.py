@@ -19,6 +19,8 @@ from app.tasks import canonical_task
 router = APIRouter(prefix="/v1/adapters", tags=["adapters"])
 _FIELDS = {"name", "task", "labels", "base_fingerprint"}
 _FILES = {CONFIG_FILE, WEIGHTS_FILE, META_FILE}
+# Text fields (name, task, labels) are small; files stream to disk and count against the upload limit.
+_MAX_FIELD_BYTES = 1024 * 1024
 
 
 class PinRequest(BaseModel):
@@ -61,7 +63,7 @@ async def upload_adapter(
 ) -> dict[str, Any]:
     """Multipart upload; checked against the base before anything is stored."""
     form = await request.form(
-        max_files=len(_FILES), max_fields=len(_FIELDS), max_part_size=settings.max_body_bytes
+        max_files=len(_FILES), max_fields=len(_FIELDS), max_part_size=_MAX_FIELD_BYTES
     )
     try:
         parts = await _read_parts(form, settings.max_upload_bytes)

@@ -15,7 +15,7 @@ from app.errors import SwitchyardError, bad_request
 from app.registry.store import check_name
 from app.runtime.engine import Job
 from app.runtime.runtime import Runtime
-from app.tasks import EMBEDDINGS, GENERATION
+from app.tasks import EMBEDDINGS, GENERATION, classification
 
 router = APIRouter(tags=["inference"])
 Input = str | dict[str, Any]
@@ -114,6 +114,7 @@ async def _run(
         if generate is None:
             raise bad_request("unsupported_task", "this base cannot generate", param="name")
         return await generate(name, int(meta["version"]), inputs, params)  # type: ignore[no-any-return]
+    classification.check_params(params)
     rows = _prepare(runtime, settings, inputs, task)
     job = Job(key=(name, int(meta["version"])), task=task, rows=rows, params=params)
     return await _submit(runtime, settings, job, label=name)

@@ -119,7 +119,7 @@ def _bad_cases(good: dict[str, bytes], minilm_dir: Path) -> dict[str, tuple[str,
     tensors = st_load(good["adapter_model.safetensors"])
     key = next(k for k in tensors if "lora_A" in k)
     wrong_shape = {**tensors, key: torch.zeros(4, 999)}
-    unknown = {**tensors, key.replace("query", "nonexistent"): tensors[key]}
+    unknown = {**tensors, key.replace(".lora_A.", ".extra.lora_A."): tensors[key].clone()}
     nan = {**tensors, key: torch.full_like(tensors[key], float("nan"))}
     return {
         "pickle": ("x", {**good, "adapter_model.safetensors": pickle.dumps({"a": 1})}),

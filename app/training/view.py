@@ -36,6 +36,10 @@ def build_view(base: Base, *, task: str, num_labels: int) -> PreTrainedModel:
     for name, _tensor in list(view.named_parameters()) + list(view.named_buffers()):
         if name in shared:
             _set(view, name, shared[name], is_param=isinstance(_tensor, nn.Parameter))
+    if base.kind == "decoder" and getattr(config, "tie_word_embeddings", False):
+        # A tied LM head is not among the base's named parameters (deduplicated); re-tie it to
+        # the shared embedding, or it would stay on the meta device.
+        view.tie_weights()
     for name, tensor in list(view.named_parameters()) + list(view.named_buffers()):
         if tensor.device.type == "meta":
             if name.split(".")[0] not in ("classifier", "score"):

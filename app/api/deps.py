@@ -11,6 +11,8 @@ from app.config import Settings
 from app.registry.catalog import Registry
 from app.runtime.metrics import Metrics
 from app.runtime.runtime import Runtime
+from app.training.datasets import DatasetService
+from app.training.jobs import JobManager
 
 
 def _settings(request: Request) -> Settings:
@@ -33,8 +35,18 @@ def _metrics(request: Request) -> Metrics:
     return request.app.state.metrics  # type: ignore[no-any-return]
 
 
+def _datasets(request: Request) -> DatasetService:
+    return request.app.state.datasets
+
+
+def _jobs(request: Request) -> JobManager:
+    return request.app.state.jobs
+
+
 SettingsDep = Annotated[Settings, Depends(_settings)]
 BaseDep = Annotated[Base, Depends(_base)]
 RegistryDep = Annotated[Registry, Depends(_registry)]
 RuntimeDep = Annotated[Runtime, Depends(_runtime)]
 MetricsDep = Annotated[Metrics, Depends(_metrics)]
+DatasetsDep = Annotated[DatasetService, Depends(_datasets)]
+JobsDep = Annotated[JobManager, Depends(_jobs)]

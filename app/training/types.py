@@ -54,3 +54,30 @@ class CancelToken:
     @property
     def cancelled(self) -> bool:
         return self.event.is_set()
+
+
+class TrainingCancelled(Exception):
+    """Raised by the trainer when it sees its CancelToken set; nothing is registered."""
+
+
+class TrainFn(Protocol):
+    """The trainer as the job manager calls it (`app.training.trainer.train` bound to the base)."""
+
+    def __call__(
+        self, plan: TrainingPlan, *, reporter: TrainingReporter, cancel: CancelToken
+    ) -> TrainingOutcome: ...
+
+
+class RegisterFn(Protocol):
+    """Stores a trained adapter as the next version; `Registry.register` fits."""
+
+    def __call__(
+        self,
+        name: str,
+        *,
+        config_bytes: bytes,
+        weights_bytes: bytes,
+        task: str,
+        labels: list[str],
+        meta: dict[str, Any] | None = None,
+    ) -> int: ...

@@ -1,0 +1,161 @@
+"""From a training job's body to a TrainingPlan: shape checks, rows, labels, validation split.
+
+The same code runs when a job is submitted (so a bad job is a 4xx at once) and again when a
+worker starts it (from the persisted request, so a restart gives the very same plan).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from app.errors import SwitchyardError, bad_request
+from app.registry.store import check_name
+from app.tasks import canonical_task, head_rows
+from app.training.datasets import DatasetService
+from app.training.rows import derive_labels, detect_task, validate_rows
+from app.training.split import holdout_split
+from app.training.types import TrainingPlan
+
+METHODS = ("lora", "prefix", "prompt", "ia3", "linear_probe")
+Rows = list[dict[str, Any]]
+
+
+@dataclass
+class JobRequest:
+    """A training job's body, checked for shape; persisted as is and replayed by workers."""
+
+    adapter: str
+    method: str
+    task: str | None = None
+    training_data: str | None = None
+    validation_data: str | None = None
+    examples: Rows | None = None
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, body: Mapping[str, Any]) -> JobRequest:
+        """Build from a JSON body (the API's pydantic model dumped, or the CLI's dict)."""
+        if (body.get("training_data") is None) == (body.get("examples") is None):
+            raise bad_request(
+                "invalid_request",
+                "give exactly one of training_data (a dataset id) or examples (inline rows)",
+                param="training_data",
+            )
+        hyperparameters = body.get("hyperparameters") or {}
+        if not isinstance(hyperparameters, dict):
+            raise bad_request(
+                "invalid_hyperparameters",
+                "hyperparameters must be an object",
+                param="hyperparameters",
+            )
+        examples = body.get("examples")
+        if examples is not None and not isinstance(examples, list):
+            raise bad_request(
+                "invalid_request", "examples must be a list of rows", param="examples"
+            )
+        task = body.get("task")
+        return cls(
+            adapter=_adapter_name(body.get("adapter")),
+            method=_method(body.get("method")),
+            task=canonical_task(task) if task else None,
+            training_data=body.get("training_data"),
+            validation_data=body.get("validation_data"),
+            examples=examples,
+            hyperparameters=dict(hyperparameters),
+        )
+
+
+@dataclass
+class PreparedJob:
+    """A plan ready for the trainer, and what the job shows about its data."""
+
+    plan: TrainingPlan
+    summary: dict[str, Any]  # labels, train_rows, validation_rows, validation_source
+
+
+def prepare_job(
+    request: JobRequest, datasets: DatasetService, *, max_training_rows: int
+) -> PreparedJob:
+    """Load and validate the rows, derive the labels (sorted), hold out a validation split."""
+    rows, task, param = _training_rows(request, datasets)
+    if len(rows) > max_training_rows:
+        raise bad_request(
+            "too_many_rows", f"{len(rows)} training rows > limit {max_training_rows}", param=param
+        )
+    labels = derive_labels(rows, task)
+    try:
+        head_rows(task, labels)  # e.g. classification needs two classes
+    except SwitchyardError as exc:
+        exc.param = param
+        raise
+    if request.validation_data is not None:
+        validation = _validation_rows(request.validation_data, task, labels, datasets)
+        source = "validation_data"
+    else:
+        rows, validation = holdout_split(rows, task)
+        source = "held_out"
+    if not validation:
+        # Too few rows to spare any: evaluate on the training rows rather than on nothing.
+        validation, source = list(rows), "training_rows"
+    plan = TrainingPlan(
+        adapter=request.adapter,
+        task=task,
+        method=request.method,
+        train_rows=rows,
+        validation_rows=validation,
+        labels=labels,
+        hyperparameters=request.hyperparameters,
+    )
+    summary = {
+        "labels": labels,
+        "train_rows": len(rows),
+        "validation_rows": len(validation),
+        "validation_source": source,
+    }
+    return PreparedJob(plan, summary)
+
+
+def _adapter_name(value: Any) -> str:
+    try:
+        return check_name(value if isinstance(value, str) else repr(value))
+    except SwitchyardError as exc:
+        exc.param = "adapter"  # check_name says "name": here the field is `adapter`
+        raise
+
+
+def _method(value: Any) -> str:
+    method = value or "lora"
+    if method not in METHODS:
+        raise bad_request(
+            "invalid_method", f"method {method!r} is not one of {list(METHODS)}", param="method"
+        )
+    return str(method)
+
+
+def _training_rows(request: JobRequest, datasets: DatasetService) -> tuple[Rows, str, str]:
+    if request.training_data is not None:
+        param = "training_data"
+        raw = datasets.load_rows(request.training_data, param=param)
+        task = request.task or datasets.get(request.training_data, param=param)["task"]
+    else:
+        param = "examples"
+        raw = request.examples or []
+        task = request.task or detect_task(raw)
+    return validate_rows(raw, task, param=param), canonical_task(task), param
+
+
+def _validation_rows(
+    dataset_id: str, task: str, labels: list[str], datasets: DatasetService
+) -> Rows:
+    param = "validation_data"
+    rows = validate_rows(datasets.load_rows(dataset_id, param=param), task, param=param)
+    unknown = sorted(set(derive_labels(rows, task)) - set(labels))
+    if unknown:
+        raise bad_request(
+            "label_mismatch",
+            f"labels {unknown[:10]} of validation_data never occur in the training data",
+            param=param,
+        )
+    return rows

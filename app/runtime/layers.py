@@ -1,10 +1,12 @@
 """Multi-adapter layers: each target linear layer of the base is wrapped once, for good.
 
-A wrapped layer holds stacked per-slot LoRA weights. A batch carries a slot index per row
-(set on the shared `BatchContext` by the engine), and the layer adds each row's own delta
-with gathered, batched matrix products, so rows of different adapters, ranks and target
-modules run in one forward. Slot 0 is the empty adapter: rows without one get exactly the
-base output. Loading an adapter is a copy into a slot, never a module injection.
+A wrapped layer holds stacked per-slot LoRA weights and IA3 scaling vectors. A batch carries a
+slot index per row (set on the shared `BatchContext` by the engine), and the layer applies each
+row's own delta or scales with gathered, batched products, so rows of different adapters,
+methods, ranks and target modules run in one forward. Slot 0 is the empty adapter: rows without
+one get exactly the base output. Loading an adapter is a copy into a slot, never a module
+injection. The `LayerSet` also owns the per-slot virtual tokens of prompt and prefix adapters
+and patches the base's self-attention once so that prefixes can be routed per row.
 """
 
 from __future__ import annotations
@@ -13,6 +15,17 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+
+from app.errors import bad_request
+from app.registry.weights import AdapterWeights
+from app.runtime.prefix_attention import (
+    PrefixBatch,
+    PrefixRouter,
+    attention_geometry,
+    patch_self_attention,
+    prefix_grid,
+)
+from app.runtime.prompts import VirtualTable
 
 
 @dataclass
@@ -26,10 +39,13 @@ class BatchContext:
     slot_ids: torch.Tensor | None = None  # [batch] long, on the device
     uniform_slot: int | None = None  # set when every row uses the same slot
     active_slots: frozenset[int] = field(default_factory=frozenset)
+    # Active slots that hold IA3 vectors somewhere: empty keeps LoRA-only batches on the fast path.
+    ia3_slots: frozenset[int] = field(default_factory=frozenset)
 
 
 class MultiLoraLinear(nn.Module):
-    """A frozen `nn.Linear` plus per-slot LoRA deltas `B_s @ A_s` (scale folded into B)."""
+    """A frozen `nn.Linear` plus per-slot LoRA deltas `B_s @ A_s` (scale folded into B) and
+    per-slot IA3 scales (input-side for feed-forward modules, output-side otherwise)."""
 
     def __init__(self, base_layer: nn.Linear, ctx: BatchContext) -> None:
         super().__init__()
@@ -42,6 +58,11 @@ class MultiLoraLinear(nn.Module):
         self.lora_a = torch.zeros(1, 0, self.in_features, device=device, dtype=dtype)
         self.lora_b = torch.zeros(1, self.out_features, 0, device=device, dtype=dtype)
         self.ranks: list[int] = [0]  # rank of each slot in THIS layer (0: not targeted)
+        # IA3 tables [slots, features] of ones, allocated at the first IA3 adapter that targets
+        # this layer: a LoRA-only service never holds them.
+        self.ia3_in: torch.Tensor | None = None
+        self.ia3_out: torch.Tensor | None = None
+        self.ia3_slots: set[int] = set()
 
     @property
     def weight(self) -> torch.Tensor:
@@ -64,6 +85,8 @@ class MultiLoraLinear(nn.Module):
         b[:old_slots, :, :old_rank] = self.lora_b
         self.lora_a, self.lora_b = a, b
         self.ranks += [0] * (slots - len(self.ranks))
+        self.ia3_in = _grow_ones(self.ia3_in, slots)
+        self.ia3_out = _grow_ones(self.ia3_out, slots)
 
     def assign(self, slot: int, pair: tuple[torch.Tensor, torch.Tensor] | None) -> None:
         """Copy one adapter's (A, B) into a slot, or clear the slot for this layer."""
@@ -76,15 +99,39 @@ class MultiLoraLinear(nn.Module):
             return
         a, b = pair
         rank = a.shape[0]
-        self.lora_a[slot].zero_()
-        self.lora_b[slot].zero_()
+        if old > rank:  # only the tail a smaller adapter leaves behind needs clearing
+            self.lora_a[slot, rank:old].zero_()
+            self.lora_b[slot, :, rank:old].zero_()
         self.lora_a[slot, :rank].copy_(a)
         self.lora_b[slot, :, :rank].copy_(b)
         self.ranks[slot] = rank
 
+    def assign_ia3(self, slot: int, vector: torch.Tensor | None, *, input_side: bool) -> None:
+        """Copy one adapter's IA3 vector into a slot, or reset the slot's scales to one."""
+        for table in (self.ia3_in, self.ia3_out):
+            if table is not None:
+                table[slot].fill_(1.0)
+        self.ia3_slots.discard(slot)
+        if vector is None:
+            return
+        slots = self.lora_a.shape[0]
+        ref = self.base_layer.weight
+        if input_side:
+            if self.ia3_in is None:
+                self.ia3_in = ref.new_ones(slots, self.in_features)
+            self.ia3_in[slot].copy_(vector)
+        else:
+            if self.ia3_out is None:
+                self.ia3_out = ref.new_ones(slots, self.out_features)
+            self.ia3_out[slot].copy_(vector)
+        self.ia3_slots.add(slot)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.base_layer(x)
         ctx = self.ctx
+        if ctx.ia3_slots and not self.ia3_slots.isdisjoint(ctx.ia3_slots):
+            out = self._scaled(x)
+        else:
+            out = self.base_layer(x)
         if ctx.slot_ids is None:
             return out
         rank = max((self.ranks[s] for s in ctx.active_slots), default=0)
@@ -100,9 +147,38 @@ class MultiLoraLinear(nn.Module):
         delta = torch.bmm(torch.bmm(flat, a.transpose(1, 2)), b.transpose(1, 2))
         return out + delta.reshape(out.shape)
 
+    def _scaled(self, x: torch.Tensor) -> torch.Tensor:
+        """PEFT's IA3: `base(x * l)` for feed-forward modules, `base(x) * l` for the others.
+
+        Rows of other slots gather a scale of exactly one, so they are unchanged.
+        """
+        ctx = self.ctx
+        if ctx.uniform_slot is not None:
+            index: int | torch.Tensor = ctx.uniform_slot
+            shape = (-1,)
+        else:
+            index = ctx.slot_ids  # type: ignore[assignment]
+            shape = (x.shape[0],) + (1,) * (x.dim() - 2) + (-1,)
+        if self.ia3_in is not None:
+            x = x * self.ia3_in[index].view(shape)
+        out: torch.Tensor = self.base_layer(x)
+        if self.ia3_out is not None:
+            out = out * self.ia3_out[index].view(shape)
+        return out
+
+
+def _grow_ones(table: torch.Tensor | None, slots: int) -> torch.Tensor | None:
+    """An IA3 table with `slots` rows, new rows set to one (no scaling)."""
+    if table is None or table.shape[0] >= slots:
+        return table
+    grown = table.new_ones(slots, table.shape[1])
+    grown[: table.shape[0]] = table
+    return grown
+
 
 class LayerSet:
-    """Every wrapped layer of the base, addressed by module path, plus their shared context."""
+    """Every wrapped layer of the base, addressed by module path, plus their shared context,
+    the per-slot virtual-token tables and the prefix router of the patched self-attention."""
 
     def __init__(self, model: nn.Module, paths: list[str]) -> None:
         self.ctx = BatchContext()
@@ -118,6 +194,17 @@ class LayerSet:
             self.layers[path] = wrapped
         self.slot_capacity = 1
         self.rank_capacity = 0
+        self._ia3_slots: set[int] = set()
+        ref = next(model.parameters())
+        embed = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+        hidden = int(getattr(embed, "embedding_dim", 0) or 0)
+        self.prompts = VirtualTable((hidden,), device=ref.device, dtype=ref.dtype)
+        self.prefix_router = PrefixRouter()
+        self.prefixes: VirtualTable | None = None
+        if patch_self_attention(model, self.prefix_router):
+            layers, heads, dim = attention_geometry(model)
+            self.prefixes = VirtualTable((layers, 2, heads, dim), device=ref.device,
+                                         dtype=ref.dtype)
 
     def ensure(self, slots: int, rank: int) -> None:
         """Grow every layer so that `slots` slots of rank `rank` fit."""
@@ -140,22 +227,68 @@ class LayerSet:
                 pair = (pair[0].to(layer.lora_a), pair[1].to(layer.lora_b))
             layer.assign(slot, pair)
 
+    def load(self, slot: int, weights: AdapterWeights) -> None:
+        """Copy every per-slot part of an adapter (LoRA, IA3, prompt, prefix) into `slot`."""
+        if weights.prefix and self.prefixes is None:
+            raise bad_request("unsupported_method",
+                              "prefix adapters need an encoder base with BERT-style attention",
+                              param="method")
+        unknown = set(weights.ia3) - set(self.layers)
+        if unknown:
+            raise KeyError(f"modules {sorted(unknown)[:3]} are not wrapped by the runtime")
+        self.assign(slot, weights.lora)
+        self._assign_ia3(slot, weights)
+        prompt = weights.prompt
+        self.prompts.assign(slot, prompt.to(self.prompts.data) if prompt is not None else None)
+        if self.prefixes is not None:
+            grid = prefix_grid(weights.prefix).to(self.prefixes.data) if weights.prefix else None
+            self.prefixes.assign(slot, grid)
+
+    def clear(self, slot: int) -> None:
+        """Empty `slot` in every layer and table."""
+        self.load(slot, AdapterWeights(method="lora", task="", labels=[]))
+
+    def _assign_ia3(self, slot: int, weights: AdapterWeights) -> None:
+        if slot not in self._ia3_slots and not weights.ia3:
+            return  # the common LoRA case: nothing to reset, skip the loop over layers
+        for path, layer in self.layers.items():
+            vector = weights.ia3.get(path)
+            layer.assign_ia3(slot, vector, input_side=path in weights.ia3_input_side)
+        if weights.ia3:
+            self._ia3_slots.add(slot)
+        else:
+            self._ia3_slots.discard(slot)
+
     def route(self, slot_ids: list[int], device: torch.device) -> None:
         """Point every layer at this batch's rows."""
         unique = set(slot_ids)
         self.ctx.slot_ids = torch.tensor(slot_ids, dtype=torch.long, device=device)
         self.ctx.uniform_slot = slot_ids[0] if len(unique) == 1 else None
         self.ctx.active_slots = frozenset(unique - {0})
+        self.ctx.ia3_slots = frozenset(self.ctx.active_slots & self._ia3_slots)
+
+    def route_prefix(self, batch: PrefixBatch | None) -> None:
+        """Give the patched self-attentions this batch's prefixes (None: no prefix rows)."""
+        self.prefix_router.batch = batch
 
     def clear_route(self) -> None:
         self.ctx.slot_ids = None
         self.ctx.uniform_slot = None
         self.ctx.active_slots = frozenset()
+        self.ctx.ia3_slots = frozenset()
+        self.prefix_router.batch = None
 
     @property
     def allocated_bytes(self) -> int:
+        tables = [self.prompts] + ([self.prefixes] if self.prefixes is not None else [])
         return sum(
-            layer.lora_a.numel() * layer.lora_a.element_size()
-            + layer.lora_b.numel() * layer.lora_b.element_size()
+            t.numel() * t.element_size()
             for layer in self.layers.values()
-        )
+            for t in (layer.lora_a, layer.lora_b, layer.ia3_in, layer.ia3_out)
+            if t is not None
+        ) + sum(table.nbytes for table in tables)
+
+
+def needs_slot(weights: AdapterWeights) -> bool:
+    """Adapters that change the base forward take a slot; head-only ones (probes) do not."""
+    return bool(weights.lora or weights.ia3 or weights.prompt is not None or weights.prefix)

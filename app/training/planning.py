@@ -46,7 +46,7 @@ class JobRequest:
         hyperparameters = body.get("hyperparameters") or {}
         if not isinstance(hyperparameters, dict):
             raise bad_request(
-                "invalid_hyperparameters",
+                "invalid_hyperparameter",
                 "hyperparameters must be an object",
                 param="hyperparameters",
             )

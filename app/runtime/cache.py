@@ -19,7 +19,7 @@ import torch
 
 from app.errors import SwitchyardError
 from app.registry.weights import AdapterWeights
-from app.runtime.layers import LayerSet
+from app.runtime.layers import LayerSet, needs_slot
 from app.runtime.metrics import Metrics
 
 Key = tuple[str, int]
@@ -148,12 +148,13 @@ class AdapterCache:
 
     def _place(self, key: Key, weights: AdapterWeights) -> Resident:
         nbytes = weights.nbytes
-        needs_slot = bool(weights.lora)
-        self._make_room(nbytes, needs_slot=needs_slot)
-        slot = self._take_slot(weights.rank) if needs_slot else 0
+        # LoRA, IA3, prompt and prefix adapters change the forward: they take a slot.
+        slotted = needs_slot(weights)
+        self._make_room(nbytes, needs_slot=slotted)
+        slot = self._take_slot(weights.rank) if slotted else 0
         try:
-            if needs_slot and self.layers is not None:
-                self.layers.assign(slot, weights.lora)
+            if slotted and self.layers is not None:
+                self.layers.load(slot, weights)
             head = {k: v.to(self.device) for k, v in weights.head.items()}
         except BaseException:
             self._return_slot(slot)
@@ -220,7 +221,7 @@ class AdapterCache:
 
     def _free(self, resident: Resident) -> None:
         if resident.slot and self.layers is not None:
-            self.layers.assign(resident.slot, {})
+            self.layers.clear(resident.slot)
         self._return_slot(resident.slot)
         resident.slot = -1
         self._update_gauges()

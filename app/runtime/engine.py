@@ -16,6 +16,8 @@ import torch.nn.functional as F
 
 from app.base import BaseModel as Base
 from app.errors import SwitchyardError, bad_request
+from app.runtime.batch import Features, build_layout, model_inputs
+from app.runtime.batch import pool as pool  # re-exported: training pools the same way
 from app.runtime.cache import AdapterCache, Key, Resident
 from app.runtime.layers import LayerSet
 from app.tasks import EMBEDDINGS, TOKEN_CLASSIFICATION, classification, token_classification
@@ -40,6 +42,7 @@ class Job:
     task: str
     rows: list[EncodedRow]
     params: dict[str, Any] = field(default_factory=dict)
+    raw: bool = False  # outputs are per-row logits tensors (tests, diagnostics), not decoded
 
 
 @dataclass
@@ -63,6 +66,9 @@ class Engine:
         self.max_batch_rows = max_batch_rows
         self._lock = threading.Lock()
         self._has_pooler = getattr(base.model, "pooler", None) is not None
+        self._embed = base.model.get_input_embeddings()
+        limit = getattr(base.config, "max_position_embeddings", None)
+        self._max_positions = int(limit) if limit else None
 
     # ---------------------------------------------------------------- inputs
     def prepare(self, inputs: list[Any], *, task: str) -> list[EncodedRow]:
@@ -83,7 +89,7 @@ class Engine:
                 )
             row = EncodedRow(ids, enc.get("token_type_ids"), text=text)
             if task == TOKEN_CLASSIFICATION:
-                row.offsets = [tuple(o) for o in enc["offset_mapping"]]  # type: ignore[misc]
+                row.offsets = [tuple(o) for o in enc["offset_mapping"]]
                 row.word_ids = enc.word_ids()
             rows.append(row)
         return rows
@@ -105,6 +111,8 @@ class Engine:
             for i, job in enumerate(jobs):
                 if job.key is not None and job.key in errors:
                     results[i].error = errors[job.key]
+                elif job.key is not None:
+                    results[i].error = self._check_positions(job, residents[job.key])
             runnable = [(i, job) for i, job in enumerate(jobs) if results[i].error is None]
             self._run_chunks(runnable, residents, results)
         finally:
@@ -112,131 +120,132 @@ class Engine:
                 self.cache.release(resident)
         return results
 
+    def _check_positions(self, job: Job, resident: Resident) -> SwitchyardError | None:
+        """Virtual tokens take positions too: a row must still fit the position table."""
+        weights = resident.weights
+        virtual = weights.prompt.shape[0] if weights.prompt is not None else (
+            weights.prefix[0][0].shape[1] if weights.prefix else 0)
+        limit = self._max_positions
+        if not virtual or limit is None:
+            return None
+        for index, row in enumerate(job.rows):
+            if len(row.input_ids) + virtual > limit:
+                return bad_request(
+                    "input_too_long",
+                    f"input {index} has {len(row.input_ids)} tokens; with the adapter's {virtual} "
+                    f"virtual tokens that passes the base's {limit} positions",
+                    param=f"inputs[{index}]",
+                )
+        return None
+
     def _run_chunks(
         self, runnable: list[tuple[int, Job]], residents: dict[Key, Resident],
         results: list[JobResult],
     ) -> None:
-        flat = [(i, r) for i, job in runnable for r in range(len(job.rows))]
-        outputs: dict[int, list[Any]] = {i: [None] * len(job.rows) for i, job in runnable}
+        """Forward each distinct (slot, tokens) row once, then decode every job's rows.
+
+        Rows that run the same forward (head-only probes and bare rows are all slot 0) over the
+        same tokens share one row of the batch: several probe adapters over the same inputs
+        cost one base pass.
+        """
         by_index = dict(runnable)
-        for start in range(0, len(flat), self.max_batch_rows):
-            chunk = flat[start : start + self.max_batch_rows]
-            decoded = self._forward(chunk, by_index, residents)
-            for (i, r), value in zip(chunk, decoded, strict=True):
-                outputs[i][r] = value
+        members = [(i, r) for i, job in runnable for r in range(len(job.rows))]
+        unique: dict[tuple[Any, ...], int] = {}
+        forward: list[tuple[EncodedRow, int]] = []
+        where: list[int] = []
+        for i, r in members:
+            row, slot = by_index[i].rows[r], self._slot(by_index[i], residents)
+            key = (slot, tuple(row.input_ids), tuple(row.token_type_ids or ()))
+            if key not in unique:
+                unique[key] = len(forward)
+                forward.append((row, slot))
+            where.append(unique[key])
+        outputs: dict[int, list[Any]] = {i: [None] * len(job.rows) for i, job in runnable}
+        size = self.max_batch_rows
+        chunks: list[list[int]] = [[] for _ in range(-(-len(forward) // size))]
+        for m, index in enumerate(where):
+            chunks[index // size].append(m)
+        for c, chunk in enumerate(chunks):
+            part = forward[c * size : (c + 1) * size]
+            hidden = any(_needs_hidden(by_index[members[m][0]], residents) for m in chunk)
+            features = self._forward([row for row, _ in part], [slot for _, slot in part], hidden)
+            groups: dict[int, list[int]] = {}
+            for m in chunk:
+                groups.setdefault(members[m][0], []).append(m)
+            for i, group in groups.items():
+                job = by_index[i]
+                rows = [job.rows[members[m][1]] for m in group]
+                resident = residents[job.key] if job.key else None
+                values = self._decode(job, resident, features, [where[m] - c * size for m in group],
+                                      rows)
+                for m, value in zip(group, values, strict=True):
+                    outputs[i][members[m][1]] = value
         for i, _job in runnable:
             results[i].outputs = outputs[i]
 
-    def _forward(
-        self, chunk: list[tuple[int, int]], jobs: dict[int, Job], residents: dict[Key, Resident]
-    ) -> list[Any]:
-        rows = [jobs[i].rows[r] for i, r in chunk]
-        slots = [residents[jobs[i].key].slot if jobs[i].key else 0 for i, _ in chunk]  # type: ignore[index]
-        need_hidden = any(_needs_hidden(jobs[i], residents) for i, _ in chunk)
-        batch = self._collate(rows)
+    @staticmethod
+    def _slot(job: Job, residents: dict[Key, Resident]) -> int:
+        return residents[job.key].slot if job.key is not None else 0
+
+    def _forward(self, rows: list[EncodedRow], slots: list[int], need_hidden: bool) -> Features:
+        """One forward of the base over rows routed to their slots."""
+        pad = int(self.base.tokenizer.pad_token_id or 0)
+        layout = build_layout(rows, slots, self.layers, pad_id=pad, device=self.base.device)
         with self._lock, torch.inference_mode():
             self.layers.route(slots, self.base.device)
             try:
-                out = self.base.model(**batch, output_hidden_states=need_hidden)
+                inputs = model_inputs(layout, self.layers, self._embed, self._max_positions)
+                out = self.base.model(**inputs, output_hidden_states=need_hidden)
             finally:
                 self.layers.clear_route()
-        features = _Features(out, batch["attention_mask"], self._has_pooler)
-        decoded: list[Any] = [None] * len(chunk)
-        groups: dict[int, list[int]] = {}
-        for position, (i, _r) in enumerate(chunk):
-            groups.setdefault(i, []).append(position)
-        for i, positions in groups.items():
-            job = jobs[i]
-            resident = residents[job.key] if job.key else None
-            values = self._decode(job, resident, features, positions, [rows[p] for p in positions])
-            for position, value in zip(positions, values, strict=True):
-                decoded[position] = value
-        return decoded
-
-    def _collate(self, rows: list[EncodedRow]) -> dict[str, torch.Tensor]:
-        width = max(len(r.input_ids) for r in rows)
-        pad = int(self.base.tokenizer.pad_token_id or 0)
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        types = torch.zeros((len(rows), width), dtype=torch.long)
-        for n, row in enumerate(rows):
-            ids[n, : len(row.input_ids)] = torch.tensor(row.input_ids)
-            mask[n, : len(row.input_ids)] = 1
-            if row.token_type_ids is not None:
-                types[n, : len(row.token_type_ids)] = torch.tensor(row.token_type_ids)
-        batch = {"input_ids": ids, "attention_mask": mask}
-        if rows[0].token_type_ids is not None:
-            batch["token_type_ids"] = types
-        return {k: v.to(self.base.device) for k, v in batch.items()}
+        return Features(out, layout, self._has_pooler)
 
     def _decode(
-        self, job: Job, resident: Resident | None, features: _Features, positions: list[int],
+        self, job: Job, resident: Resident | None, features: Features, positions: list[int],
         rows: list[EncodedRow],
     ) -> list[Any]:
         if job.task == EMBEDDINGS:
             layers = list(job.params.get("layers", [-1]))
-            pooled = features.pooled(positions, layers, job.params.get("pooling", "mean"), concat=False)
+            pooled = features.pooled(positions, layers, job.params.get("pooling", "mean"),
+                                     concat=False)
             if job.params.get("normalize", True):
                 pooled = F.normalize(pooled, dim=-1)
             return [v for v in pooled.float().tolist()]
         if resident is None:
-            raise bad_request("adapter_required", f"task {job.task!r} needs an adapter", param="adapter")
+            raise bad_request("adapter_required", f"task {job.task!r} needs an adapter",
+                              param="adapter")
         weights, head = resident.weights, resident.head
-        if weights.method == "linear_probe":
-            x = features.pooled(positions, weights.probe_layers, weights.pooling, concat=True)
-        elif job.task == TOKEN_CLASSIFICATION:
-            x = features.last[positions]
+        token_task = job.task == TOKEN_CLASSIFICATION
+        probe = weights.probe_layers if weights.method == "linear_probe" else None
+        if token_task:
+            x = features.tokens(positions, probe)
+        elif probe is not None:
+            x = features.pooled(positions, probe, weights.pooling, concat=True)
         else:
             x = features.sentence(positions)
         logits = F.linear(x.to(head["weight"].dtype), head["weight"], head["bias"])
-        if job.task != TOKEN_CLASSIFICATION:
-            return classification.decode(logits, task=job.task, labels=weights.labels, params=job.params)
-        return [
-            token_classification.decode_entities(
-                logits[n, : len(row.input_ids)], labels=weights.labels, text=row.text,
-                offsets=row.offsets, word_ids=row.word_ids,
-            )
-            for n, row in enumerate(rows)
-        ]
+        if token_task:
+            # Each row's own tokens only: virtual prompt positions and padding are dropped.
+            per_row = [logits[n, features.starts[p] : features.starts[p] + len(row.input_ids)]
+                       for n, (p, row) in enumerate(zip(positions, rows, strict=True))]
+            if job.raw:
+                return per_row
+            return [
+                token_classification.decode_entities(
+                    row_logits, labels=weights.labels, text=row.text, offsets=row.offsets,
+                    word_ids=row.word_ids,
+                )
+                for row_logits, row in zip(per_row, rows, strict=True)
+            ]
+        if job.raw:
+            return list(logits)
+        return classification.decode(logits, task=job.task, labels=weights.labels,
+                                     params=job.params)
 
     def warm_up(self) -> None:
         """One forward so the first request does not pay for lazy initialisation."""
         rows = self.prepare(["warm up"], task="classification")
         self.run([Job(key=None, task=EMBEDDINGS, rows=rows)])
-
-
-class _Features:
-    """Lazily pooled views of one forward's outputs."""
-
-    def __init__(self, out: Any, mask: torch.Tensor, has_pooler: bool) -> None:
-        self.out = out
-        self.mask = mask
-        self.has_pooler = has_pooler
-
-    @property
-    def last(self) -> torch.Tensor:
-        return self.out.last_hidden_state  # type: ignore[no-any-return]
-
-    def sentence(self, positions: list[int]) -> torch.Tensor:
-        """What a *ForSequenceClassification head reads: the pooler, else the first token."""
-        if self.has_pooler and self.out.pooler_output is not None:
-            return self.out.pooler_output[positions]  # type: ignore[no-any-return]
-        return self.last[positions, 0]
-
-    def pooled(self, positions: list[int], layers: list[int], pooling: str, *, concat: bool) -> torch.Tensor:
-        states = self.out.hidden_states if self.out.hidden_states is not None else (self.last,)
-        mask = self.mask[positions].unsqueeze(-1).to(self.last.dtype)
-        parts = [pool(states[layer][positions], mask, pooling) for layer in layers]
-        return torch.cat(parts, dim=-1) if concat else torch.stack(parts).mean(dim=0)
-
-
-def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
-    """Masked mean, first token, or masked max over the sequence."""
-    if pooling == "cls":
-        return hidden[:, 0]
-    if pooling == "max":
-        return hidden.masked_fill(mask == 0, torch.finfo(hidden.dtype).min).max(dim=1).values
-    return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
 
 
 def _needs_hidden(job: Job, residents: dict[Key, Resident]) -> bool:

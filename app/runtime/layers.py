@@ -155,7 +155,7 @@ class MultiLoraLinear(nn.Module):
         ctx = self.ctx
         if ctx.uniform_slot is not None:
             index: int | torch.Tensor = ctx.uniform_slot
-            shape = (-1,)
+            shape: tuple[int, ...] = (-1,)
         else:
             index = ctx.slot_ids  # type: ignore[assignment]
             shape = (x.shape[0],) + (1,) * (x.dim() - 2) + (-1,)
@@ -196,7 +196,7 @@ class LayerSet:
         self.rank_capacity = 0
         self._ia3_slots: set[int] = set()
         ref = next(model.parameters())
-        embed = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+        embed = getattr(model, "get_input_embeddings", lambda: None)()
         hidden = int(getattr(embed, "embedding_dim", 0) or 0)
         self.prompts = VirtualTable((hidden,), device=ref.device, dtype=ref.dtype)
         self.prefix_router = PrefixRouter()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -11,14 +12,19 @@ from starlette.concurrency import run_in_threadpool
 
 from app.api.errors import install_error_handlers
 from app.api.limits import BodyLimitMiddleware
-from app.api.routes import adapters, health, inference
+from app.api.routes import adapters, health, inference, openai
 from app.base import BaseModel as Base
 from app.base import load_base
 from app.config import Settings
+from app.db import open_database
 from app.registry.catalog import Registry
 from app.registry.store import AdapterStore
 from app.runtime.metrics import Metrics
 from app.runtime.runtime import Runtime
+from app.training.datasets import DatasetService
+from app.training.hyperparameters import parse_hyperparameters
+from app.training.jobs import JobManager
+from app.training.trainer import train
 
 log = logging.getLogger(__name__)
 
@@ -31,15 +37,15 @@ def create_app(settings: Settings | None = None, *, base: Base | None = None) ->
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.readiness = "starting"
         await run_in_threadpool(_start, app, settings, base)
-        app.state.runtime.batcher.start()
-        await run_in_threadpool(app.state.runtime.engine.warm_up)
+        app.state.runtime.start()
+        await run_in_threadpool(app.state.runtime.warm_up)
         app.state.readiness = "ready"
         log.info("ready on %s:%d", settings.host, settings.port)
         try:
             yield
         finally:
             app.state.readiness = "draining"
-            await app.state.runtime.batcher.stop()
+            await app.state.runtime.stop()
 
     app = FastAPI(
         title="Switchyard",
@@ -50,7 +56,7 @@ def create_app(settings: Settings | None = None, *, base: Base | None = None) ->
     app.state.settings = settings
     app.state.readiness = "starting"
     install_error_handlers(app)
-    for module in (health, adapters, inference):
+    for module in (health, adapters, openai, inference):  # openai's fixed paths first
         app.include_router(module.router)
     app.add_middleware(
         BodyLimitMiddleware,
@@ -71,4 +77,15 @@ def _start(app: FastAPI, settings: Settings, base: Base | None) -> None:
     app.state.base = base
     app.state.metrics = metrics
     app.state.registry = registry
-    app.state.runtime = Runtime(base, registry, settings, metrics)
+    runtime = Runtime(base, registry, settings, metrics)
+    app.state.runtime = runtime
+    db = open_database(settings)
+    app.state.db = db
+    app.state.datasets = DatasetService(db, settings)
+    limits = {"max_rank": settings.max_rank, "max_tokens": settings.max_input_tokens}
+    app.state.jobs = JobManager(
+        db, app.state.datasets, settings,
+        train_fn=functools.partial(train, base=base, pause=runtime.yield_to_requests, **limits),
+        register_fn=registry.register,
+        check_hyperparameters=functools.partial(parse_hyperparameters, **limits),
+    )

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import time
+
 from app.base import BaseModel as Base
 from app.config import Settings
+from app.errors import bad_request
 from app.registry.catalog import Registry
 from app.runtime.batcher import Batcher
 from app.runtime.cache import AdapterCache, CacheLimits
 from app.runtime.engine import Engine
+from app.runtime.generation import DecoderLayerSet
+from app.runtime.generation_service import GenerationService
 from app.runtime.layers import LayerSet
 from app.runtime.metrics import Metrics
 
@@ -23,7 +30,8 @@ class Runtime:
     def __init__(self, base: Base, registry: Registry, settings: Settings, metrics: Metrics) -> None:
         self.base = base
         self.metrics = metrics
-        self.layers = LayerSet(base.model, serving_layer_paths(base))
+        layer_set = DecoderLayerSet if base.kind == "decoder" else LayerSet
+        self.layers = layer_set(base.model, serving_layer_paths(base))
         self.cache = AdapterCache(
             self.layers,
             registry.load_weights,
@@ -47,3 +55,46 @@ class Runtime:
             queue_rows=settings.queue_size,
             metrics=metrics,
         )
+        self._yield_s = settings.trainer_yield_ms / 1000.0
+        # Decoders also generate: prefill + KV-cache decoding with its own continuous batching.
+        self.generation = (
+            GenerationService(base, self.layers, self.cache, settings, metrics)
+            if base.kind == "decoder" else None
+        )
+
+    def yield_to_requests(self) -> None:
+        """Called by trainers between steps: wait (bounded) while requests are queued.
+
+        Training and inference share the CPU; without this a training step would hold the
+        cores while requests wait, and inference latency during training would balloon.
+        """
+        deadline = time.monotonic() + self._yield_s
+        while self.batcher.pending_rows > 0 and time.monotonic() < deadline:
+            time.sleep(0.002)
+
+    def start(self) -> None:
+        """Start the batch workers (inside the running event loop)."""
+        self.batcher.start()
+        if self.generation is not None:
+            self.generation.start()
+
+    async def stop(self) -> None:
+        """Stop the workers; queued callers get a 503."""
+        await self.batcher.stop()
+        if self.generation is not None:
+            await self.generation.stop()
+
+    def warm_up(self) -> None:
+        """One pass of the path this base serves, so the first request pays no lazy set-up."""
+        if self.generation is not None:
+            self.generation.warm_up()
+        else:
+            self.engine.warm_up()
+
+    async def generate(self, name: str | None, version: int | None, inputs: list[Any],
+                       params: dict[str, Any]) -> list[dict[str, Any]]:
+        """`{"generated_text"}` per input with adapter (name, version), or the bare base."""
+        if self.generation is None:
+            raise bad_request("unsupported_task", "generation needs a decoder base", param="name")
+        key = (name, int(version)) if name is not None and version is not None else None
+        return await self.generation.generate(key, inputs, params)

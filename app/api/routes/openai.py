@@ -1,0 +1,138 @@
+"""OpenAI-compatible generation, and the bare base behind the reserved adapter name `_base`.
+
+`POST /v1/completions` and `POST /v1/chat/completions` take `model` as the adapter name; with
+`model` omitted, null or `_base` they run the bare base. `_base` cannot collide with a user's
+adapter (names start with a letter or digit), so `POST /v1/adapters/_base/predict` is the bare
+base through the usual predict API. This router is included before the inference one so that
+the fixed path wins over `/v1/adapters/{name}/predict`.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.api.deps import RegistryDep, RuntimeDep
+from app.api.routes.inference import PredictRequest
+from app.errors import bad_request
+from app.registry.catalog import Registry
+from app.registry.store import check_name
+from app.runtime.cache import Key
+from app.runtime.generation import GenOutput
+from app.runtime.generation_service import BASE_LABEL, GenerationService
+from app.runtime.runtime import Runtime
+from app.tasks import GENERATION
+
+router = APIRouter(tags=["generation"])
+
+
+class _OpenAIRequest(BaseModel):
+    # OpenAI clients send many optional fields (penalties, user, ...); unknown ones are ignored.
+    model_config = ConfigDict(extra="ignore")
+    model: str | None = None
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0.0, le=5.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    n: int = Field(1, ge=1)
+    stream: bool = False
+
+    def parameters(self) -> dict[str, Any]:
+        """Our generation parameters; greedy unless a temperature > 0 is given."""
+        if self.n != 1 or self.stream:
+            field = "n" if self.n != 1 else "stream"
+            raise bad_request("unsupported_parameter", f"{field!r} is not supported; use n=1 and "
+                              "stream=false", param=field)
+        given = {"max_new_tokens": self.max_tokens, "temperature": self.temperature,
+                 "top_p": self.top_p, "stop": self.stop, "seed": self.seed}
+        return {k: v for k, v in given.items() if v is not None}
+
+
+class CompletionRequest(_OpenAIRequest):
+    """`POST /v1/completions`."""
+
+    prompt: str | list[str] = Field(min_length=1)
+
+
+class ChatCompletionRequest(_OpenAIRequest):
+    """`POST /v1/chat/completions`."""
+
+    messages: list[dict[str, Any]] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+
+
+@router.post("/v1/adapters/_base/predict")
+async def predict_base(body: PredictRequest, runtime: RuntimeDep) -> dict[str, Any]:
+    """The bare base through the predict API: `{"generated_text"}` per input."""
+    outputs = await _service(runtime).generate(None, body.inputs, body.parameters)
+    return {"adapter": BASE_LABEL, "version": None, "outputs": outputs}
+
+
+@router.post("/v1/completions")
+async def completions(body: CompletionRequest, registry: RegistryDep,
+                      runtime: RuntimeDep) -> dict[str, Any]:
+    """OpenAI text completions; `model` names the adapter."""
+    key = _adapter_key(registry, body.model)
+    prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+    outputs = await _service(runtime).complete(key, list(prompts), body.parameters())
+    choices = [
+        {"index": i, "text": out.text, "finish_reason": out.finish_reason, "logprobs": None}
+        for i, out in enumerate(outputs)
+    ]
+    return _envelope("cmpl", "text_completion", key, choices, outputs)
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(body: ChatCompletionRequest, registry: RegistryDep,
+                           runtime: RuntimeDep) -> dict[str, Any]:
+    """OpenAI chat completions through the base's chat template; `model` names the adapter."""
+    key = _adapter_key(registry, body.model)
+    params = body.parameters()
+    if body.max_completion_tokens is not None:
+        params["max_new_tokens"] = body.max_completion_tokens
+    outputs = await _service(runtime).complete(key, [{"messages": body.messages}], params)
+    choices = [
+        {"index": 0, "message": {"role": "assistant", "content": out.text},
+         "finish_reason": out.finish_reason, "logprobs": None}
+        for out in outputs
+    ]
+    return _envelope("chatcmpl", "chat.completion", key, choices, outputs)
+
+
+def _service(runtime: Runtime) -> GenerationService:
+    if runtime.generation is None:
+        raise bad_request("unsupported_task", "generation needs a decoder base", param="model")
+    return runtime.generation
+
+
+def _adapter_key(registry: Registry, model: str | None) -> Key | None:
+    """None for the bare base; else the latest version of a generation adapter."""
+    if model is None or model == BASE_LABEL:
+        return None
+    meta = registry.meta(check_name(model))
+    if meta.get("task") != GENERATION:
+        raise bad_request(
+            "unsupported_task", f"adapter {model!r} is a {meta.get('task')} adapter, not "
+            "generation", param="model",
+        )
+    return (model, int(meta["version"]))
+
+
+def _envelope(prefix: str, kind: str, key: Key | None, choices: list[dict[str, Any]],
+              outputs: list[GenOutput]) -> dict[str, Any]:
+    prompt = sum(out.prompt_tokens for out in outputs)
+    completion = sum(len(out.token_ids) for out in outputs)
+    return {
+        "id": f"{prefix}-{uuid.uuid4().hex}",
+        "object": kind,
+        "created": int(time.time()),
+        "model": key[0] if key else BASE_LABEL,
+        "choices": choices,
+        "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
+                  "total_tokens": prompt + completion},
+    }

@@ -66,7 +66,10 @@ class Settings(BaseSettings):
     # --- training
     max_concurrent_jobs: int = Field(1, ge=1)
     max_training_rows: int = Field(200_000, ge=1)
-    trainer_threads: int = Field(0, ge=0, description="torch threads for training; 0 = auto")
+    trainer_yield_ms: float = Field(
+        200.0, ge=0, description="longest a training step waits for queued requests to drain"
+    )
+    shutdown_timeout_s: float = Field(30.0, gt=0, description="bound on draining at SIGTERM")
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -24,6 +24,12 @@ def serving_layer_paths(base: Base) -> list[str]:
     return [p for p in base.linear_shapes if p.split(".")[-1] not in {"lm_head"}]
 
 
+def input_token_limit(base: Base, settings: Settings) -> int:
+    """Tokens per input: the setting, never past the positions the base was trained with."""
+    positions = getattr(base.config, "max_position_embeddings", None)
+    return min(settings.max_input_tokens, int(positions)) if positions else settings.max_input_tokens
+
+
 class Runtime:
     """The serving path of one base: built once at start-up, shared by every request."""
 
@@ -45,7 +51,7 @@ class Runtime:
             is_pinned=registry.store.is_pinned,
         )
         self.engine = Engine(
-            base, self.layers, self.cache, max_tokens=settings.max_input_tokens,
+            base, self.layers, self.cache, max_tokens=input_token_limit(base, settings),
             truncate=settings.truncate_inputs, max_batch_rows=settings.max_batch_size,
         )
         self.batcher = Batcher(

@@ -14,16 +14,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 from torch import nn
 
 from app.base import BaseModel as Base
-from app.errors import bad_request
-from app.tasks import TOKEN_CLASSIFICATION, head_rows
-from app.training import evaluation, probe
+from app.tasks import head_rows
+from app.training import evaluation, methods, probe
 from app.training.encoding import Example, batches, encode_rows, token_lengths
 from app.training.hyperparameters import Hyperparameters, fill_defaults, parse_hyperparameters
-from app.training.types import CancelToken, TrainingCancelled, TrainingOutcome, TrainingPlan, TrainingReporter
+from app.training.methods import AdapterModel
+from app.training.types import (
+    CancelToken,
+    TrainingCancelled,
+    TrainingOutcome,
+    TrainingPlan,
+    TrainingReporter,
+)
 from app.training.view import build_view
 
 Pause = Callable[[], None]
@@ -49,7 +54,7 @@ def train(
     view = build_view(base, task=plan.task, num_labels=head_rows(plan.task, plan.labels))
     if hp.head_init == "probe":
         probe.init_head(view, base=base, task=plan.task, examples=train_ex, hp=hp)
-    model = _wrap(view, plan.method, hp, plan.task)
+    model = _wrap(view, plan.method, hp, plan.task, base)
     loop = _Loop(plan, base, model, hp, reporter, cancel, pause)
     best_state = loop.run(train_ex, val_ex)
     model.load_state_dict(best_state, strict=False)
@@ -59,21 +64,13 @@ def train(
     )
 
 
-def _wrap(view: nn.Module, method: str, hp: Hyperparameters, task: str) -> PeftModel:
-    task_type = TaskType.TOKEN_CLS if task == TOKEN_CLASSIFICATION else TaskType.SEQ_CLS
-    if method != "lora":
-        raise bad_request(
-            "unsupported_method", f"method {method!r} cannot be trained on this base yet",
-            param="method",
-        )
-    config = LoraConfig(
-        task_type=task_type, r=hp.rank, lora_alpha=hp.alpha or 2 * hp.rank,
-        lora_dropout=hp.dropout, target_modules=hp.target_modules, modules_to_save=["classifier"],
-    )
-    return get_peft_model(view, config)  # type: ignore[arg-type]
+def _wrap(view: nn.Module, method: str, hp: Hyperparameters, task: str,
+          base: Base) -> AdapterModel:
+    """The method's trainable model over the view: PEFT's, or ours for prefix tuning."""
+    return methods.wrap(view, method, hp, task, base)
 
 
-def _save(model: PeftModel) -> dict[str, bytes]:
+def _save(model: AdapterModel) -> dict[str, bytes]:
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(tmp)
         return {p.name: p.read_bytes() for p in Path(tmp).iterdir() if p.is_file()}
@@ -82,7 +79,7 @@ def _save(model: PeftModel) -> dict[str, bytes]:
 class _Loop:
     """Epochs of AdamW with warm-up and linear decay; evaluation; best state; early stop."""
 
-    def __init__(self, plan: TrainingPlan, base: Base, model: PeftModel, hp: Hyperparameters,
+    def __init__(self, plan: TrainingPlan, base: Base, model: AdapterModel, hp: Hyperparameters,
                  reporter: TrainingReporter, cancel: CancelToken, pause: Pause | None) -> None:
         self.plan, self.base, self.model, self.hp = plan, base, model, hp
         self.reporter, self.cancel, self.pause = reporter, cancel, pause
@@ -101,8 +98,9 @@ class _Loop:
         best_state = self._trainable_state()
         step, stale = 0, 0
         for epoch in range(epochs):
-            for batch in batches(train, batch_size=hp.batch_size, shuffle=True, seed=hp.seed + epoch,
-                                 task=self.plan.task, pad_id=self._pad_id, device=self.base.device):
+            for batch in batches(train, batch_size=hp.batch_size, shuffle=True,
+                                 seed=hp.seed + epoch, task=self.plan.task, pad_id=self._pad_id,
+                                 device=self.base.device):
                 self._between_steps()
                 loss = self._step(batch, optimizer, scheduler)
                 step += 1
@@ -133,8 +131,11 @@ class _Loop:
         if self.pause is not None:
             self.pause()
 
-    def _optimizer(self, total: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-        head, body = [], []
+    def _optimizer(
+        self, total: int
+    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+        head: list[nn.Parameter] = []
+        body: list[nn.Parameter] = []
         for name, param in self.model.named_parameters():
             if param.requires_grad:
                 (head if "modules_to_save" in name else body).append(param)

@@ -1,0 +1,132 @@
+"""IA3, prompt and prefix tuning train through the trainer on the tiny base, and what they save
+registers and serves exactly as the reference computes it (PEFT; hand-written for prefix)."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from app.base import BaseModel as Base
+from app.config import Settings
+from app.registry.store import CONFIG_FILE, WEIGHTS_FILE
+from app.runtime.engine import Job
+from app.tasks import TOKEN_CLASSIFICATION
+from app.training.trainer import train
+from app.training.types import CancelToken, TrainingPlan
+from tests.unit.method_adapters import SEQ, TOKEN, make_runtime, peft_logits, prefix_logits
+
+GOOD, BAD = ["good", "great", "fine", "nice"], ["bad", "awful", "poor", "sad"]
+CITIES = ["paris", "london", "rome"]
+FILLER = ["we", "went", "to", "see", "it", "today"]
+
+
+class Events:
+    """A reporter that keeps what the trainer says."""
+
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+
+    def progress(self, *, step: int, total_steps: int, epoch: float) -> None:
+        pass
+
+    def event(self, kind: str, data: dict[str, Any]) -> None:
+        if kind == "loss":
+            self.losses.append(float(data["loss"]))
+
+
+def rows(task: str, count: int, seed: int) -> list[dict[str, Any]]:
+    rng = random.Random(seed)
+    out = []
+    for n in range(count):
+        if task == TOKEN:
+            words = rng.sample(FILLER, 3) + [rng.choice(CITIES)]
+            rng.shuffle(words)
+            out.append({"tokens": words, "tags": ["B-LOC" if w in CITIES else "O" for w in words]})
+        else:
+            pool, label = (GOOD, "pos") if n % 2 else (BAD, "neg")
+            out.append({"text": " ".join(rng.sample(pool, 2) + rng.sample(FILLER, 2)),
+                        "label": label})
+    return out
+
+
+@pytest.mark.parametrize("task", [SEQ, TOKEN])
+@pytest.mark.parametrize("method", ["ia3", "prompt", "prefix"])
+def test_method_trains_registers_and_serves(
+    method: str, task: str, tiny_base: Base, settings: Settings, tmp_path: Path,
+    tokenizer: PreTrainedTokenizerBase,
+) -> None:
+    labels = ["O", "B-LOC"] if task == TOKEN else ["neg", "pos"]
+    plan = TrainingPlan(
+        adapter="a", task=task, method=method, train_rows=rows(task, 32, 0),
+        validation_rows=rows(task, 8, 1), labels=labels,
+        hyperparameters={"epochs": 3, "batch_size": 8, "log_every_steps": 1, "seed": 0,
+                         "head_init": "random", "num_virtual_tokens": 3,
+                         "early_stopping_patience": None},
+    )
+    events = Events()
+    runtime, registry = make_runtime(tiny_base, settings)  # serving patched first: training
+    outcome = train(plan, base=tiny_base, reporter=events, cancel=CancelToken(),  # must not mind
+                    max_rank=64, max_tokens=64)
+    assert len(events.losses) == 12
+    first, last = sum(events.losses[:3]) / 3, sum(events.losses[-3:]) / 3
+    assert last < first, events.losses
+    assert outcome.best and outcome.metrics
+
+    registry.register("a", config_bytes=outcome.files[CONFIG_FILE],
+                      weights_bytes=outcome.files[WEIGHTS_FILE], task=task, labels=labels)
+    folder = tmp_path / "saved"
+    folder.mkdir()
+    for name, data in outcome.files.items():
+        (folder / name).write_bytes(data)
+    texts = ["we went to paris today", "great fine movie", "rome"]
+    engine = runtime.engine
+    served = engine.run([Job(key=("a", 1), task=task, rows=engine.prepare(texts, task=task),
+                             raw=True)])[0]
+    assert served.error is None, served.error
+    base_dir = tiny_base.path
+    if method == "prefix":
+        reference = prefix_logits(base_dir, folder, tokenizer, texts, task=task)
+    else:
+        reference = peft_logits(base_dir, folder, tokenizer, texts, task=task, labels=2,
+                                virtual=3 if method == "prompt" else 0)
+    for got, want in zip(served.outputs or [], reference, strict=True):
+        assert got.shape == want.shape
+        assert (got - want).abs().max() < 1e-5
+    decoded = engine.run([Job(key=("a", 1), task=task, rows=engine.prepare(texts, task=task))])
+    assert decoded[0].error is None and len(decoded[0].outputs or []) == 3
+
+
+def test_prefix_parameters_get_gradients(tiny_base: Base) -> None:
+    """The patched view attention really routes the prefix: its parameter learns."""
+    from app.training.hyperparameters import Hyperparameters
+    from app.training.methods import wrap
+    from app.training.view import build_view
+
+    view = build_view(tiny_base, task=SEQ, num_labels=2)
+    model = wrap(view, "prefix", Hyperparameters(num_virtual_tokens=2), SEQ, tiny_base)
+    ids = torch.tensor([[101, 2204, 3185, 102, 0]])
+    out = model(input_ids=ids, attention_mask=(ids > 0).long(), labels=torch.tensor([1]))
+    out.loss.backward()
+    grad = model.prompt_embeddings.grad
+    assert grad is not None and grad.abs().sum() > 0
+    assert all(p.grad is None for n, p in model.named_parameters()
+               if n.startswith("model.bert."))
+
+
+def test_prompt_token_labels_skip_virtual_positions(tiny_base: Base) -> None:
+    from app.training.hyperparameters import Hyperparameters
+    from app.training.methods import wrap
+    from app.training.view import build_view
+
+    view = build_view(tiny_base, task=TOKEN_CLASSIFICATION, num_labels=3)
+    model = wrap(view, "prompt", Hyperparameters(num_virtual_tokens=4), TOKEN_CLASSIFICATION,
+                 tiny_base)
+    ids = torch.tensor([[101, 2204, 3185, 102]])
+    out = model(input_ids=ids, attention_mask=torch.ones_like(ids),
+                token_type_ids=torch.zeros_like(ids), labels=torch.tensor([[-100, 1, 2, -100]]))
+    assert out.logits.shape == (1, 4, 3) and torch.isfinite(out.loss)

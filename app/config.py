@@ -78,6 +78,17 @@ class Settings(BaseSettings):
             return json.loads(value) if value.strip() else {}
         return value
 
+    @field_validator("api_keys")
+    @classmethod
+    def _check_keys(cls, value: dict[str, object]) -> dict[str, object]:
+        for key, spec in value.items():
+            if len(key) < 16 and not key.startswith("sha256:"):
+                raise ValueError("API keys must be at least 16 characters (or sha256:<hex>)")
+            scopes = spec.get("scopes") if isinstance(spec, dict) else spec
+            if not scopes:
+                raise ValueError("every API key needs at least one scope")
+        return value
+
     @field_validator("device")
     @classmethod
     def _check_device(cls, value: str) -> str:

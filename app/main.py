@@ -7,12 +7,13 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from app.api.errors import install_error_handlers
 from app.api.limits import BodyLimitMiddleware
-from app.api.routes import adapters, health, inference, openai
+from app.api.auth import KeyRing, require
+from app.api.routes import adapters, datasets, health, inference, openai, training_jobs
 from app.base import BaseModel as Base
 from app.base import load_base
 from app.config import Settings
@@ -39,13 +40,16 @@ def create_app(settings: Settings | None = None, *, base: Base | None = None) ->
         await run_in_threadpool(_start, app, settings, base)
         app.state.runtime.start()
         await run_in_threadpool(app.state.runtime.warm_up)
+        app.state.jobs.start()
         app.state.readiness = "ready"
         log.info("ready on %s:%d", settings.host, settings.port)
         try:
             yield
         finally:
             app.state.readiness = "draining"
+            await run_in_threadpool(app.state.jobs.shutdown, settings.shutdown_timeout_s)
             await app.state.runtime.stop()
+            app.state.db.dispose()
 
     app = FastAPI(
         title="Switchyard",
@@ -55,15 +59,26 @@ def create_app(settings: Settings | None = None, *, base: Base | None = None) ->
     )
     app.state.settings = settings
     app.state.readiness = "starting"
+    app.state.keys = KeyRing(settings)
     install_error_handlers(app)
-    for module in (health, adapters, openai, inference):  # openai's fixed paths first
-        app.include_router(module.router)
+    _include_routers(app)
     app.add_middleware(
         BodyLimitMiddleware,
         body_bytes=settings.max_body_bytes,
         upload_bytes=max(settings.max_upload_bytes, settings.max_dataset_bytes),
     )
     return app
+
+
+def _include_routers(app: FastAPI) -> None:
+    """Each router behind the scope its callers need; health and adapters set theirs per route."""
+    app.include_router(health.router)
+    app.include_router(adapters.router)
+    # openai's fixed paths (/v1/adapters/_base/predict) must precede the inference patterns.
+    for module in (openai, inference):
+        app.include_router(module.router, dependencies=[Depends(require("predict"))])
+    for module in (datasets, training_jobs):
+        app.include_router(module.router, dependencies=[Depends(require("train"))])
 
 
 def _start(app: FastAPI, settings: Settings, base: Base | None) -> None:

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from app.api.auth import ANONYMOUS_ADMIN, Principal
 from app.base import BaseModel as Base
 from app.config import Settings
 from app.registry.catalog import Registry
@@ -43,6 +44,11 @@ def _jobs(request: Request) -> JobManager:
     return request.app.state.jobs
 
 
+def _principal(request: Request) -> Principal:
+    # Set by the route's `require(scope)` dependency, which FastAPI resolves first.
+    return getattr(request.state, "principal", ANONYMOUS_ADMIN)
+
+
 SettingsDep = Annotated[Settings, Depends(_settings)]
 BaseDep = Annotated[Base, Depends(_base)]
 RegistryDep = Annotated[Registry, Depends(_registry)]
@@ -50,3 +56,4 @@ RuntimeDep = Annotated[Runtime, Depends(_runtime)]
 MetricsDep = Annotated[Metrics, Depends(_metrics)]
 DatasetsDep = Annotated[DatasetService, Depends(_datasets)]
 JobsDep = Annotated[JobManager, Depends(_jobs)]
+PrincipalDep = Annotated[Principal, Depends(_principal)]

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, ConfigDict
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 
-from app.api.deps import RegistryDep, RuntimeDep, SettingsDep
+from app.api.auth import require
+from app.api.deps import PrincipalDep, RegistryDep, RuntimeDep, SettingsDep
 from app.errors import SwitchyardError, bad_request
 from app.registry.catalog import parse_labels
 from app.registry.store import CONFIG_FILE, META_FILE, WEIGHTS_FILE, check_name
@@ -17,6 +18,8 @@ from app.registry.validate import parse_json_object, too_large
 from app.tasks import canonical_task
 
 router = APIRouter(prefix="/v1/adapters", tags=["adapters"])
+_READ = [Depends(require("predict"))]
+_MANAGE = [Depends(require("manage"))]
 _FIELDS = {"name", "task", "labels", "base_fingerprint"}
 _FILES = {CONFIG_FILE, WEIGHTS_FILE, META_FILE}
 # Text fields (name, task, labels) are small; files stream to disk and count against the upload limit.
@@ -30,10 +33,14 @@ class PinRequest(BaseModel):
     pinned: bool
 
 
-@router.get("")
-async def list_adapters(registry: RegistryDep, runtime: RuntimeDep) -> dict[str, Any]:
-    """Every adapter with its latest version's metadata and where it is resident."""
+@router.get("", dependencies=_READ)
+async def list_adapters(
+    registry: RegistryDep, runtime: RuntimeDep, principal: PrincipalDep
+) -> dict[str, Any]:
+    """Every adapter (this key may use) with its latest version's metadata and residency."""
     items = await run_in_threadpool(_summaries, registry, runtime)
+    if principal.adapters is not None:
+        items = [item for item in items if item["name"] in principal.adapters]
     return {"data": items}
 
 
@@ -49,7 +56,7 @@ def _summaries(registry: RegistryDep, runtime: RuntimeDep) -> list[dict[str, Any
     return out
 
 
-@router.get("/{name}")
+@router.get("/{name}", dependencies=_READ)
 async def get_adapter(name: str, registry: RegistryDep, runtime: RuntimeDep) -> dict[str, Any]:
     """Details, all versions, metrics and lineage."""
     details = await run_in_threadpool(registry.details, check_name(name))
@@ -57,9 +64,9 @@ async def get_adapter(name: str, registry: RegistryDep, runtime: RuntimeDep) -> 
     return details
 
 
-@router.post("", status_code=201)
+@router.post("", status_code=201, dependencies=_MANAGE)
 async def upload_adapter(
-    request: Request, registry: RegistryDep, settings: SettingsDep
+    request: Request, registry: RegistryDep, settings: SettingsDep, principal: PrincipalDep
 ) -> dict[str, Any]:
     """Multipart upload; checked against the base before anything is stored."""
     form = await request.form(
@@ -70,6 +77,7 @@ async def upload_adapter(
     finally:
         await form.close()
     name = check_name(_text(parts, "name") or "")
+    principal.check_adapter(name)
     meta: dict[str, Any] = {}
     if META_FILE in parts:
         meta = parse_json_object(parts[META_FILE], what=META_FILE, param=META_FILE)
@@ -118,7 +126,7 @@ def _text(parts: dict[str, bytes], key: str) -> str | None:
     return raw.decode("utf-8", errors="strict") if raw is not None else None
 
 
-@router.get("/{name}/download", response_class=Response)
+@router.get("/{name}/download", response_class=Response, dependencies=_MANAGE)
 async def download_adapter(name: str, registry: RegistryDep, version: int | None = None) -> Response:
     """Zip of the PEFT folder; loads with plain `PeftModel.from_pretrained`."""
     resolved = registry.store.resolve(check_name(name), version)
@@ -129,7 +137,7 @@ async def download_adapter(name: str, registry: RegistryDep, version: int | None
     )
 
 
-@router.delete("/{name}")
+@router.delete("/{name}", dependencies=_MANAGE)
 async def delete_adapter(
     name: str, registry: RegistryDep, runtime: RuntimeDep, version: int | None = None
 ) -> dict[str, Any]:
@@ -140,7 +148,7 @@ async def delete_adapter(
     return {"name": name, "deleted_versions": removed}
 
 
-@router.patch("/{name}")
+@router.patch("/{name}", dependencies=_MANAGE)
 async def patch_adapter(
     name: str, body: PinRequest, registry: RegistryDep, runtime: RuntimeDep
 ) -> dict[str, Any]:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
+from app.api.auth import require
 from app.api.deps import BaseDep, MetricsDep, SettingsDep
 from app.registry.weights import PEFT_TYPES
 from app.tasks import DECODER_TASKS, ENCODER_TASKS
@@ -30,7 +31,7 @@ async def ready(request: Request) -> JSONResponse:
     return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
 
 
-@router.get("/v1/info")
+@router.get("/v1/info", dependencies=[Depends(require("any"))])
 async def info(base: BaseDep, settings: SettingsDep) -> dict[str, Any]:
     """The base model, what it can do, and the limits callers must respect."""
     return {
@@ -67,7 +68,7 @@ async def info(base: BaseDep, settings: SettingsDep) -> dict[str, Any]:
     }
 
 
-@router.get("/metrics", response_class=Response)
+@router.get("/metrics", response_class=Response, dependencies=[Depends(require("any"))])
 async def metrics(m: MetricsDep) -> Response:
     """Prometheus text format."""
     return Response(m.render(), media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.deps import RegistryDep, RuntimeDep, SettingsDep
+from app.api.deps import PrincipalDep, RegistryDep, RuntimeDep, SettingsDep
 from app.config import Settings
 from app.errors import SwitchyardError, bad_request
 from app.registry.store import check_name
@@ -60,9 +60,12 @@ async def predict(
 
 @router.post("/v1/predict")
 async def predict_many(
-    body: MultiPredictRequest, registry: RegistryDep, runtime: RuntimeDep, settings: SettingsDep
+    body: MultiPredictRequest, registry: RegistryDep, runtime: RuntimeDep, settings: SettingsDep,
+    principal: PrincipalDep,
 ) -> dict[str, Any]:
     """Several adapters over the same inputs; head-only adapters share one base pass."""
+    for name in body.adapters:
+        principal.check_adapter(name)
     if len(set(body.adapters)) != len(body.adapters):
         raise bad_request("duplicate_adapter", "adapters repeat a name", param="adapters")
     metas = [registry.meta(check_name(name)) for name in body.adapters]
@@ -79,13 +82,15 @@ async def predict_many(
 
 @router.post("/v1/embeddings")
 async def embeddings(
-    body: EmbeddingsRequest, registry: RegistryDep, runtime: RuntimeDep, settings: SettingsDep
+    body: EmbeddingsRequest, registry: RegistryDep, runtime: RuntimeDep, settings: SettingsDep,
+    principal: PrincipalDep,
 ) -> dict[str, Any]:
     """Pooled hidden states of the base, or of the base with an adapter's LoRA applied."""
     texts = [body.input] if isinstance(body.input, str) else body.input
     adapter = body.adapter or (body.model if body.model not in (None, runtime.base.name) else None)
     key = None
     if adapter is not None:
+        principal.check_adapter(adapter)
         meta = registry.meta(check_name(adapter))
         key = (adapter, int(meta["version"]))
     for layer in body.layers:

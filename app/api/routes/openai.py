@@ -16,7 +16,8 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.deps import RegistryDep, RuntimeDep
+from app.api.auth import Principal
+from app.api.deps import PrincipalDep, RegistryDep, RuntimeDep
 from app.api.routes.inference import PredictRequest
 from app.errors import bad_request
 from app.registry.catalog import Registry
@@ -75,9 +76,9 @@ async def predict_base(body: PredictRequest, runtime: RuntimeDep) -> dict[str, A
 
 @router.post("/v1/completions")
 async def completions(body: CompletionRequest, registry: RegistryDep,
-                      runtime: RuntimeDep) -> dict[str, Any]:
+                      runtime: RuntimeDep, principal: PrincipalDep) -> dict[str, Any]:
     """OpenAI text completions; `model` names the adapter."""
-    key = _adapter_key(registry, body.model)
+    key = _adapter_key(registry, body.model, principal)
     prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
     outputs = await _service(runtime).complete(key, list(prompts), body.parameters())
     choices = [
@@ -89,9 +90,9 @@ async def completions(body: CompletionRequest, registry: RegistryDep,
 
 @router.post("/v1/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, registry: RegistryDep,
-                           runtime: RuntimeDep) -> dict[str, Any]:
+                           runtime: RuntimeDep, principal: PrincipalDep) -> dict[str, Any]:
     """OpenAI chat completions through the base's chat template; `model` names the adapter."""
-    key = _adapter_key(registry, body.model)
+    key = _adapter_key(registry, body.model, principal)
     params = body.parameters()
     if body.max_completion_tokens is not None:
         params["max_new_tokens"] = body.max_completion_tokens
@@ -110,10 +111,11 @@ def _service(runtime: Runtime) -> GenerationService:
     return runtime.generation
 
 
-def _adapter_key(registry: Registry, model: str | None) -> Key | None:
+def _adapter_key(registry: Registry, model: str | None, principal: Principal) -> Key | None:
     """None for the bare base; else the latest version of a generation adapter."""
     if model is None or model == BASE_LABEL:
         return None
+    principal.check_adapter(model)
     meta = registry.meta(check_name(model))
     if meta.get("task") != GENERATION:
         raise bad_request(

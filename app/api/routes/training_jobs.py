@@ -10,15 +10,18 @@ from fastapi import APIRouter, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import StreamingResponse
 
-from app.api.deps import JobsDep
+from app.api.deps import JobsDep, PrincipalDep
 from app.api.schemas import TrainingJobRequest
 
 router = APIRouter(prefix="/v1/training-jobs", tags=["training"])
 
 
 @router.post("", status_code=202)
-def create_job(body: TrainingJobRequest, jobs: JobsDep, response: Response) -> dict[str, Any]:
+def create_job(
+    body: TrainingJobRequest, jobs: JobsDep, response: Response, principal: PrincipalDep
+) -> dict[str, Any]:
     """Check the job completely and queue it; a 4xx here means it would never have run."""
+    principal.check_adapter(body.adapter)
     job = jobs.create(body.model_dump())
     response.headers["Location"] = f"{router.prefix}/{job['id']}"
     return job

@@ -107,11 +107,12 @@ class AdapterCache:
             self._update_gauges()
 
     def set_pinned(self, name: str, pinned: bool) -> None:
-        """Pin or unpin every resident version of `name`."""
+        """Pin the newest resident version of `name` (unpinning older ones), or unpin all."""
         with self._lock:
+            versions = [key[1] for key in self._device if key[0] == name]
             for key, resident in self._device.items():
                 if key[0] == name:
-                    resident.pinned = pinned
+                    resident.pinned = pinned and key[1] == max(versions)
 
     def residency(self, name: str, version: int) -> str:
         """`device`, `cpu` or `disk`."""
@@ -159,9 +160,15 @@ class AdapterCache:
         except BaseException:
             self._return_slot(slot)
             raise
+        # A pin holds the newest resident version only: otherwise every new version of a pinned
+        # adapter would keep a slot forever, until no slot is left for anyone.
+        siblings = {k[1]: r for k, r in self._device.items() if k[0] == key[0]}
+        pinned = self.is_pinned(key[0]) and all(v < key[1] for v in siblings)
+        if pinned:
+            for older in siblings.values():
+                older.pinned = False
         resident = Resident(
-            key=key, weights=weights, slot=slot, nbytes=nbytes,
-            pinned=self.is_pinned(key[0]), head=head,
+            key=key, weights=weights, slot=slot, nbytes=nbytes, pinned=pinned, head=head,
         )
         self._device[key] = resident
         return resident

@@ -49,10 +49,10 @@ def build(
     return cache, loader, metrics, layers
 
 
-def use(cache: AdapterCache, *names: str) -> None:
+def use(cache: AdapterCache, *names: str, version: int = 1) -> None:
     """Acquire and release each, in order (so the last is the most recently used)."""
     for name in names:
-        cache.release(cache.acquire(name, 1))
+        cache.release(cache.acquire(name, version))
 
 
 def loads(metrics: Metrics, name: str, source: str) -> float:
@@ -119,6 +119,25 @@ def test_pinned_is_never_evicted() -> None:
     cache.set_pinned("e", False)
     use(cache, "f")
     assert where(cache, "a", "e", "f") == ["device", "cpu", "device"]
+
+
+def test_a_pin_holds_only_the_newest_version() -> None:
+    """Each retrained version of a pinned adapter must not keep a slot forever."""
+    cache, _loader, _metrics, _layers = build(max_slots=2, pinned=lambda n: n == "a")
+    for version in (1, 2, 3, 4):
+        use(cache, "a", version=version)
+    assert cache.residency("a", 4) == "device"
+    use(cache, "b", "c", "d")
+    assert cache.residency("a", 4) == "device"
+    assert [cache.residency("a", v) for v in (1, 2, 3)] == ["cpu", "cpu", "cpu"]
+    # an old version asked for by number runs, but does not take the pin
+    use(cache, "a", version=1)
+    use(cache, "e")
+    assert (cache.residency("a", 4), cache.residency("a", 1)) == ("device", "cpu")
+    cache.set_pinned("a", True)  # PATCH again: still only the newest resident version
+    use(cache, "a", version=2)
+    use(cache, "f")
+    assert (cache.residency("a", 4), cache.residency("a", 2)) == ("device", "cpu")
 
 
 def test_in_use_is_never_evicted() -> None:

@@ -48,12 +48,33 @@ def _serve(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         print(f"switchyard: invalid settings:\n{exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(
-        create_app(settings), host=settings.host, port=settings.port,
-        log_level=args.log_level, timeout_graceful_shutdown=30,
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.port, log_level=args.log_level,
+        timeout_graceful_shutdown=int(settings.shutdown_timeout_s),
+    )
+    _DrainingServer(config, app).run()
     return 0
+
+
+class _DrainingServer:
+    """uvicorn's server, with readiness turned to 503 the moment SIGTERM arrives."""
+
+    def __new__(cls, config: Any, app: Any) -> Any:
+        import uvicorn
+
+        class Server(uvicorn.Server):
+            def handle_exit(self, sig: int, frame: Any) -> None:
+                # Load balancers see 'draining' at once; uvicorn then stops accepting,
+                # lets in-flight requests finish within the bound, and runs the lifespan
+                # shutdown, where training jobs are interrupted cleanly.
+                app.state.readiness = "draining"
+                super().handle_exit(sig, frame)
+
+        return Server(config)
 
 
 def _call(args: argparse.Namespace, method: str, path: str, body: Any = None) -> Any:

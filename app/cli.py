@@ -56,25 +56,19 @@ def _serve(args: argparse.Namespace) -> int:
         app, host=settings.host, port=settings.port, log_level=args.log_level,
         timeout_graceful_shutdown=int(settings.shutdown_timeout_s),
     )
-    _DrainingServer(config, app).run()
+
+    class DrainingServer(uvicorn.Server):
+        """uvicorn's server, with readiness turned to 503 the moment SIGTERM arrives."""
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            # Load balancers see 'draining' at once; uvicorn then stops accepting, lets
+            # in-flight requests finish within the bound, and runs the lifespan shutdown,
+            # where training jobs are interrupted cleanly.
+            app.state.readiness = "draining"
+            super().handle_exit(sig, frame)
+
+    DrainingServer(config).run()
     return 0
-
-
-class _DrainingServer:
-    """uvicorn's server, with readiness turned to 503 the moment SIGTERM arrives."""
-
-    def __new__(cls, config: Any, app: Any) -> Any:
-        import uvicorn
-
-        class Server(uvicorn.Server):
-            def handle_exit(self, sig: int, frame: Any) -> None:
-                # Load balancers see 'draining' at once; uvicorn then stops accepting,
-                # lets in-flight requests finish within the bound, and runs the lifespan
-                # shutdown, where training jobs are interrupted cleanly.
-                app.state.readiness = "draining"
-                super().handle_exit(sig, frame)
-
-        return Server(config)
 
 
 def _call(args: argparse.Namespace, method: str, path: str, body: Any = None) -> Any:
@@ -83,7 +77,7 @@ def _call(args: argparse.Namespace, method: str, path: str, body: Any = None) ->
     request.add_header("Content-Type", "application/json")
     if args.key:
         request.add_header("Authorization", f"Bearer {args.key}")
-    with urllib.request.urlopen(request) as response:  # noqa: S310 - the user's own URL
+    with urllib.request.urlopen(request) as response:
         return json.loads(response.read())
 
 

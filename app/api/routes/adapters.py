@@ -91,7 +91,11 @@ async def upload_adapter(
         if required not in parts:
             raise bad_request("missing_file", f"multipart upload lacks {required}", param=required)
     keep = {k: meta[k] for k in ("base_fingerprint", "metrics", "description") if k in meta}
-    keep["lineage"] = {"source": "upload", **(meta.get("lineage") or {})}
+    lineage = meta.get("lineage") or {}
+    if not isinstance(lineage, dict):
+        raise bad_request("invalid_metadata", f"{META_FILE} field 'lineage' must be an object",
+                          param=META_FILE)
+    keep["lineage"] = {"source": "upload", **lineage}
     version = await run_in_threadpool(
         registry.register, name, config_bytes=parts[CONFIG_FILE],
         weights_bytes=parts[WEIGHTS_FILE], task=task, labels=labels, meta=keep,

@@ -234,6 +234,11 @@ CASES = {
     "meta-duplicate-keys": Case(
         lambda g: form(g, extra={META: b'{"task": "classification", "task": "regression"}'}),
         400, "invalid_json"),
+    "meta-lineage-not-object": Case(
+        lambda g: form(g, extra={META: b'{"task": "classification", "lineage": ["x"]}'}),
+        400, "invalid_metadata"),
+    "meta-not-object": Case(lambda g: form(g, extra={META: b'["classification"]'}),
+                            400, "invalid_json"),
     # ---- sizes and missing parts
     "over-upload-limit": Case(lambda g: form(g), 413, "payload_too_large",
                               {"max_upload_bytes": 4096}),

@@ -17,9 +17,10 @@ import torch
 from torch import nn
 
 from app.base import BaseModel as Base
-from app.tasks import head_rows
+from app.tasks import GENERATION, head_rows
 from app.training import evaluation, methods, probe
 from app.training.encoding import Example, batches, encode_rows, token_lengths
+from app.training.generation import train_generation
 from app.training.hyperparameters import Hyperparameters, fill_defaults, parse_hyperparameters
 from app.training.methods import AdapterModel
 from app.training.types import (
@@ -39,6 +40,9 @@ def train(
     max_rank: int, max_tokens: int, pause: Pause | None = None,
 ) -> TrainingOutcome:
     """Train one adapter and return the PEFT files of its best evaluation."""
+    if plan.task == GENERATION:  # causal-LM loss on completions: its own module
+        return train_generation(plan, base=base, reporter=reporter, cancel=cancel,
+                                max_rank=max_rank, max_tokens=max_tokens, pause=pause)
     hp = parse_hyperparameters(plan.hyperparameters, max_rank=max_rank, max_tokens=max_tokens)
     lengths = token_lengths(plan.train_rows, base.tokenizer, task=plan.task)
     hp = fill_defaults(hp, method=plan.method, rows=len(plan.train_rows), lengths=lengths,

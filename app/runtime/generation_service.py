@@ -44,6 +44,11 @@ class GenerationScheduler:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generation")
         self._task: asyncio.Task[None] | None = None
 
+    @property
+    def pending_rows(self) -> int:
+        """Rows queued or decoding; a trainer yields while there are any."""
+        return self._rows
+
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._worker(), name="generation")
 

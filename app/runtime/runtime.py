@@ -75,8 +75,14 @@ class Runtime:
         cores while requests wait, and inference latency during training would balloon.
         """
         deadline = time.monotonic() + self._yield_s
-        while self.batcher.pending_rows > 0 and time.monotonic() < deadline:
+        while self.pending_rows > 0 and time.monotonic() < deadline:
             time.sleep(0.002)
+
+    @property
+    def pending_rows(self) -> int:
+        """Rows waiting for, or (generation) in the middle of, a forward."""
+        generating = self.generation.scheduler.pending_rows if self.generation is not None else 0
+        return self.batcher.pending_rows + generating
 
     def start(self) -> None:
         """Start the batch workers (inside the running event loop)."""

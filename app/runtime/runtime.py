@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import time
+from typing import Any
 
 from app.base import BaseModel as Base
 from app.config import Settings
@@ -27,13 +26,16 @@ def serving_layer_paths(base: Base) -> list[str]:
 def input_token_limit(base: Base, settings: Settings) -> int:
     """Tokens per input: the setting, never past the positions the base was trained with."""
     positions = getattr(base.config, "max_position_embeddings", None)
-    return min(settings.max_input_tokens, int(positions)) if positions else settings.max_input_tokens
+    limit = settings.max_input_tokens
+    return min(limit, int(positions)) if positions else limit
 
 
 class Runtime:
     """The serving path of one base: built once at start-up, shared by every request."""
 
-    def __init__(self, base: Base, registry: Registry, settings: Settings, metrics: Metrics) -> None:
+    def __init__(
+        self, base: Base, registry: Registry, settings: Settings, metrics: Metrics
+    ) -> None:
         self.base = base
         self.metrics = metrics
         layer_set = DecoderLayerSet if base.kind == "decoder" else LayerSet

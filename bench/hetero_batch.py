@@ -1,0 +1,78 @@
+"""Heterogeneous batch: 64 rows on 64 distinct LoRA adapters vs the bare base, same batch.
+
+Both are timed in this run on the same wrapped model: the bare forward routes every row to
+slot 0 (no adapter), the mixed forward routes row i to adapter i. PEFT's own mixed batch
+(`adapter_names=`) is timed too, as the reference the design note quotes (about 3x).
+Target: mixed / bare <= 1.15x.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from peft import PeftModel
+from transformers import AutoModelForSequenceClassification
+
+from bench._common import base_dir, make_lora_files, make_runtime, p50, tempdir, timeit
+
+SENTENCE = "the film is a sprawling, ambitious and often moving portrait of a family in crisis"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--adapters", type=int, default=64)
+    parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--skip-peft", action="store_true")
+    args = parser.parse_args()
+    work = tempdir()
+    runtime, registry, _ = make_runtime(work / "store", max_slots=args.adapters)
+    names = []
+    for i in range(args.adapters):
+        files = make_lora_files(base_dir(), work / f"a{i}", seed=i)
+        registry.register(f"a{i}", config_bytes=files["adapter_config.json"],
+                          weights_bytes=files["adapter_model.safetensors"],
+                          task="classification", labels=["a", "b"])
+        names.append(f"a{i}")
+    residents = [runtime.cache.acquire(n, 1) for n in names]
+    batch = dict(runtime.base.tokenizer([SENTENCE] * args.adapters, return_tensors="pt"))
+    model, layers = runtime.base.model, runtime.layers
+
+    def forward(slots: list[int]) -> None:
+        layers.route(slots, runtime.base.device)
+        with torch.inference_mode():
+            model(**batch)
+        layers.clear_route()
+
+    mixed_slots = [r.slot for r in residents]
+    bare, mixed = [], []
+    for _ in range(args.repeat):  # interleaved so machine noise hits both alike
+        bare += timeit(lambda: forward([0] * len(mixed_slots)), repeat=1, warmup=1)
+        mixed += timeit(lambda: forward(mixed_slots), repeat=1, warmup=1)
+    print(f"batch: {args.adapters} rows x {batch['input_ids'].shape[1]} tokens, "
+          f"{args.adapters} distinct rank-8 all-linear LoRA adapters")
+    print(f"bare base forward:        p50 {1000 * p50(bare):.1f} ms")
+    print(f"switchyard mixed forward: p50 {1000 * p50(mixed):.1f} ms")
+    print(f"ratio mixed / bare: {p50(mixed) / p50(bare):.3f}x (target <= 1.15x)")
+    if not args.skip_peft:
+        _peft_reference(work, names, batch, p50(bare))
+
+
+def _peft_reference(work, names, batch, bare: float) -> None:  # type: ignore[no-untyped-def]
+    model = AutoModelForSequenceClassification.from_pretrained(base_dir(), num_labels=2)
+    peft = PeftModel.from_pretrained(model, work / names[0], adapter_name=names[0])
+    for name in names[1:]:
+        peft.load_adapter(str(work / name), adapter_name=name)
+    peft.eval()
+
+    def forward() -> None:
+        with torch.inference_mode():
+            peft(**batch, adapter_names=names)
+
+    times = timeit(forward, repeat=5, warmup=1)
+    print(f"peft adapter_names mixed: p50 {1000 * p50(times):.1f} ms "
+          f"({p50(times) / bare:.2f}x the bare forward)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""HTTP: requests/s with a random adapter out of 64 per request, vs one adapter, vs naive PEFT.
+
+Three loads from the same concurrent clients, in the same run: (1) Switchyard, each request
+to a random one of 64 adapters; (2) Switchyard, every request to one adapter; (3) a naive
+server calling PEFT `set_adapter` per request (bench/naive_peft_server.py), random adapter.
+Targets: (1)/(2) >= 0.8x and (1)/(3) >= 5x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+from bench._common import base_dir, make_lora_files, tempdir
+from tests.integration.conftest import free_port, start_server, stop_server
+
+TEXT = "an intelligent, moving and beautifully acted film about growing old"
+
+
+def load(url: str, names: list[str], *, clients: int, seconds: float) -> float:
+    """Requests/s over `seconds` from `clients` closed-loop clients."""
+    done = [0] * clients
+    stop = time.monotonic() + seconds
+
+    def client(i: int) -> None:
+        rng = random.Random(i)
+        with httpx.Client(base_url=url, timeout=60) as http:
+            while time.monotonic() < stop:
+                r = http.post(f"/v1/adapters/{rng.choice(names)}/predict", json={"inputs": [TEXT]})
+                r.raise_for_status()
+                done[i] += 1
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    start = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(done) / (time.monotonic() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--adapters", type=int, default=64)
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=20)
+    args = parser.parse_args()
+    work = tempdir()
+    names = [f"a{i}" for i in range(args.adapters)]
+    for i, name in enumerate(names):
+        make_lora_files(base_dir(), work / "peft" / name, seed=i)
+    server = start_server(work / "store")
+    for name in names:
+        files = {p.name: p.read_bytes() for p in (work / "peft" / name).iterdir()
+                 if p.suffix in (".json", ".safetensors")}
+        server.http.post("/v1/adapters", data={"name": name, "labels": json.dumps(["a", "b"])},
+                         files={k: (k, v) for k, v in files.items()}).raise_for_status()
+    try:
+        load(server.url, names, clients=args.clients, seconds=3)  # warm every slot
+        mixed = load(server.url, names, clients=args.clients, seconds=args.seconds)
+        single = load(server.url, names[:1], clients=args.clients, seconds=args.seconds)
+    finally:
+        stop_server(server)
+    naive = _naive(work, names, args)
+    print(f"{args.clients} clients, 1 input per request, {args.seconds:.0f} s per load")
+    print(f"switchyard, random of {args.adapters} adapters: {mixed:.1f} req/s")
+    print(f"switchyard, one adapter:                 {single:.1f} req/s")
+    print(f"naive PEFT set_adapter server, random:   {naive:.1f} req/s")
+    print(f"mixed / single: {mixed / single:.2f}x (target >= 0.8x); "
+          f"mixed / naive: {mixed / naive:.1f}x (target >= 5x)")
+
+
+def _naive(work: Path, names: list[str], args: argparse.Namespace) -> float:
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "bench.naive_peft_server", str(base_dir()),
+                                str(work / "peft"), str(port)])
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            try:
+                if httpx.get(url + "/health/ready").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.5)
+        load(url, names, clients=args.clients, seconds=3)
+        return load(url, names, clients=args.clients, seconds=args.seconds)
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+if __name__ == "__main__":
+    main()

@@ -47,6 +47,8 @@ class Registry:
     ) -> int:
         """Check an adapter against the base, then store it as the next version."""
         check_name(name)
+        # The one door for uploads (form field or switchyard.json) and trained adapters alike.
+        parse_labels(json.dumps(labels))
         size = len(config_bytes) + len(weights_bytes)
         if size > self.settings.max_upload_bytes:
             raise too_large("adapter", size, self.settings.max_upload_bytes, "file")

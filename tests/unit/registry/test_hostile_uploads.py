@@ -239,6 +239,10 @@ CASES = {
         400, "invalid_metadata"),
     "meta-not-object": Case(lambda g: form(g, extra={META: b'["classification"]'}),
                             400, "invalid_json"),
+    "meta-duplicate-labels": Case(
+        lambda g: form(g, labels=None, extra={META: b'{"task": "classification", '
+                                                    b'"labels": ["same", "same"]}'}),
+        400, "invalid_labels"),
     # ---- sizes and missing parts
     "over-upload-limit": Case(lambda g: form(g), 413, "payload_too_large",
                               {"max_upload_bytes": 4096}),

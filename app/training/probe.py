@@ -7,6 +7,7 @@ never from the serving modules, whose routing state belongs to the engine's thre
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -20,7 +21,13 @@ from app.tasks import MULTI_LABEL, REGRESSION, TOKEN_CLASSIFICATION
 from app.training import evaluation
 from app.training.encoding import IGNORE, Example, batches
 from app.training.hyperparameters import Hyperparameters
-from app.training.types import CancelToken, TrainingCancelled, TrainingOutcome, TrainingPlan, TrainingReporter
+from app.training.types import (
+    CancelToken,
+    TrainingCancelled,
+    TrainingOutcome,
+    TrainingPlan,
+    TrainingReporter,
+)
 from app.training.view import build_view
 
 
@@ -41,28 +48,40 @@ def sentence_features(backbone: nn.Module, examples: list[Example], *, layers: l
                 out.last_hidden_state[:, 0])
         else:
             mask = batch["attention_mask"].unsqueeze(-1).to(out.last_hidden_state.dtype)
-            pooled = torch.cat([pool(out.hidden_states[l], mask, pooling) for l in layers], dim=-1)
+            pooled = torch.cat([pool(out.hidden_states[i], mask, pooling) for i in layers], dim=-1)
         parts.append(pooled.float().cpu())
     return torch.cat(parts).numpy()
 
 
 @torch.no_grad()
-def token_features(backbone: nn.Module, examples: list[Example], *, device: torch.device,
-                   pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """Last hidden states at labelled (first sub-token) positions, with their tags."""
+def token_batches(backbone: nn.Module, examples: list[Example], *, device: torch.device,
+                  pad_id: int, layers: list[int] | None = None
+                  ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per batch: per-token features [rows, tokens, features] (the last layer, or `layers`
+    concatenated, as the served probe reads them) and the tags (IGNORE where unlabelled)."""
     backbone.eval()
-    xs, ys = [], []
+    out = []
     for batch in batches(examples, batch_size=64, shuffle=False, seed=0,
                          task=TOKEN_CLASSIFICATION, pad_id=pad_id, device=device):
         tags = batch.pop("labels")
-        hidden = backbone(**batch).last_hidden_state
-        keep = tags != IGNORE
-        xs.append(hidden[keep].float().cpu())
-        ys.append(tags[keep].cpu())
+        result = backbone(**batch, output_hidden_states=layers is not None)
+        hidden = result.last_hidden_state if layers is None else torch.cat(
+            [result.hidden_states[layer] for layer in layers], dim=-1)
+        out.append((hidden.float().cpu(), tags.cpu()))
+    return out
+
+
+def token_features(backbone: nn.Module, examples: list[Example], *, device: torch.device,
+                   pad_id: int, layers: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Features at labelled (first sub-token) positions, with their tags."""
+    pairs = token_batches(backbone, examples, device=device, pad_id=pad_id, layers=layers)
+    xs = [hidden[tags != IGNORE] for hidden, tags in pairs]
+    ys = [tags[tags != IGNORE] for _hidden, tags in pairs]
     return torch.cat(xs).numpy(), torch.cat(ys).numpy()
 
 
-def fit_head(x: np.ndarray, y: np.ndarray, *, task: str, rows: int, c: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+def fit_head(x: np.ndarray, y: np.ndarray, *, task: str, rows: int,
+             c: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """(weight [rows, features], bias [rows]) of a linear head fitted on frozen features."""
     if task == REGRESSION:
         ridge = Ridge(alpha=1.0 / c).fit(x, y)
@@ -90,7 +109,7 @@ def init_head(view: nn.Module, *, base: Base, task: str, examples: list[Example]
     """LP-FT: start the task head from a probe fitted on frozen features."""
     backbone = getattr(view, base.prefix)
     pad = int(base.tokenizer.pad_token_id or 0)
-    head = view.classifier
+    head: Any = view.classifier
     if task == TOKEN_CLASSIFICATION:
         x, y = token_features(backbone, examples, device=base.device, pad_id=pad)
     else:
@@ -107,24 +126,18 @@ def init_head(view: nn.Module, *, base: Base, task: str, examples: list[Example]
 def train_probe(plan: TrainingPlan, *, base: Base, hp: Hyperparameters, train: list[Example],
                 val: list[Example], reporter: TrainingReporter,
                 cancel: CancelToken) -> TrainingOutcome:
-    """`linear_probe`: frozen pooled features of chosen layers, a head picked on validation."""
-    if plan.task == TOKEN_CLASSIFICATION:
-        raise _unsupported(plan.task)
+    """`linear_probe`: frozen pooled (or per-token) features of chosen layers, a head picked
+    on validation among a few regularisation strengths."""
     backbone = getattr(build_view(base, task=plan.task, num_labels=1), base.prefix)
-    pad = int(base.tokenizer.pad_token_id or 0)
-    feats = [sentence_features(backbone, ex, layers=hp.layers, pooling=hp.pooling, task=plan.task,
-                               device=base.device, pad_id=pad) for ex in (train, val)]
-    y_train = np.asarray([e.label for e in train])
+    x_train, y_train, score = _probe_data(plan, base, hp, backbone, train, val)
     rows = 1 if plan.task == REGRESSION else len(plan.labels)
     best: dict[str, Any] = {}
     history = []
     for step, c in enumerate((0.1, 1.0, 10.0), start=1):
         if cancel.cancelled:
             raise TrainingCancelled(cancel.reason)
-        weight, bias = fit_head(feats[0], y_train, task=plan.task, rows=rows, c=c)
-        logits = torch.as_tensor(feats[1] @ weight.T + bias, dtype=torch.float32)
-        gold = torch.as_tensor(np.asarray([e.label for e in val]))
-        metrics = evaluation.metrics_from_logits([(logits, gold)], task=plan.task, labels=plan.labels)
+        weight, bias = fit_head(x_train, y_train, task=plan.task, rows=rows, c=c)
+        metrics = score(weight, bias)
         entry = {"step": step, "C": c, **metrics}
         history.append(entry)
         reporter.event("evaluation", entry)
@@ -144,8 +157,33 @@ def train_probe(plan: TrainingPlan, *, base: Base, hp: Hyperparameters, train: l
     )
 
 
-def _unsupported(task: str) -> Exception:
-    from app.errors import bad_request
+Scorer = Callable[[np.ndarray, np.ndarray], dict[str, float]]
 
-    return bad_request("unsupported_task", f"linear_probe does not support task {task!r}",
-                       param="task")
+
+def _probe_data(plan: TrainingPlan, base: Base, hp: Hyperparameters, backbone: nn.Module,
+                train: list[Example], val: list[Example]) -> tuple[np.ndarray, np.ndarray, Scorer]:
+    """Training features and targets, and how a fitted head scores on validation."""
+    pad = int(base.tokenizer.pad_token_id or 0)
+    if plan.task == TOKEN_CLASSIFICATION:
+        x, y = token_features(backbone, train, device=base.device, pad_id=pad, layers=hp.layers)
+        val_batches = token_batches(backbone, val, device=base.device, pad_id=pad,
+                                    layers=hp.layers)
+
+        def score_tokens(weight: np.ndarray, bias: np.ndarray) -> dict[str, float]:
+            w = torch.as_tensor(weight, dtype=torch.float32)
+            b = torch.as_tensor(bias, dtype=torch.float32)
+            pairs = [(feats @ w.t() + b, tags) for feats, tags in val_batches]
+            return evaluation.metrics_from_logits(pairs, task=plan.task, labels=plan.labels)
+
+        return x, y, score_tokens
+    x_train, x_val = [sentence_features(backbone, ex, layers=hp.layers, pooling=hp.pooling,
+                                        task=plan.task, device=base.device, pad_id=pad)
+                      for ex in (train, val)]
+    gold = torch.as_tensor(np.asarray([e.label for e in val]))
+
+    def score(weight: np.ndarray, bias: np.ndarray) -> dict[str, float]:
+        logits = torch.as_tensor(x_val @ weight.T + bias, dtype=torch.float32)
+        return evaluation.metrics_from_logits([(logits, gold)], task=plan.task,
+                                              labels=plan.labels)
+
+    return x_train, np.asarray([e.label for e in train]), score

@@ -44,7 +44,7 @@ def rows(task: str, count: int, seed: int) -> list[dict[str, Any]]:
     out = []
     for n in range(count):
         if task == TOKEN:
-            words = rng.sample(FILLER, 3) + [rng.choice(CITIES)]
+            words = [*rng.sample(FILLER, 3), rng.choice(CITIES)]
             rng.shuffle(words)
             out.append({"tokens": words, "tags": ["B-LOC" if w in CITIES else "O" for w in words]})
         else:
@@ -130,3 +130,34 @@ def test_prompt_token_labels_skip_virtual_positions(tiny_base: Base) -> None:
     out = model(input_ids=ids, attention_mask=torch.ones_like(ids),
                 token_type_ids=torch.zeros_like(ids), labels=torch.tensor([[-100, 1, 2, -100]]))
     assert out.logits.shape == (1, 4, 3) and torch.isfinite(out.loss)
+
+
+def test_linear_probe_trains_on_tokens_and_serves_its_head(
+    tiny_base: Base, settings: Settings, tokenizer: PreTrainedTokenizerBase,
+) -> None:
+    from safetensors.torch import load
+    from transformers import BertModel
+
+    labels = ["O", "B-LOC"]
+    plan = TrainingPlan(adapter="p", task=TOKEN, method="linear_probe",
+                        train_rows=rows(TOKEN, 32, 0), validation_rows=rows(TOKEN, 8, 1),
+                        labels=labels, hyperparameters={"layers": [1, -1]})
+    runtime, registry = make_runtime(tiny_base, settings)
+    outcome = train(plan, base=tiny_base, reporter=Events(), cancel=CancelToken(), max_rank=64,
+                    max_tokens=64)
+    assert "entity_f1" in outcome.metrics
+    registry.register("p", config_bytes=outcome.files[CONFIG_FILE],
+                      weights_bytes=outcome.files[WEIGHTS_FILE], task=TOKEN, labels=labels)
+    texts = ["we went to paris today", "rome"]
+    engine = runtime.engine
+    served = engine.run([Job(key=("p", 1), task=TOKEN, rows=engine.prepare(texts, task=TOKEN),
+                             raw=True)])[0].outputs or []
+    head = load(outcome.files[WEIGHTS_FILE])
+    plain = BertModel.from_pretrained(tiny_base.path).eval()
+    with torch.inference_mode():
+        for text, got in zip(texts, served, strict=True):
+            states = plain(**tokenizer(text, return_tensors="pt"),
+                           output_hidden_states=True).hidden_states
+            x = torch.cat([states[1][0], states[-1][0]], dim=-1)
+            want = x @ head["classifier.weight"].t() + head["classifier.bias"]
+            assert (got - want).abs().max() < 1e-5

@@ -2,7 +2,8 @@
 
 A Content-Length over the limit is refused at once; a chunked body is counted as it arrives
 and cut off at the limit, so a client cannot make the server buffer more than it allows.
-Multipart uploads get the upload limit, everything else the (smaller) body limit.
+Multipart uploads to the upload routes get the upload limit, everything else the (smaller)
+body limit.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import json
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+UPLOAD_PATHS = frozenset({"/v1/adapters", "/v1/datasets"})
 
 
 class BodyLimitMiddleware:
@@ -26,7 +29,13 @@ class BodyLimitMiddleware:
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers") or [])
-        is_upload = headers.get(b"content-type", b"").startswith(b"multipart/")
+        # Only the upload routes take multipart; any other route keeps the body limit whatever
+        # content type the client claims.
+        is_upload = (
+            headers.get(b"content-type", b"").startswith(b"multipart/")
+            and scope.get("method") == "POST"
+            and scope.get("path", "").rstrip("/") in UPLOAD_PATHS
+        )
         # Multipart framing adds a little; allow for it so a file exactly at the limit passes.
         limit = self.upload_bytes + 64 * 1024 if is_upload else self.body_bytes
         declared = headers.get(b"content-length")

@@ -163,7 +163,10 @@ def test_delete_one_version_then_all(client: TestClient, refs: dict[str, Ref]) -
     assert_error(client.get("/v1/adapters/sst2"), 404, "adapter_not_found")
     assert_error(client.post("/v1/adapters/sst2/predict", json={"inputs": ["x"]}),
                  404, "adapter_not_found")
-    assert put(client, refs["sst2"]).json()["version"] == 1
+    # the same name and version number again, other weights: no stale copy is served
+    assert put(client, refs["sst2v2"], name="sst2").json()["version"] == 1
+    fresh = predict(client, "sst2", TEXTS, ALL)["outputs"]
+    assert (served(fresh, refs["sst2v2"].labels) - refs["sst2v2"].probs(TEXTS)).abs().max() < 1e-5
 
 
 def test_patch_pinned(client: TestClient, refs: dict[str, Ref]) -> None:
@@ -394,4 +397,8 @@ def test_body_over_max_body_bytes_is_413(small_client: TestClient) -> None:
     streamed = small_client.post("/v1/embeddings", content=chunks(),
                                  headers={"content-type": "application/json"})
     assert_error(streamed, 413, "payload_too_large")
+    # calling a JSON route "multipart" does not buy it the upload limit
+    disguised = small_client.post("/v1/embeddings", content=b"-" * 20000,
+                                  headers={"content-type": "multipart/form-data; boundary=x"})
+    assert_error(disguised, 413, "payload_too_large")
     assert small_client.post("/v1/embeddings", json={"input": "small"}).status_code == 200

@@ -10,9 +10,9 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 from starlette.concurrency import run_in_threadpool
 
-from app.api.errors import install_error_handlers
-from app.api.limits import BodyLimitMiddleware
 from app.api.auth import KeyRing, require
+from app.api.errors import ERROR_RESPONSES, install_error_handlers
+from app.api.limits import BodyLimitMiddleware
 from app.api.routes import adapters, datasets, health, inference, openai, training_jobs
 from app.base import BaseModel as Base
 from app.base import load_base
@@ -56,6 +56,7 @@ def create_app(settings: Settings | None = None, *, base: Base | None = None) ->
         version="1",
         description="One frozen base model, many small adapters, trained and served over HTTP.",
         lifespan=lifespan,
+        responses=ERROR_RESPONSES,
     )
     app.state.settings = settings
     app.state.readiness = "starting"

@@ -1,0 +1,83 @@
+"""Property-based API fuzzing with schemathesis against the app's own OpenAPI, on the tiny base.
+
+Every operation gets a bounded number of generated requests (valid and invalid), sent in
+process through schemathesis' ASGI transport; each response must be a non-5xx that matches
+the documented status codes and schemas. One adapter is stored before start so that some
+requests reach a real adapter instead of a 404. Deterministic (derandomized) and bounded:
+a few seconds on the tiny base.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import schemathesis
+import torch
+from hypothesis import HealthCheck, settings
+from schemathesis import checks
+from schemathesis.python.asgi import shutdown_lifespans
+from transformers import BertModel, PreTrainedTokenizerBase
+
+from app.base import wrap_base
+from app.config import Settings
+from app.main import create_app
+from app.registry.catalog import Registry
+from app.registry.store import AdapterStore
+from tests.conftest import peft_adapter
+
+SEEDED = "seeded"
+# What the issue asks of responses is checked (no 5xx, documented status, content type, headers
+# and body schema, Allow on 405). Two request-side checks are left out: the service checks
+# more than a schema can say (a name must exist, an input must be text), so schema-valid
+# requests are rightly refused (positive_data_acceptance), and pydantic's lax mode accepts
+# 0 for false (negative_data_rejection); neither is a reliability fault.
+EXCLUDED = [checks.positive_data_acceptance, checks.negative_data_rejection]
+LABELS = ["neg", "pos"]
+
+
+@pytest.fixture(scope="module")
+def api_schema(
+    tiny_bert_dir: Path, tokenizer: PreTrainedTokenizerBase,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Any]:
+    """The app's OpenAPI, loaded through the ASGI app; the lifespan runs once for the module."""
+    work = tmp_path_factory.mktemp("schemathesis")
+    base = wrap_base(BertModel.from_pretrained(tiny_bert_dir), tokenizer, name="tiny-bert",
+                     path=tiny_bert_dir, device=torch.device("cpu"))
+    app_settings = Settings(  # type: ignore[call-arg]
+        store=work / "store", max_wait_ms=1.0, request_timeout_s=10.0, _env_file=None,
+    )
+    files = peft_adapter(tiny_bert_dir, r=4, out=work / "adapter")
+    Registry(AdapterStore(app_settings.store), base, app_settings).register(
+        SEEDED, config_bytes=files["adapter_config.json"],
+        weights_bytes=files["adapter_model.safetensors"], task="classification", labels=LABELS,
+    )
+    app = create_app(app_settings, base=base)
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+
+    @schema.hook
+    def map_path_parameters(context: Any, path_parameters: dict[str, Any] | None) -> Any:
+        # Two in three named requests go to the stored adapter (never DELETE it: others need it).
+        name = (path_parameters or {}).get("name")
+        if isinstance(name, str) and context.operation.method.upper() != "DELETE" \
+                and zlib.crc32(name.encode()) % 3 != 0:
+            return {**(path_parameters or {}), "name": SEEDED}
+        return path_parameters
+
+    yield schema
+    shutdown_lifespans()  # stop the batcher and job workers this module's app started
+
+
+schema = schemathesis.pytest.from_fixture("api_schema")
+
+
+@schema.parametrize()
+@settings(max_examples=12, deadline=None, derandomize=True, database=None,
+          suppress_health_check=list(HealthCheck))
+def test_api_conforms_to_its_openapi(case: Any) -> None:
+    """No 5xx; status codes, content types, headers and bodies as the OpenAPI documents them."""
+    case.call_and_validate(excluded_checks=EXCLUDED)

@@ -20,7 +20,8 @@ from app.runtime.engine import Job, JobResult
 from app.runtime.metrics import Metrics
 
 log = logging.getLogger(__name__)
-_Item = tuple[Job, "asyncio.Future[list[Any]]"]
+# A queue item is a group of jobs that must share one engine batch (one request's jobs).
+_Item = tuple[list[Job], "asyncio.Future[list[JobResult]]"]
 
 
 class Batcher:
@@ -67,7 +68,15 @@ class Batcher:
 
     async def submit(self, job: Job) -> list[Any]:
         """Queue a job and wait for its outputs; 429 when the queue is full."""
-        rows = len(job.rows)
+        (result,) = await self.submit_group([job])
+        if result.error is not None:
+            raise result.error
+        return result.outputs or []
+
+    async def submit_group(self, jobs: list[Job]) -> list[JobResult]:
+        """Queue jobs that must run in the same batch (so that head-only adapters over the
+        same inputs share one base pass); each result carries its outputs or its own error."""
+        rows = sum(len(job.rows) for job in jobs)
         if self._pending_rows + rows > self.queue_rows:
             self.metrics.rejected.labels(reason="queue_full").inc()
             raise SwitchyardError(
@@ -76,36 +85,35 @@ class Batcher:
                 f"{self.queue_rows}",
                 headers={"Retry-After": "1"},
             )
-        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[list[JobResult]] = asyncio.get_running_loop().create_future()
         self._pending_rows += rows
         self.metrics.queue_rows.set(self._pending_rows)
-        self._queue.put_nowait((job, future))
+        self._queue.put_nowait((jobs, future))
         return await future
 
     async def _worker(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             batch = await self._collect()
-            live = [(job, fut) for job, fut in batch if not fut.done()]
+            live = [(jobs, fut) for jobs, fut in batch if not fut.done()]
             try:
                 if live:
-                    results = await loop.run_in_executor(
-                        self._executor, self._run, [job for job, _ in live]
-                    )
+                    flat = [job for jobs, _ in live for job in jobs]
+                    results = await loop.run_in_executor(self._executor, self._run, flat)
                     self._deliver(live, results)
             except Exception as exc:  # a bug in the engine must not kill the worker
                 log.exception("engine batch failed")
-                for _job, fut in live:
+                for _jobs, fut in live:
                     if not fut.done():
                         fut.set_exception(exc)
             finally:
-                self._pending_rows -= sum(len(job.rows) for job, _ in batch)
+                self._pending_rows -= sum(_rows(jobs) for jobs, _ in batch)
                 self.metrics.queue_rows.set(self._pending_rows)
 
     async def _collect(self) -> list[_Item]:
         loop = asyncio.get_running_loop()
         batch = [await self._queue.get()]
-        rows = len(batch[0][0].rows)
+        rows = _rows(batch[0][0])
         deadline = loop.time() + self.max_wait
         while rows < self.max_batch_rows:
             try:
@@ -119,17 +127,20 @@ class Batcher:
                 except TimeoutError:
                     break
             batch.append(item)
-            rows += len(item[0].rows)
+            rows += _rows(item[0])
         self.metrics.batch_rows.observe(rows)
-        self.metrics.batch_adapters.observe(len({job.key for job, _ in batch}))
+        self.metrics.batch_adapters.observe(len({job.key for jobs, _ in batch for job in jobs}))
         return batch
 
     @staticmethod
     def _deliver(live: list[_Item], results: list[JobResult]) -> None:
-        for (_job, future), result in zip(live, results, strict=True):
-            if future.done():
-                continue  # the caller timed out or went away
-            if result.error is not None:
-                future.set_exception(result.error)
-            else:
-                future.set_result(result.outputs or [])
+        position = 0
+        for jobs, future in live:
+            mine = results[position : position + len(jobs)]
+            position += len(jobs)
+            if not future.done():  # else the caller timed out or went away
+                future.set_result(mine)
+
+
+def _rows(jobs: list[Job]) -> int:
+    return sum(len(job.rows) for job in jobs)

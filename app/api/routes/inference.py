@@ -69,15 +69,51 @@ async def predict_many(
     if len(set(body.adapters)) != len(body.adapters):
         raise bad_request("duplicate_adapter", "adapters repeat a name", param="adapters")
     metas = [registry.meta(check_name(name)) for name in body.adapters]
-    results = await asyncio.gather(
-        *(_run(m["name"], m, body.inputs, body.parameters, runtime, settings) for m in metas)
-    )
+    if runtime.base.kind == "encoder":
+        results = await _run_group(metas, body.inputs, body.parameters, runtime, settings)
+    else:
+        results = await asyncio.gather(
+            *(_run(m["name"], m, body.inputs, body.parameters, runtime, settings) for m in metas)
+        )
     return {
         "results": {
             m["name"]: {"adapter": m["name"], "version": m["version"], "outputs": out}
             for m, out in zip(metas, results, strict=True)
         }
     }
+
+
+async def _run_group(
+    metas: list[dict[str, Any]], inputs: list[Input], params: dict[str, Any], runtime: Runtime,
+    settings: Settings,
+) -> list[list[Any]]:
+    """One batch for all adapters, inputs tokenized once per task: identical rows of head-only
+    adapters are then forwarded once by the engine."""
+    classification.check_params(params)
+    rows_by_task: dict[str, list[Any]] = {}
+    jobs = []
+    for meta in metas:
+        task = str(meta["task"])
+        if task not in rows_by_task:
+            rows_by_task[task] = _prepare(runtime, settings, inputs, task)
+        jobs.append(Job(key=(meta["name"], int(meta["version"])), task=task,
+                        rows=rows_by_task[task], params=params))
+    start = time.perf_counter()
+    try:
+        results = await asyncio.wait_for(runtime.batcher.submit_group(jobs),
+                                         settings.request_timeout_s)
+    except TimeoutError as exc:
+        raise SwitchyardError(
+            504, "timeout", f"no answer within request_timeout_s {settings.request_timeout_s}"
+        ) from exc
+    elapsed = time.perf_counter() - start
+    for meta, result in zip(metas, results, strict=True):
+        status = result.error.code if result.error is not None else "ok"
+        runtime.metrics.requests.labels(adapter=meta["name"], status=status).inc()
+        runtime.metrics.latency.labels(adapter=meta["name"]).observe(elapsed)
+        if result.error is not None:
+            raise result.error
+    return [result.outputs or [] for result in results]
 
 
 @router.post("/v1/embeddings")

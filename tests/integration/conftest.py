@@ -87,3 +87,25 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
 @pytest.fixture(scope="session")
 def minilm_dir() -> Path:
     return MINILM_DIR
+
+
+def read_rows(path: Path, limit: int | None = None) -> list[dict[str, object]]:
+    """JSONL rows of a shared dataset file."""
+    import json
+
+    lines = path.read_text().splitlines()
+    return [json.loads(line) for line in lines[:limit]]
+
+
+def run_job(live: LiveServer, body: dict[str, object], *, timeout: float = 1200) -> dict[str, object]:
+    """Submit a training job and wait until it ends; returns the final job."""
+    response = live.http.post("/v1/training-jobs", json=body)
+    assert response.status_code == 202, response.text
+    job_id = response.json()["id"]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = live.http.get(f"/v1/training-jobs/{job_id}").json()
+        if job["status"] in ("succeeded", "failed", "cancelled"):
+            return job  # type: ignore[no-any-return]
+        time.sleep(1)
+    raise AssertionError(f"job {job_id} did not finish in {timeout} s")

@@ -147,8 +147,10 @@ async def delete_adapter(
 ) -> dict[str, Any]:
     """Remove all versions (or one); in-flight batches keep their copy until they finish."""
     registry.store.resolve(check_name(name), version)
-    runtime.cache.drop(name, version)
     removed = await run_in_threadpool(registry.store.delete, name, version)
+    # After the files are gone: a batch that loaded the adapter meanwhile cannot leave a copy
+    # behind that a re-upload under the same version number would then be served from.
+    runtime.cache.drop(name, version)
     return {"name": name, "deleted_versions": removed}
 
 

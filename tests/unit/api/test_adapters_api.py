@@ -169,6 +169,27 @@ def test_delete_one_version_then_all(client: TestClient, refs: dict[str, Ref]) -
     assert (served(fresh, refs["sst2v2"].labels) - refs["sst2v2"].probs(TEXTS)).abs().max() < 1e-5
 
 
+def test_delete_racing_a_batch_leaves_no_stale_copy(
+    client: TestClient, refs: dict[str, Ref], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    put(client, refs["sst2"])
+    cache = client.app.state.runtime.cache  # type: ignore[attr-defined]
+    store = client.app.state.registry.store  # type: ignore[attr-defined]
+    real_delete = store.delete
+
+    def delete_while_a_batch_runs(name: str, version: int | None = None) -> list[int]:
+        cache.release(cache.acquire(name, 1))  # a request queued before the DELETE
+        return real_delete(name, version)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(store, "delete", delete_while_a_batch_runs)
+    assert client.delete("/v1/adapters/sst2").status_code == 200
+    monkeypatch.undo()
+    assert cache.residency("sst2", 1) == "disk"
+    assert put(client, refs["sst2v2"], name="sst2").json()["version"] == 1
+    fresh = predict(client, "sst2", TEXTS, ALL)["outputs"]
+    assert (served(fresh, refs["sst2v2"].labels) - refs["sst2v2"].probs(TEXTS)).abs().max() < 1e-5
+
+
 def test_patch_pinned(client: TestClient, refs: dict[str, Ref]) -> None:
     put(client, refs["sst2"])
     response = client.patch("/v1/adapters/sst2", json={"pinned": True})

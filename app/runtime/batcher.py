@@ -67,7 +67,8 @@ class Batcher:
         self._executor.shutdown(wait=True)
 
     async def submit(self, job: Job) -> list[Any]:
-        """Queue a job and wait for its outputs; 429 when the queue is full."""
+        """Queue a job and wait for its outputs; 429 when the queue is full, 413 when the job
+        alone is larger than the queue."""
         (result,) = await self.submit_group([job])
         if result.error is not None:
             raise result.error
@@ -77,6 +78,14 @@ class Batcher:
         """Queue jobs that must run in the same batch (so that head-only adapters over the
         same inputs share one base pass); each result carries its outputs or its own error."""
         rows = sum(len(job.rows) for job in jobs)
+        if rows > self.queue_rows:
+            # It would never fit: a 429 would only make the client retry forever.
+            raise SwitchyardError(
+                413, "too_many_inputs",
+                f"this request needs {rows} rows (inputs x adapters) > queue_size "
+                f"{self.queue_rows}; split it",
+                param="inputs",
+            )
         if self._pending_rows + rows > self.queue_rows:
             self.metrics.rejected.labels(reason="queue_full").inc()
             raise SwitchyardError(

@@ -135,7 +135,9 @@ def test_oversized_job_is_refused_at_once() -> None:
     async def scenario(batcher: Batcher, _engine: FakeEngine) -> None:
         with pytest.raises(SwitchyardError) as info:
             await batcher.submit(job("big", rows=5))
-        assert info.value.status == 429
+        # 413, not 429: a job larger than the whole queue would never fit, retrying is futile
+        assert (info.value.status, info.value.code) == (413, "too_many_inputs")
+        assert "Retry-After" not in info.value.headers
 
     engine, _metrics = run(scenario, queue_rows=4)
     assert engine.batches == []

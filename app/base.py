@@ -114,7 +114,8 @@ def pick_device(setting: str) -> torch.device:
 def pick_dtype(setting: str, device: torch.device) -> torch.dtype:
     """float32 on CPU (half precision is slow there), bfloat16 or float16 on CUDA."""
     if setting != "auto":
-        return getattr(torch, setting)  # type: ignore[no-any-return]
+        dtype: torch.dtype = getattr(torch, setting)
+        return dtype
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.float32
@@ -155,12 +156,12 @@ def wrap_base(
     kind: BaseKind | None = None,
 ) -> BaseModel:
     """Freeze an already built model and describe it; tests use this with tiny random models."""
-    model.to(device)
+    model.to(device)  # type: ignore[arg-type]
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
     dtype = next(model.parameters()).dtype
-    params = dict(model.named_parameters())
+    params: dict[str, torch.Tensor] = dict(model.named_parameters())
     shapes = {
         n: (m.in_features, m.out_features)
         for n, m in model.named_modules()

@@ -46,7 +46,7 @@ def dequantized_smollm2(cache_dir: Path) -> Path:
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
         # The weights are already dequantized to float; drop the GGUF quantizer record so that
         # save_pretrained writes plain safetensors and the cache loads as an ordinary model.
-        model.hf_quantizer = None
+        model.hf_quantizer = None  # type: ignore[assignment]
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)

@@ -67,6 +67,7 @@ def create_app(settings: Settings | None = None, *, base: Base | None = None) ->
         BodyLimitMiddleware,
         body_bytes=settings.max_body_bytes,
         upload_bytes=max(settings.max_upload_bytes, settings.max_dataset_bytes),
+        max_parts=settings.max_multipart_parts,
     )
     return app
 
@@ -98,10 +99,12 @@ def _start(app: FastAPI, settings: Settings, base: Base | None) -> None:
     db = open_database(settings)
     app.state.db = db
     app.state.datasets = DatasetService(db, settings)
-    limits = {"max_rank": settings.max_rank, "max_tokens": settings.max_input_tokens}
+    rank, tokens = settings.max_rank, settings.max_input_tokens
     app.state.jobs = JobManager(
         db, app.state.datasets, settings,
-        train_fn=functools.partial(train, base=base, pause=runtime.yield_to_requests, **limits),
+        train_fn=functools.partial(train, base=base, pause=runtime.yield_to_requests,
+                                   max_rank=rank, max_tokens=tokens),
         register_fn=registry.register,
-        check_hyperparameters=functools.partial(parse_hyperparameters, **limits),
+        check_hyperparameters=functools.partial(parse_hyperparameters, max_rank=rank,
+                                                max_tokens=tokens),
     )

@@ -100,7 +100,8 @@ class AdapterStore:
         """switchyard.json of a version."""
         path = self.version_dir(name, version) / META_FILE
         try:
-            return json.loads(path.read_text())  # type: ignore[no-any-return]
+            meta: dict[str, Any] = json.loads(path.read_text())
+            return meta
         except (OSError, ValueError) as exc:
             raise SwitchyardError(
                 503, "adapter_corrupted", f"metadata of {name!r} v{version} is unreadable: {exc}"

@@ -8,6 +8,8 @@ runtime keeps serving from the same weights.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 from transformers import (
@@ -51,7 +53,7 @@ def build_view(base: Base, *, task: str, num_labels: int) -> PreTrainedModel:
     return view
 
 
-def _factory(base: Base, task: str) -> type:
+def _factory(base: Base, task: str) -> Any:
     if base.kind == "decoder":
         if task != GENERATION:
             raise bad_request(

@@ -90,7 +90,9 @@ async def upload_adapter(
     for required in (CONFIG_FILE, WEIGHTS_FILE):
         if required not in parts:
             raise bad_request("missing_file", f"multipart upload lacks {required}", param=required)
-    keep = {k: meta[k] for k in ("base_fingerprint", "metrics", "description") if k in meta}
+    keep: dict[str, Any] = {
+        k: meta[k] for k in ("base_fingerprint", "metrics", "description") if k in meta
+    }
     lineage = meta.get("lineage") or {}
     if not isinstance(lineage, dict):
         raise bad_request("invalid_metadata", f"{META_FILE} field 'lineage' must be an object",

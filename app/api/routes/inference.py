@@ -154,7 +154,8 @@ async def _run(
         generate = getattr(runtime, "generate", None)
         if generate is None:
             raise bad_request("unsupported_task", "this base cannot generate", param="name")
-        return await generate(name, int(meta["version"]), inputs, params)  # type: ignore[no-any-return]
+        outputs: list[Any] = await generate(name, int(meta["version"]), inputs, params)
+        return outputs
     classification.check_params(params)
     rows = _prepare(runtime, settings, inputs, task)
     job = Job(key=(name, int(meta["version"])), task=task, rows=rows, params=params)

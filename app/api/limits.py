@@ -3,7 +3,8 @@
 A Content-Length over the limit is refused at once; a chunked body is counted as it arrives
 and cut off at the limit, so a client cannot make the server buffer more than it allows.
 Multipart uploads to the upload routes get the upload limit, everything else the (smaller)
-body limit.
+body limit. Multipart bodies are also cut off past `max_parts` parts (counted by their
+delimiters as they stream in), before any route's form parser spools them.
 """
 
 from __future__ import annotations
@@ -19,10 +20,13 @@ UPLOAD_PATHS = frozenset({"/v1/adapters", "/v1/datasets"})
 class BodyLimitMiddleware:
     """Pure ASGI middleware: 413 in API.md's error shape for oversized bodies."""
 
-    def __init__(self, app: ASGIApp, *, body_bytes: int, upload_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, *, body_bytes: int, upload_bytes: int, max_parts: int = 16
+    ) -> None:
         self.app = app
         self.body_bytes = body_bytes
         self.upload_bytes = upload_bytes
+        self.max_parts = max_parts
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -40,18 +44,23 @@ class BodyLimitMiddleware:
         limit = self.upload_bytes + 64 * 1024 if is_upload else self.body_bytes
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            await _reject(send, int(declared), limit)
+            await _reject(send, _TooLarge(int(declared), limit))
             return
         received = 0
         started = False
+        boundary = _boundary(headers.get(b"content-type", b""))
+        parts = _PartCounter(boundary, self.max_parts) if boundary else None
 
         async def limited_receive() -> Message:
             nonlocal received
             message = await receive()
             if message["type"] == "http.request":
-                received += len(message.get("body", b""))
+                chunk = message.get("body", b"")
+                received += len(chunk)
                 if received > limit:
                     raise _TooLarge(received, limit)
+                if parts is not None:
+                    parts.feed(chunk)
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -62,26 +71,62 @@ class BodyLimitMiddleware:
 
         try:
             await self.app(scope, limited_receive, tracking_send)
-        except _TooLarge as exc:
+        except LimitExceeded as exc:
             if not started:
-                await _reject(send, exc.size, exc.limit)
+                await _reject(send, exc)
 
 
-class _TooLarge(HTTPException):
-    # An HTTPException, because FastAPI turns any other error raised while it reads a body
-    # into a 400; this one passes through its handlers as the 413 it is.
+class LimitExceeded(HTTPException):
+    """A 413 with its own error code. An HTTPException, because FastAPI turns any other error
+    raised while it reads a body into a 400; this one passes through its handlers as is."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(413, message)
+        self.code = code
+
+
+class _TooLarge(LimitExceeded):
     def __init__(self, size: int, limit: int) -> None:
-        super().__init__(413, f"request body is at least {size} bytes > limit {limit}")
-        self.size = size
-        self.limit = limit
+        super().__init__(
+            "payload_too_large", f"request body is at least {size} bytes > limit {limit}"
+        )
 
 
-async def _reject(send: Send, size: int, limit: int) -> None:
-    body = json.dumps(
-        {"error": {"code": "payload_too_large",
-                   "message": f"request body is at least {size} bytes > limit {limit}",
-                   "param": None}}
-    ).encode()
+class _PartCounter:
+    """Counts multipart delimiters across chunks; too many parts is a 413 `too_many_parts`."""
+
+    def __init__(self, boundary: bytes, max_parts: int) -> None:
+        self.delimiter = b"--" + boundary
+        self.max_parts = max_parts
+        self.count = 0
+        self._tail = b""
+
+    def feed(self, chunk: bytes) -> None:
+        # The kept tail is shorter than a delimiter, so no delimiter is counted twice, and one
+        # split across two chunks is counted once.
+        data = self._tail + chunk
+        self.count += data.count(self.delimiter)
+        self._tail = data[-(len(self.delimiter) - 1):]
+        if self.count - 1 > self.max_parts:  # the closing delimiter ends the last part
+            raise LimitExceeded(
+                "too_many_parts",
+                f"multipart body has more than max_multipart_parts {self.max_parts} parts",
+            )
+
+
+def _boundary(content_type: bytes) -> bytes | None:
+    """The boundary of a multipart content type, or None."""
+    if not content_type.lower().startswith(b"multipart/"):
+        return None
+    for param in content_type.split(b";")[1:]:
+        key, _, value = param.strip().partition(b"=")
+        if key.lower() == b"boundary" and value.strip(b'"'):
+            return value.strip(b'"')
+    return None
+
+
+async def _reject(send: Send, exc: LimitExceeded) -> None:
+    body = json.dumps({"error": {"code": exc.code, "message": exc.detail, "param": None}}).encode()
     await send({
         "type": "http.response.start", "status": 413,
         "headers": [(b"content-type", b"application/json"),

@@ -187,21 +187,31 @@ class AdapterStore:
         return buffer.getvalue()
 
     def sweep(self) -> list[str]:
-        """Remove leftovers of interrupted writes and deletes; returns what was removed."""
-        removed = []
+        """Remove leftovers of interrupted writes and deletes; returns what was removed.
+
+        Version folders (`<name>/.tmp-*`, `.trash-*`) and files (`_datasets/.tmp-*-<id>.jsonl`)
+        alike; a link is removed, never followed.
+        """
+        leftovers = []
         for folder in self.root.iterdir():
             if not folder.is_dir() or folder.is_symlink():
                 continue
             if folder.name.startswith((_TMP_PREFIX, _TRASH_PREFIX)):
-                shutil.rmtree(folder, ignore_errors=True)
-                removed.append(str(folder))
+                leftovers.append(folder)
                 continue
-            for child in folder.iterdir():
-                if child.name.startswith((_TMP_PREFIX, _TRASH_PREFIX)):
-                    shutil.rmtree(child, ignore_errors=True)
-                    removed.append(str(child))
-        for path in removed:
-            log.warning("removed leftover of an interrupted write: %s", path)
+            prefixes = (_TMP_PREFIX, _TRASH_PREFIX)
+            leftovers += [c for c in folder.iterdir() if c.name.startswith(prefixes)]
+        removed = []
+        for path in leftovers:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)  # rmtree refuses files and links: it left them
+            if os.path.lexists(path):
+                log.error("could not remove leftover of an interrupted write: %s", path)
+            else:
+                log.warning("removed leftover of an interrupted write: %s", path)
+                removed.append(str(path))
         return removed
 
 

@@ -180,6 +180,23 @@ def test_sweep_removes_interrupted_writes(store: AdapterStore) -> None:
     assert store.sweep() == []
 
 
+def test_sweep_removes_leftover_files_and_links(store: AdapterStore, tmp_path: Path) -> None:
+    """A dataset write killed before its rename leaves a file; shutil.rmtree silently keeps
+    files and links, so the sweep must unlink them (the link, never its target)."""
+    datasets = store.root / "_datasets"
+    datasets.mkdir()
+    half = datasets / ".tmp-0123abcd-ds_1.jsonl"
+    half.write_text('{"text": "a", "lab')
+    outside = tmp_path / "outside"
+    outside.write_bytes(b"keep me")
+    link = datasets / ".tmp-link"
+    link.symlink_to(outside)
+    assert sorted(store.sweep()) == sorted([str(half), str(link)])
+    assert not half.exists() and not os.path.lexists(link)
+    assert outside.read_bytes() == b"keep me"
+    assert store.sweep() == []
+
+
 def test_sweep_does_not_follow_symlinks(store: AdapterStore, tmp_path: Path) -> None:
     outside = tmp_path / "outside"
     (outside / ".tmp-precious").mkdir(parents=True)

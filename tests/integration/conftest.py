@@ -35,8 +35,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_server(store: Path, *, env: dict[str, str] | None = None, timeout: float = 180) -> LiveServer:
-    """Start `python -m app.cli serve` and wait for /health/ready."""
+def start_server(
+    store: Path, *, env: dict[str, str] | None = None, timeout: float = 180,
+    output: Path | None = None,
+) -> LiveServer:
+    """Start `python -m app.cli serve` and wait for /health/ready; its stdout and stderr go
+    to `output` (appended) when given."""
     port = free_port()
     environ = {
         **os.environ,
@@ -46,10 +50,12 @@ def start_server(store: Path, *, env: dict[str, str] | None = None, timeout: flo
         "TOKENIZERS_PARALLELISM": "false",
         **(env or {}),
     }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "serve", "--log-level", "warning"],
-        cwd=REPO, env=environ,
-    )
+    with open(output or os.devnull, "ab") as sink:  # the child keeps its own descriptor
+        process = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "serve", "--log-level", "warning"],
+            cwd=REPO, env=environ,
+            stdout=sink if output else None, stderr=subprocess.STDOUT if output else None,
+        )
     url = f"http://127.0.0.1:{port}"
     http = httpx.Client(base_url=url, timeout=120)
     deadline = time.monotonic() + timeout

@@ -108,6 +108,24 @@ def set_value(key: str, value: float) -> Callable[[dict[str, torch.Tensor]], Non
     return change
 
 
+Change = Callable[[dict[str, torch.Tensor]], None]
+
+
+def as_dtype(key: str, dtype: torch.dtype, value: float) -> Change:
+    def change(tensors: dict[str, torch.Tensor]) -> None:
+        tensors[key] = tensors[key].to(dtype)
+        tensors[key].view(-1)[0] = value
+    return change
+
+
+def all_bf16(key: str, value: float) -> Change:
+    def change(tensors: dict[str, torch.Tensor]) -> None:
+        for name in tensors:
+            tensors[name] = tensors[name].to(torch.bfloat16)
+        tensors[key].view(-1)[0] = value
+    return change
+
+
 def rename(old: str, new: str) -> Callable[[dict[str, torch.Tensor]], None]:
     def change(tensors: dict[str, torch.Tensor]) -> None:
         tensors[new] = tensors.pop(old)
@@ -191,6 +209,12 @@ CASES = {
                         400, "non_finite_weights"),
     "inf-weights": Case(lambda g: form(g, weights=with_tensors(g, set_value(B_KEY, float("inf")))),
                         400, "non_finite_weights"),
+    "nan-in-f16-beside-f32": Case(
+        lambda g: form(g, weights=with_tensors(g, as_dtype(B_KEY, torch.float16, float("nan")))),
+        400, "non_finite_weights"),
+    "inf-in-bf16-tensors": Case(
+        lambda g: form(g, weights=with_tensors(g, all_bf16(A_KEY, float("-inf")))),
+        400, "non_finite_weights"),
     "rank-over-max": Case(lambda g: form(g, config=g.rank8[CONFIG], weights=g.rank8[WEIGHTS]),
                           400, "rank_too_large", {"max_rank": 4}),
     "wrong-shape": Case(

@@ -284,6 +284,8 @@ def test_concurrent_predicts_each_answered_by_its_own_adapter(
     for name in names:
         assert put(client, refs[name]).status_code == 201
     expected = {name: refs[name].probs(TEXTS) for name in names}
+    runtime = client.app.state.runtime  # type: ignore[attr-defined]
+    runtime.batcher.max_wait = 0.05  # let concurrent requests meet in batches
 
     def call(i: int) -> tuple[str, list[int], dict[str, Any]]:
         name = names[i % 4]
@@ -297,6 +299,9 @@ def test_concurrent_predicts_each_answered_by_its_own_adapter(
         assert body["adapter"] == name
         got = served(body["outputs"], refs[name].labels)
         assert (got - expected[name][rows]).abs().max() < 1e-5, name
+    # and some batch did mix adapters (distinct adapters per batch summed > batches)
+    sample = runtime.metrics.registry.get_sample_value
+    assert sample("switchyard_batch_adapters_sum") > sample("switchyard_batch_adapters_count")
 
 
 def test_predict_many(client: TestClient, refs: dict[str, Ref]) -> None:

@@ -58,9 +58,9 @@ class AdapterStore:
         """Adapter names with at least one whole version, sorted."""
         out = []
         for entry in self.root.iterdir():
-            if entry.is_dir() and not entry.is_symlink() and NAME_PATTERN.fullmatch(entry.name):
-                if self.versions(entry.name):
-                    out.append(entry.name)
+            is_folder = entry.is_dir() and not entry.is_symlink()
+            if is_folder and NAME_PATTERN.fullmatch(entry.name) and self.versions(entry.name):
+                out.append(entry.name)
         return sorted(out)
 
     def versions(self, name: str) -> list[int]:
@@ -135,10 +135,13 @@ class AdapterStore:
     def write_version(self, name: str, files: dict[str, bytes], meta: dict[str, Any]) -> int:
         """Write a new version atomically and return its number."""
         folder = self.root / check_name(name)
-        if folder.is_symlink():
+        if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
             # versions() ignores a linked folder; writing through it would land outside the root.
+            # A 409, not a 5xx: the name is taken by something that is not an adapter folder.
             raise SwitchyardError(
-                500, "store_corrupted", f"{folder} is a symlink; refusing to write through it"
+                409, "store_corrupted",
+                f"the store entry of {name!r} is a link or a file, not an adapter folder; "
+                "refusing to write through it", param="name",
             )
         folder.mkdir(exist_ok=True)
         tmp = folder / f"{_TMP_PREFIX}{uuid.uuid4().hex}"

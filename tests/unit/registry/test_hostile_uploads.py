@@ -11,6 +11,7 @@ import json
 import os
 import pickle
 import struct
+import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,6 +67,8 @@ class Case:
     status: int
     code: str
     settings: dict[str, Any] = field(default_factory=dict)
+    # what an attacker with a foothold left in the store: prepare(store, outside folder)
+    prepare: Callable[[Path, Path], None] | None = None
 
 
 # ---------------------------------------------------------------- builders
@@ -145,6 +148,28 @@ def torch_zip() -> bytes:
     return buffer.getvalue()
 
 
+def zip_slip() -> bytes:
+    """A zip whose entry climbs out of any folder it is extracted into."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("../../adapter_model.safetensors", b"\x00" * 64)
+    return buffer.getvalue()
+
+
+def link_adapter_folder(store: Path, outside: Path) -> None:
+    (outside / "1").mkdir()
+    (outside / "1" / META).write_text('{"task": "classification"}')
+    (store / "fresh").symlink_to(outside, target_is_directory=True)
+
+
+def file_as_adapter_folder(store: Path, _outside: Path) -> None:
+    (store / "fresh").write_bytes(b"not a folder")
+
+
+def with_config(**changes: Any) -> Callable[[Good], Upload]:
+    return lambda g: form(g, config=json.dumps({**g.config_json(), **changes}).encode())
+
+
 def dup_config(good: Good) -> bytes:
     text = good.config.decode()
     return ('{"r": 64, ' + text.lstrip()[1:]).encode()
@@ -158,11 +183,20 @@ CASES = {
         400, "invalid_safetensors"),
     "torch-save-zip": Case(lambda g: form(g, weights=torch_zip()), 400, "invalid_safetensors"),
     "empty-weights": Case(lambda g: form(g, weights=b""), 400, "invalid_safetensors"),
+    "zip-slip-archive": Case(lambda g: form(g, weights=zip_slip()), 400, "invalid_safetensors"),
     # ---- names and file names
     "name-dotdot-slash": Case(lambda g: form(g, name="../evil"), 400, "invalid_name"),
     "name-nested-traversal": Case(lambda g: form(g, name="a/../../b"), 400, "invalid_name"),
     "name-dotdot": Case(lambda g: form(g, name=".."), 400, "invalid_name"),
     "name-cyrillic-a": Case(lambda g: form(g, name="fresh\u0430"), 400, "invalid_name"),
+    "name-fullwidth": Case(lambda g: form(g, name="\uff46resh"), 400, "invalid_name"),
+    "name-trailing-newline": Case(lambda g: form(g, name="fresh\n"), 400, "invalid_name"),
+    "name-nul-byte": Case(lambda g: form(g, name="fresh\x00"), 400, "invalid_name"),
+    # ---- symlinks and strays in the store
+    "store-symlinked-adapter-folder": Case(lambda g: form(g), 409, "store_corrupted",
+                                           prepare=link_adapter_folder),
+    "store-file-as-adapter-folder": Case(lambda g: form(g), 409, "store_corrupted",
+                                         prepare=file_as_adapter_folder),
     "filename-traversal": Case(
         lambda g: Upload({"name": "fresh", "labels": json.dumps(LABELS)},
                          [(CONFIG, (CONFIG, g.config)),
@@ -215,6 +249,9 @@ CASES = {
     "inf-in-bf16-tensors": Case(
         lambda g: form(g, weights=with_tensors(g, all_bf16(A_KEY, float("-inf")))),
         400, "non_finite_weights"),
+    "config-huge-rank": Case(with_config(r=2**31), 400, "rank_too_large"),
+    "config-huge-rank-pattern": Case(with_config(rank_pattern={"query": 10**9}),
+                                     400, "rank_too_large"),
     "rank-over-max": Case(lambda g: form(g, config=g.rank8[CONFIG], weights=g.rank8[WEIGHTS]),
                           400, "rank_too_large", {"max_rank": 4}),
     "wrong-shape": Case(
@@ -345,8 +382,13 @@ def test_hostile_upload_is_refused(
     seed.register("victim", config_bytes=good.config, weights_bytes=good.weights,
                   task="classification", labels=LABELS)
     store = tmp_path / "store"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    if case.prepare is not None:
+        case.prepare(store, outside)
     before = snapshot(store)
     outside_before = sorted(p.name for p in tmp_path.iterdir())
+    beyond_before = snapshot(outside)
 
     upload = case.build(good)
     response = client.post("/v1/adapters", data=upload.data, files=upload.files)
@@ -361,6 +403,7 @@ def test_hostile_upload_is_refused(
     assert "Traceback" not in error["message"]
     assert snapshot(store) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == outside_before
+    assert snapshot(outside) == beyond_before
     assert client.get("/v1/adapters").json()["data"][0]["latest_version"] == 1
     # the service still answers with the adapter that was there
     assert client.post("/v1/adapters/victim/predict", json={"inputs": ["ok"]}).status_code == 200

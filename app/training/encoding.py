@@ -18,6 +18,7 @@ from app.tasks import MULTI_LABEL, REGRESSION, TOKEN_CLASSIFICATION
 from app.tasks.token_classification import word_starts
 
 IGNORE = -100
+_GROUP_SPAN = 50  # batches sorted together by length
 
 
 @dataclass
@@ -73,15 +74,36 @@ def token_lengths(rows: list[dict[str, Any]], tokenizer: PreTrainedTokenizerBase
 
 def batches(
     examples: list[Example], *, batch_size: int, shuffle: bool, seed: int, task: str,
-    pad_id: int, device: torch.device,
+    pad_id: int, device: torch.device, by_length: bool = False,
 ) -> Iterator[dict[str, torch.Tensor]]:
-    """Padded batches; shuffled with a seeded generator when training."""
+    """Padded batches. Training (`shuffle`) draws seeded batches of similar lengths; `by_length`
+    (for callers whose labels travel with the batch) sorts by length; else the input order."""
+    for chunk in batch_order(examples, batch_size=batch_size, shuffle=shuffle, seed=seed,
+                             by_length=by_length):
+        yield collate([examples[i] for i in chunk], task=task, pad_id=pad_id, device=device)
+
+
+def batch_order(examples: list[Example], *, batch_size: int, shuffle: bool, seed: int,
+                by_length: bool = False) -> list[list[int]]:
+    """Indices of each batch. Padding to the longest row of a batch wastes most of the compute
+    on short-text data (SST-2: 13 tokens on average, batches padded to 40-56), so rows are
+    grouped by length: shuffled, cut into spans of 50 batches, sorted by length inside a span,
+    batched, and the batches shuffled (transformers' `group_by_length`, in effect)."""
     order = list(range(len(examples)))
-    if shuffle:
-        random.Random(seed).shuffle(order)
-    for start in range(0, len(order), batch_size):
-        chunk = [examples[i] for i in order[start : start + batch_size]]
-        yield collate(chunk, task=task, pad_id=pad_id, device=device)
+    size = lambda i: len(examples[i].input_ids)  # noqa: E731
+    if not shuffle:
+        if by_length:
+            order.sort(key=size)
+        return [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+    rng = random.Random(seed)
+    rng.shuffle(order)
+    span = batch_size * _GROUP_SPAN
+    out = []
+    for start in range(0, len(order), span):
+        group = sorted(order[start : start + span], key=size)
+        out += [group[s : s + batch_size] for s in range(0, len(group), batch_size)]
+    rng.shuffle(out)
+    return out
 
 
 def collate(chunk: list[Example], *, task: str, pad_id: int,

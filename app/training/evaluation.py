@@ -25,11 +25,13 @@ def predict_logits(
     model: nn.Module, examples: list[Example], *, task: str, pad_id: int, device: torch.device,
     batch_size: int, pause: Callable[[], None] | None = None,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(logits, labels) per batch, in order, with the model in eval mode."""
+    """(logits, labels) per batch, batches of similar lengths, with the model in eval mode;
+    `pause` runs before each batch (the trainer's Ticker: it may raise to cancel)."""
     model.eval()
     out = []
+    # Labels travel with their batch, so batches may follow length (less padding to compute).
     for batch in batches(examples, batch_size=batch_size, shuffle=False, seed=0, task=task,
-                         pad_id=pad_id, device=device):
+                         pad_id=pad_id, device=device, by_length=True):
         if pause is not None:
             pause()
         labels = batch.pop("labels")

@@ -3,11 +3,13 @@
 DESIGN.md's quality notes: LoRA's usual settings lose to a frozen-feature probe on many-label
 tasks unless the head starts from a probe and learns faster than the adapter. So the head is
 initialised by a logistic regression on frozen features (LP-FT) and trained at 3x the
-adapter's learning rate, and epochs grow when the data is small.
+adapter's learning rate; batch size, epochs and evaluation cadence follow the number of rows,
+max_length the token lengths of the rows. README.md, "Training defaults", explains them.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -36,12 +38,15 @@ class Hyperparameters(BaseModel):
     eval_every_steps: int | None = Field(None, ge=1)
     log_every_steps: int = Field(10, ge=1)
     head_init: Literal["probe", "random"] = "probe"
+    # linear_probe picks its layers on validation unless given (see probe.py).
     layers: list[int] = Field(default_factory=lambda: [-1], min_length=1, max_length=16)
     pooling: Literal["mean", "cls", "max"] = "mean"
     max_steps: int | None = Field(None, ge=1)
 
 
-def parse_hyperparameters(raw: dict[str, Any], *, max_rank: int, max_tokens: int) -> Hyperparameters:
+def parse_hyperparameters(
+    raw: dict[str, Any], *, max_rank: int, max_tokens: int
+) -> Hyperparameters:
     """Validate user hyperparameters; a 400 names the field and the limit."""
     try:
         hp = Hyperparameters.model_validate(raw)
@@ -66,19 +71,42 @@ def parse_hyperparameters(raw: dict[str, Any], *, max_rank: int, max_tokens: int
     return hp
 
 
+# Per method: the learning rate, and the fewest optimizer steps a run should take. New
+# parameters on a frozen model (prompt, prefix) start far from useful and need more steps than
+# LoRA or IA3, whose untrained state is the base itself.
+_LEARNING_RATE = {"lora": 1e-3, "ia3": 3e-3, "prefix": 1e-2, "prompt": 3e-2, "linear_probe": 3e-3}
+_MIN_STEPS = {"prefix": 600, "prompt": 600}
+_DEFAULT_MIN_STEPS = 300
+_MAX_EPOCHS = 20
+# Most steps between two evaluations: big data gets several evaluations an epoch, so the best
+# checkpoint and early stopping have more than three points to choose from.
+_MAX_EVAL_INTERVAL = 300
+
+
 def fill_defaults(hp: Hyperparameters, *, method: str, rows: int, lengths: list[int],
                   max_tokens: int) -> Hyperparameters:
-    """Resolve the None fields from the method and the data."""
-    lr = {"lora": 1e-3, "ia3": 3e-3, "prefix": 1e-2, "prompt": 3e-2, "linear_probe": 3e-3}
+    """Resolve what the user left unset from the method and the data (see README, "Training
+    defaults"); fields the user gave are never changed."""
+    given = hp.model_fields_set
     if hp.learning_rate is None:
-        hp.learning_rate = lr.get(method, 1e-3)
+        hp.learning_rate = _LEARNING_RATE.get(method, 1e-3)
     if hp.head_learning_rate is None:
+        # A new head learns slowly at the adapter's rate (DESIGN.md, quality notes).
         hp.head_learning_rate = max(3 * hp.learning_rate, 3e-3)
     if hp.alpha is None:
         hp.alpha = float(2 * hp.rank)
+    if "batch_size" not in given:
+        # Small data: smaller batches, so that a few hundred rows still give enough updates.
+        hp.batch_size = 32 if rows >= 1000 else 16 if rows >= 200 else 8
+    per_epoch = max(1, math.ceil(rows / hp.batch_size))
     if hp.epochs is None:
-        # Small data needs more passes to move; large data converges in few.
-        hp.epochs = 8 if rows < 500 else 5 if rows < 2000 else 3
+        wanted = math.ceil(_MIN_STEPS.get(method, _DEFAULT_MIN_STEPS) / per_epoch)
+        hp.epochs = min(_MAX_EPOCHS, max(2 if rows >= 30_000 else 3, wanted))
+    if hp.eval_every_steps is None and per_epoch > _MAX_EVAL_INTERVAL:
+        hp.eval_every_steps = math.ceil(per_epoch / math.ceil(per_epoch / _MAX_EVAL_INTERVAL))
+    if "early_stopping_patience" not in given and hp.eval_every_steps:
+        # Patience counts evaluations; keep it about two epochs when they are more frequent.
+        hp.early_stopping_patience = max(2, 2 * per_epoch // hp.eval_every_steps)
     if hp.max_length is None:
         ordered = sorted(lengths) or [max_tokens]
         p98 = ordered[min(len(ordered) - 1, int(0.98 * len(ordered)))]

@@ -1,0 +1,197 @@
+"""The training loop: AdamW with warm-up and linear decay, evaluations, best state, early stop.
+
+Everything slow in a run (a step, an evaluation batch, a feature batch of the LP-FT probe)
+goes through a `Ticker` first, which raises on cancel and lets queued inference run, so a
+cancel takes effect within one batch and serving keeps its share of the CPU.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from app.base import BaseModel as Base
+from app.errors import SwitchyardError
+from app.training import evaluation
+from app.training.encoding import Example, batches
+from app.training.hyperparameters import Hyperparameters
+from app.training.types import CancelToken, TrainingCancelled, TrainingPlan, TrainingReporter
+
+Pause = Callable[[], None]
+State = dict[str, torch.Tensor]
+
+
+@dataclass
+class Ticker:
+    """Called before each unit of work: raises when cancelled, else yields to requests."""
+
+    cancel: CancelToken
+    pause: Pause | None = None
+
+    def __call__(self) -> None:
+        if self.cancel.cancelled:
+            raise TrainingCancelled(self.cancel.reason)
+        if self.pause is not None:
+            self.pause()
+
+
+@dataclass
+class Schedule:
+    """How many steps a run takes and when it evaluates."""
+
+    per_epoch: int
+    total: int
+    eval_every: int
+
+    @classmethod
+    def of(cls, rows: int, hp: Hyperparameters) -> Schedule:
+        """From the training rows and the (filled) hyperparameters."""
+        per_epoch = max(1, math.ceil(rows / hp.batch_size))
+        total = per_epoch * (hp.epochs or 1)
+        if hp.max_steps:
+            total = min(total, hp.max_steps)
+        return cls(per_epoch, total, hp.eval_every_steps or per_epoch)
+
+
+class TrainLoop:
+    """One run over an adapter model; `run` returns the trainable state of the best evaluation."""
+
+    def __init__(self, plan: TrainingPlan, base: Base, model: nn.Module, hp: Hyperparameters,
+                 reporter: TrainingReporter, tick: Ticker) -> None:
+        self.plan, self.base, self.model, self.hp = plan, base, model, hp
+        self.reporter, self.tick = reporter, tick
+        self.history: list[dict[str, Any]] = []
+        self.best: dict[str, Any] = {}
+        self.best_metrics: dict[str, float] = {}
+        self.metric = evaluation.primary_metric(plan.task)
+        self.pad_id = int(base.tokenizer.pad_token_id or 0)
+        self._stale = 0
+
+    def run(self, train: list[Example], val: list[Example], *, evaluate_start: bool) -> State:
+        """Train; `evaluate_start` makes the untrained model (an LP-FT probe head) a candidate,
+        so that fine-tuning that only hurts falls back to the probe instead of shipping worse."""
+        plan = Schedule.of(len(train), self.hp)
+        optimizer, scheduler = self._optimizer(plan.total)
+        best_state = self._trainable_state()
+        if evaluate_start:
+            self._evaluate(val, step=0, epoch=0.0)
+        step = 0
+        for epoch in range(math.ceil(plan.total / plan.per_epoch)):
+            for batch in batches(train, batch_size=self.hp.batch_size, shuffle=True,
+                                 seed=self.hp.seed + epoch, task=self.plan.task,
+                                 pad_id=self.pad_id, device=self.base.device):
+                self.tick()
+                loss = self._step(batch, optimizer, scheduler, step + 1)
+                step += 1
+                self.reporter.progress(step=step, total_steps=plan.total,
+                                       epoch=step / plan.per_epoch)
+                if step % self.hp.log_every_steps == 0 or step == 1:
+                    self.reporter.event("loss", {"step": step, "loss": loss,
+                                                 "lr": scheduler.get_last_lr()[0]})
+                if step % plan.eval_every == 0 or step == plan.total:
+                    if self._evaluate(val, step=step, epoch=step / plan.per_epoch):
+                        best_state = self._trainable_state()
+                    if self._should_stop(step):
+                        return best_state
+                if step >= plan.total:
+                    return best_state
+        return best_state
+
+    def _should_stop(self, step: int) -> bool:
+        patience = self.hp.early_stopping_patience
+        if patience and self._stale >= patience:
+            self.reporter.event("info", {"message": f"early stop at step {step}: {patience} "
+                                         f"evaluations without a better {self.metric}"})
+            return True
+        return False
+
+    def _optimizer(
+        self, total: int
+    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+        head: list[nn.Parameter] = []
+        body: list[nn.Parameter] = []
+        for name, param in self.model.named_parameters():
+            if param.requires_grad:
+                # PEFT's name for a trained copy of the head; it learns faster (LP-FT).
+                (head if "modules_to_save" in name else body).append(param)
+        optimizer = torch.optim.AdamW(
+            [{"params": body, "lr": self.hp.learning_rate},
+             {"params": head, "lr": self.hp.head_learning_rate}],
+            weight_decay=self.hp.weight_decay,
+        )
+        warmup = max(1, int(self.hp.warmup_ratio * total))
+
+        def schedule(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            return max(0.0, (total - step) / max(1, total - warmup))
+
+        return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+    def _step(self, batch: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
+              scheduler: torch.optim.lr_scheduler.LambdaLR, step: int) -> float:
+        self.model.train()
+        try:
+            out = self.model(**batch)
+            loss = out.loss
+            if not torch.isfinite(loss):
+                raise _diverged(step, self.hp)
+            loss.backward()
+        except (torch.OutOfMemoryError, MemoryError) as exc:
+            raise _out_of_memory(self.hp) from exc
+        torch.nn.utils.clip_grad_norm_(
+            [p for p in self.model.parameters() if p.requires_grad], max_norm=1.0
+        )
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        return float(loss.detach())
+
+    def _evaluate(self, val: list[Example], *, step: int, epoch: float) -> bool:
+        """Evaluate, log, and keep the best; True when this evaluation is the new best."""
+        metrics = evaluation.evaluate(self.model, val, task=self.plan.task,
+                                      labels=self.plan.labels, pad_id=self.pad_id,
+                                      device=self.base.device,
+                                      batch_size=max(self.hp.batch_size, 64), pause=self.tick)
+        entry = {"step": step, "epoch": round(epoch, 3), **metrics}
+        self.history.append(entry)
+        self.reporter.event("evaluation", entry)
+        value = metrics.get(self.metric, float("-inf"))
+        if not math.isfinite(value):
+            value = float("-inf")  # a constant prediction has no Pearson: never the best
+        if self.best and value <= self.best["value"]:
+            self._stale += 1
+            return False
+        self.best = {"step": step, "epoch": round(epoch, 3), "metric": self.metric, "value": value}
+        self.best_metrics, self._stale = metrics, 0
+        return True
+
+    def _trainable_state(self) -> State:
+        return {
+            name: copy.deepcopy(param.detach())
+            for name, param in self.model.named_parameters() if param.requires_grad
+        }
+
+
+def _diverged(step: int, hp: Hyperparameters) -> SwitchyardError:
+    return SwitchyardError(
+        400, "training_diverged",
+        f"the loss became NaN or infinite at step {step}; lower learning_rate "
+        f"(it was {hp.learning_rate:g}) or leave it unset for the default",
+        param="hyperparameters.learning_rate",
+    )
+
+
+def _out_of_memory(hp: Hyperparameters) -> SwitchyardError:
+    return SwitchyardError(
+        400, "out_of_memory",
+        f"a training batch did not fit in memory; lower batch_size (it was {hp.batch_size}) "
+        f"or max_length (it was {hp.max_length})",
+        param="hyperparameters.batch_size",
+    )

@@ -12,13 +12,14 @@ from typing import Any
 
 from app.errors import SwitchyardError, bad_request
 from app.registry.store import check_name
-from app.tasks import canonical_task, head_rows
+from app.tasks import CLASSIFICATION, canonical_task, head_rows
 from app.training.datasets import DatasetService
-from app.training.rows import derive_labels, detect_task, validate_rows
+from app.training.rows import derive_labels, detect_task, label_counts, validate_rows
 from app.training.split import holdout_split
 from app.training.types import TrainingPlan
 
 METHODS = ("lora", "prefix", "prompt", "ia3", "linear_probe")
+MIN_ROWS_PER_CLASS = 2
 Rows = list[dict[str, Any]]
 
 
@@ -90,6 +91,7 @@ def prepare_job(
     except SwitchyardError as exc:
         exc.param = param
         raise
+    _check_class_sizes(rows, task, param)
     if request.validation_data is not None:
         validation = _validation_rows(request.validation_data, task, labels, datasets)
         source = "validation_data"
@@ -115,6 +117,22 @@ def prepare_job(
         "validation_source": source,
     }
     return PreparedJob(plan, summary)
+
+
+def _check_class_sizes(rows: Rows, task: str, param: str) -> None:
+    """Every class needs a couple of rows: one example teaches the head a point, not a class,
+    and leaves none to hold out for validation."""
+    if task != CLASSIFICATION:
+        return
+    small = {k: n for k, n in label_counts(rows, task).items() if n < MIN_ROWS_PER_CLASS}
+    if small:
+        listed = ", ".join(f"{k!r} ({n})" for k, n in list(small.items())[:10])
+        raise bad_request(
+            "too_few_rows",
+            f"{len(small)} class(es) have fewer than {MIN_ROWS_PER_CLASS} rows: {listed}; "
+            "add rows for them or drop them",
+            param=param,
+        )
 
 
 def _adapter_name(value: Any) -> str:

@@ -94,7 +94,7 @@ def detect_task(rows: Sequence[Any], lines: Sequence[int] | None = None) -> str:
     kinds.pop(None, None)
     if not kinds:
         errors = [
-            RowError(_line(lines, i), f"no known columns; expected {_SHAPES}")
+            RowError(_line(lines, i), _unknown_columns(rows[i]))
             for i in range(min(len(rows), MAX_REPORTED_ERRORS))
         ]
         raise InvalidDatasetError(errors, param="file")
@@ -106,6 +106,17 @@ def detect_task(rows: Sequence[Any], lines: Sequence[int] | None = None) -> str:
         if labels and all(_is_number(x) for x in labels):
             return REGRESSION
     return task
+
+
+def _unknown_columns(row: Any) -> str:
+    """Say which columns a row has, so that a misnamed label column is easy to spot."""
+    columns = sorted(row) if isinstance(row, dict) else []
+    if "text" in columns:
+        others = [c for c in columns if c not in ("text", "text_pair")]
+        hint = f"; rename the label column ({', '.join(others)}?)" if others else ""
+        return (f"no label column: the row has {columns}, a label goes in 'label' "
+                f"(or 'labels', a list, for multi-label){hint}")
+    return f"no known columns (the row has {columns[:10]}); expected {_SHAPES}"
 
 
 # ---------------------------------------------------------------- validation
@@ -180,8 +191,14 @@ def _check_row(
     # A row of no known shape goes to the checker, which names the field it lacks.
     if kind is not None and kind != family:
         raise _RowProblem(f"looks like a {kind} row, but the rows are for {task}")
+    try:
+        checked = checker(row)
+    except _RowProblem as problem:
+        if "got nothing" in str(problem):  # a missing field: show what the row does have
+            raise _RowProblem(f"{problem} (the row has columns {sorted(row)[:10]})") from None
+        raise
     # Unknown columns ride along; nulls are dropped so that "absent" has one spelling.
-    return {**{k: v for k, v in row.items() if v is not None}, **checker(row)}
+    return {**{k: v for k, v in row.items() if v is not None}, **checked}
 
 
 def _line(lines: Sequence[int] | None, index: int) -> int:

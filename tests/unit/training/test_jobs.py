@@ -205,16 +205,24 @@ def test_the_plan_holds_out_a_stratified_split(make: Callable[..., JobManager]) 
 
 def test_tiny_data_evaluates_on_the_training_rows(make: Callable[..., JobManager]) -> None:
     manager = make(FakeTrainer(), start=False)
-    job = manager.create(
-        {"adapter": "tiny", "examples": [{"text": "a", "label": "x"}, {"text": "b", "label": "y"}]}
-    )
-    assert job["rows"] == {"train": 2, "validation": 2, "validation_source": "training_rows"}
+    rows = [{"text": t, "label": t[0]} for t in ("x1", "x2", "y1", "y2")]
+    job = manager.create({"adapter": "tiny", "examples": rows})
+    assert job["rows"] == {"train": 4, "validation": 4, "validation_source": "training_rows"}
+
+
+def test_a_class_with_one_row_is_named(make: Callable[..., JobManager]) -> None:
+    manager = make(FakeTrainer(), start=False)
+    with pytest.raises(SwitchyardError) as caught:
+        manager.create({"adapter": "tiny", "examples": [*EXAMPLES, {"text": "m", "label": "meh"}]})
+    error = caught.value
+    assert (error.status, error.code, error.param) == (400, "too_few_rows", "examples")
+    assert "'meh' (1)" in error.message
 
 
 def test_datasets_are_used_for_training_and_validation(make: Callable[..., JobManager]) -> None:
     trainer = FakeTrainer()
     manager = make(trainer)
-    train = manager.datasets.create("t.csv", b"text,label\na,1\nb,0\nc,1\n")  # detected: regression
+    train = manager.datasets.create("t.csv", b"text,label\na,1\nb,0\nc,1\ne,0\n")  # regression?
     val = manager.datasets.create("v.csv", b"text,label\nd,0\n")
     job = manager.create(
         {
@@ -225,10 +233,10 @@ def test_datasets_are_used_for_training_and_validation(make: Callable[..., JobMa
         }
     )
     assert job["training_data"] == train["id"] and job["labels"] == ["0", "1"]
-    assert job["rows"] == {"train": 3, "validation": 1, "validation_source": "validation_data"}
+    assert job["rows"] == {"train": 4, "validation": 1, "validation_source": "validation_data"}
     wait_for(finished(manager, job["id"]))
     assert trainer.plans[0].validation_rows == [{"text": "d", "label": "0"}]
-    assert len(trainer.plans[0].train_rows) == 3
+    assert len(trainer.plans[0].train_rows) == 4
 
 
 def test_jobs_run_in_submission_order(make: Callable[..., JobManager]) -> None:

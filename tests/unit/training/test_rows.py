@@ -113,6 +113,15 @@ def test_empty_rows_and_untrainable_tasks_are_rejected() -> None:
     assert caught.value.code == "invalid_task"
 
 
+def test_a_misnamed_label_column_is_pointed_out() -> None:
+    with pytest.raises(InvalidDatasetError) as caught:
+        detect_task([{"text": "fine", "sentiment": "pos"}])
+    assert "rename the label column (sentiment?)" in caught.value.details[0]["message"]
+    with pytest.raises(InvalidDatasetError) as missing:
+        validate_rows([{"text": "fine", "sentiment": "pos"}], "classification")
+    assert "the row has columns ['sentiment', 'text']" in missing.value.details[0]["message"]
+
+
 def test_labels_are_derived_sorted_with_counts() -> None:
     rows = [{"text": "a", "label": "b"}, {"text": "a", "label": "a"}, {"text": "a", "label": "b"}]
     assert label_counts(rows, "classification") == {"a": 1, "b": 2}

@@ -147,7 +147,8 @@ def test_dataset_errors_list_bad_rows_and_limits(client: TestClient) -> None:
     error = bad.json()["error"]
     assert error["code"] == "invalid_dataset" and error["param"] == "file"
     assert error["details"] == [
-        {"line": 3, "message": "text must be a non-empty string, got nothing"}
+        {"line": 3, "message": "text must be a non-empty string, got nothing "
+                               "(the row has columns ['label'])"}
     ]
     big = upload(client, b"x" * 5000)
     assert big.status_code == 413 and big.json()["error"]["code"] == "payload_too_large"

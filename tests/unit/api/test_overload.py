@@ -66,7 +66,7 @@ def run_app(
 
     def run(scenario: Scenario, **overrides: Any) -> None:
         settings = Settings(store=tmp_path / "store", database_url=f"sqlite:///{tmp_path}/db.sqlite",
-                            max_wait_ms=1.0, _env_file=None, **overrides)  # type: ignore[call-arg]
+                            max_wait_ms=1.0, _env_file=None, **overrides)
         Registry(AdapterStore(settings.store), tiny_base, settings).register(
             "sst2", config_bytes=adapter_files[CONFIG], weights_bytes=adapter_files[WEIGHTS],
             task="classification", labels=LABELS,
@@ -93,10 +93,10 @@ def snapshot(root: Path) -> dict[str, bytes | None]:
 
 def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
     assert response.status_code == status, response.text
-    error = response.json()["error"]
+    error: dict[str, Any] = response.json()["error"]
     assert error["code"] == code, error
     assert set(error) >= {"code", "message", "param"}
-    return error  # type: ignore[no-any-return]
+    return error
 
 
 def predict(
@@ -197,16 +197,16 @@ def test_multipart_parts_and_fields_are_limited(
     async def scenario(client: httpx.AsyncClient, app: FastAPI) -> None:
         before = snapshot(tmp_path / "store")
         good = adapter_parts(adapter_files)
-        extra_files = good + [(f"f{i}", f"f{i}.bin", b"x") for i in range(4)]
-        extra_fields = good + [(f"k{i}", None, b"v") for i in range(8)]
-        huge_field = [("name", None, b"x" * (1024 * 1024 + 1)), *good[1:]]
-        for body in (extra_files, extra_fields, huge_field):
-            reply = await client.post("/v1/adapters", content=multipart(body), headers=MULTIPART)
+        extra_files: list[Part] = [*good, *((f"f{i}", f"f{i}.bin", b"x") for i in range(4))]
+        extra_fields: list[Part] = [*good, *((f"k{i}", None, b"v") for i in range(8))]
+        huge_field: list[Part] = [("name", None, b"x" * (1024 * 1024 + 1)), *good[1:]]
+        for parts in (extra_files, extra_fields, huge_field):
+            reply = await client.post("/v1/adapters", content=multipart(parts), headers=MULTIPART)
             assert 400 <= reply.status_code < 500, reply.text
             assert "error" in reply.json()
         # a dataset upload of many tiny parts is refused before it is parsed
-        many = [("file", "d.jsonl", b'{"text": "a", "label": "x"}\n')] + [
-            (f"k{i}", None, b"v") for i in range(40)]
+        many: list[Part] = [("file", "d.jsonl", b'{"text": "a", "label": "x"}\n'),
+                            *((f"k{i}", None, b"v") for i in range(40))]
         reply = await client.post("/v1/datasets", content=multipart(many), headers=MULTIPART)
         assert_error(reply, 413, "too_many_parts")
         assert snapshot(tmp_path / "store") == before

@@ -48,7 +48,7 @@ def api_schema(
     work = tmp_path_factory.mktemp("schemathesis")
     base = wrap_base(BertModel.from_pretrained(tiny_bert_dir), tokenizer, name="tiny-bert",
                      path=tiny_bert_dir, device=torch.device("cpu"))
-    app_settings = Settings(  # type: ignore[call-arg]
+    app_settings = Settings(
         store=work / "store", max_wait_ms=1.0, request_timeout_s=10.0, _env_file=None,
     )
     files = peft_adapter(tiny_bert_dir, r=4, out=work / "adapter")

@@ -150,16 +150,8 @@ class Engine:
         """
         by_index = dict(runnable)
         members = [(i, r) for i, job in runnable for r in range(len(job.rows))]
-        unique: dict[tuple[Any, ...], int] = {}
-        forward: list[tuple[EncodedRow, int]] = []
-        where: list[int] = []
-        for i, r in members:
-            row, slot = by_index[i].rows[r], self._slot(by_index[i], residents)
-            key = (slot, tuple(row.input_ids), tuple(row.token_type_ids or ()))
-            if key not in unique:
-                unique[key] = len(forward)
-                forward.append((row, slot))
-            where.append(unique[key])
+        forward, where = _distinct_rows(
+            [(by_index[i].rows[r], self._slot(by_index[i], residents)) for i, r in members])
         outputs: dict[int, list[Any]] = {i: [None] * len(job.rows) for i, job in runnable}
         size = self.max_batch_rows
         chunks: list[list[int]] = [[] for _ in range(-(-len(forward) // size))]
@@ -225,18 +217,7 @@ class Engine:
             x = features.sentence(positions)
         logits = F.linear(x.to(head["weight"].dtype), head["weight"], head["bias"])
         if token_task:
-            # Each row's own tokens only: virtual prompt positions and padding are dropped.
-            per_row = [logits[n, features.starts[p] : features.starts[p] + len(row.input_ids)]
-                       for n, (p, row) in enumerate(zip(positions, rows, strict=True))]
-            if job.raw:
-                return per_row
-            return [
-                token_classification.decode_entities(
-                    row_logits, labels=weights.labels, text=row.text, offsets=row.offsets,
-                    word_ids=row.word_ids,
-                )
-                for row_logits, row in zip(per_row, rows, strict=True)
-            ]
+            return _decode_tokens(job, weights.labels, logits, features, positions, rows)
         if job.raw:
             return list(logits)
         return classification.decode(logits, task=job.task, labels=weights.labels,
@@ -246,6 +227,37 @@ class Engine:
         """One forward so the first request does not pay for lazy initialisation."""
         rows = self.prepare(["warm up"], task="classification")
         self.run([Job(key=None, task=EMBEDDINGS, rows=rows)])
+
+
+def _decode_tokens(job: Job, labels: list[str], logits: torch.Tensor, features: Features,
+                   positions: list[int], rows: list[EncodedRow]) -> list[Any]:
+    """Each row's own tokens only: virtual prompt positions and padding are dropped."""
+    per_row = [logits[n, features.starts[p] : features.starts[p] + len(row.input_ids)]
+               for n, (p, row) in enumerate(zip(positions, rows, strict=True))]
+    if job.raw:
+        return per_row
+    return [
+        token_classification.decode_entities(
+            row_logits, labels=labels, text=row.text, offsets=row.offsets, word_ids=row.word_ids,
+        )
+        for row_logits, row in zip(per_row, rows, strict=True)
+    ]
+
+
+def _distinct_rows(rows: list[tuple[EncodedRow, int]]
+                   ) -> tuple[list[tuple[EncodedRow, int]], list[int]]:
+    """The distinct (row, slot) pairs by (slot, token ids, token types), and where each of
+    `rows` went among them."""
+    unique: dict[tuple[Any, ...], int] = {}
+    distinct: list[tuple[EncodedRow, int]] = []
+    where: list[int] = []
+    for row, slot in rows:
+        key = (slot, tuple(row.input_ids), tuple(row.token_type_ids or ()))
+        if key not in unique:
+            unique[key] = len(distinct)
+            distinct.append((row, slot))
+        where.append(unique[key])
+    return distinct, where
 
 
 def _needs_hidden(job: Job, residents: dict[Key, Resident]) -> bool:

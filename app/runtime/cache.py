@@ -9,6 +9,7 @@ no trace because nothing is recorded until the copy into the slot has succeeded.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections import OrderedDict
@@ -36,7 +37,8 @@ class Resident:
     nbytes: int
     pinned: bool = False
     refs: int = 0
-    dropped: bool = False  # deleted while in use: freed at the last release
+    dropped: bool = False
+    lora_in_slot: bool = False  # its LoRA lives only in the slot (CPU device)  # deleted while in use: freed at the last release
     head: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
@@ -167,8 +169,14 @@ class AdapterCache:
         if pinned:
             for older in siblings.values():
                 older.pinned = False
+        lora_in_slot = bool(weights.lora) and self.device.type == "cpu"
+        if lora_in_slot:
+            # On a CPU device the slot already is a host copy: keeping the file's tensors too
+            # would hold every resident adapter twice. Eviction copies them back out.
+            weights = dataclasses.replace(weights, lora={})
         resident = Resident(
             key=key, weights=weights, slot=slot, nbytes=nbytes, pinned=pinned, head=head,
+            lora_in_slot=lora_in_slot,
         )
         self._device[key] = resident
         return resident
@@ -198,8 +206,13 @@ class AdapterCache:
         for key, resident in self._device.items():  # oldest first
             if resident.refs == 0 and not resident.pinned:
                 del self._device[key]
+                weights = resident.weights
+                if resident.lora_in_slot and self.layers is not None:
+                    weights = dataclasses.replace(
+                        weights, lora=self.layers.extract_lora(resident.slot)
+                    )
                 self._free(resident)
-                self._cpu[key] = resident.weights
+                self._cpu[key] = weights
                 self._trim_cpu()
                 self.metrics.evictions.labels(adapter=key[0], tier="device").inc()
                 return True
@@ -215,10 +228,12 @@ class AdapterCache:
         if slot == self._next_slot:
             self._next_slot += 1
         if self.layers is not None:
-            # Grow capacity by doubling so a stream of new adapters reallocates rarely.
+            # Grow capacity by a quarter (at least 8 slots) so a stream of new adapters
+            # reallocates rarely while at most a quarter of the slot memory sits idle.
             want = slot + 1
             if want > self.layers.slot_capacity:
-                want = min(max(want, 2 * self.layers.slot_capacity), self.limits.max_slots + 1)
+                grown = max(want, self.layers.slot_capacity * 5 // 4, self.layers.slot_capacity + 8)
+                want = min(grown, self.limits.max_slots + 1)
             self.layers.ensure(max(want, slot + 1), rank)
         return slot
 

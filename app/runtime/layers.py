@@ -227,6 +227,15 @@ class LayerSet:
                 pair = (pair[0].to(layer.lora_a), pair[1].to(layer.lora_b))
             layer.assign(slot, pair)
 
+    def extract_lora(self, slot: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Copies of a slot's LoRA pairs (scale folded into B), as `AdapterWeights.lora` holds."""
+        out = {}
+        for path, layer in self.layers.items():
+            rank = layer.ranks[slot]
+            if rank:
+                out[path] = (layer.lora_a[slot, :rank].clone(), layer.lora_b[slot, :, :rank].clone())
+        return out
+
     def load(self, slot: int, weights: AdapterWeights) -> None:
         """Copy every per-slot part of an adapter (LoRA, IA3, prompt, prefix) into `slot`."""
         if weights.prefix and self.prefixes is None:

@@ -249,3 +249,18 @@ def test_adapter_over_the_device_budget_is_refused() -> None:
         cache.acquire("a", 1)
     assert info.value.code == "adapter_too_large"
     assert cache.stats()["device_adapters"] == 0
+
+
+def test_cpu_device_keeps_lora_only_in_the_slot_and_evicts_it_whole() -> None:
+    # Regression: resident adapters were held twice on a CPU device (file tensors + slot).
+    cache, loader, _metrics, layers = build(max_slots=1)
+    resident = cache.acquire("a", 1)
+    assert resident.weights.lora == {} and resident.lora_in_slot
+    cache.release(resident)
+    use(cache, "b")  # one slot: "a" is evicted to the CPU tier, copied out of its slot
+    back = cache.acquire("a", 1)
+    expected = loader("a", 1).lora["0"]
+    layer = layers.layers["0"]
+    assert torch.equal(layer.lora_a[back.slot, :1], expected[0])
+    assert torch.equal(layer.lora_b[back.slot, :, :1], expected[1])
+    cache.release(back)

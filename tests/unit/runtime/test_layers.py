@@ -179,7 +179,7 @@ def test_slot_growth_keeps_loaded_adapters(
     capacity = (runtime.layers.slot_capacity, runtime.layers.rank_capacity)
 
     others = [make(runtime, tiny_bert_dir, tmp_path, f"more{i}", r=8, labels=2,
-                   targets=["query", "key"], seed=10 + i) for i in range(2)]
+                   targets=["query", "key"], seed=10 + i) for i in range(capacity[0])]
     for made in others:
         runtime.cache.release(runtime.cache.acquire(made.name, 1))
     assert runtime.layers.slot_capacity > capacity[0]

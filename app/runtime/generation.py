@@ -298,7 +298,7 @@ class GenerationEngine:
     def _append(self, row: _Row, token: int) -> bool:
         """Record one token; False when the row has finished."""
         params = row.job.params
-        if token in self.eos_ids:
+        if token in self.eos_ids and not params.ignore_eos:
             return self._finish(row, "stop")
         row.generated.append(token)
         if params.stop:

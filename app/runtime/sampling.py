@@ -29,6 +29,7 @@ class GenerationParams(BaseModel):
     seed: int | None = Field(None, ge=0, lt=2**63)
     do_sample: bool | None = None
     return_full_text: bool = False
+    ignore_eos: bool = False  # run to max_new_tokens (benchmarks measure fixed lengths)
 
     @field_validator("stop", mode="before")
     @classmethod

@@ -105,8 +105,14 @@ def main() -> None:
     for _ in range(args.rounds):
         base_tps.append(tokens_per_second(engine, bare, prompts, args.new_tokens))
         adapter_tps.append(tokens_per_second(engine, mixed, prompts, args.new_tokens))
+    report(args, str(base.dtype), str(base.device), base_tps, adapter_tps)
+
+
+def report(args: argparse.Namespace, dtype: str, device: str, base_tps: list[float],
+           adapter_tps: list[float]) -> None:
+    """Print both medians, every round, and the ratio."""
     base_med, adapter_med = statistics.median(base_tps), statistics.median(adapter_tps)
-    print(f"SmolLM2-135M-Instruct, {base.dtype} on {base.device}, {torch.get_num_threads()} "
+    print(f"SmolLM2-135M-Instruct, {dtype} on {device}, {torch.get_num_threads()} "
           f"threads; {args.rows} rows x {args.new_tokens} new tokens, greedy, "
           f"{args.rounds} rounds")
     print(f"bare base: {base_med:8.1f} tokens/s  "

@@ -3,6 +3,7 @@ and bare base share batches without changing each other's output, and the limits
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -214,6 +215,33 @@ def test_finished_job_releases_and_unknown_adapter_fails_alone(engine: Generatio
     done: list[GenJob] = engine.run([good, bad])
     assert bad.error is not None and good.error is None and good.outputs[0] is not None
     assert done == [good, bad]
+
+
+def test_scheduler_batches_concurrent_requests_and_drops_abandoned_ones(
+        runtime: Runtime, engine: GenerationEngine) -> None:
+    """Through the async side: concurrent requests of three kinds answer as alone; a caller
+    that stops waiting gets its rows dropped and its adapter released."""
+    names = ["lora-a", "pre", None]
+    expected = [[alone(engine, n, p) for p in PROMPTS] for n in names]
+    service = runtime.generation
+    assert service is not None
+
+    async def scenario() -> list[list[list[int]]]:
+        service.start()
+        try:
+            outs = await asyncio.gather(*(service.complete(key(n), PROMPTS, {"max_new_tokens": N})
+                                          for n in names))
+            job = engine.prepare(key("lora-b"), PROMPTS, {"max_new_tokens": 32})
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(service.scheduler.submit(job), 0.001)
+            while service.scheduler.pending_rows:
+                await asyncio.sleep(0.01)
+            assert job.cancelled and job.ended and job.resident is None
+            return [[o.token_ids for o in out] for out in outs]
+        finally:
+            await service.stop()
+
+    assert asyncio.run(scenario()) == expected
 
 
 # ------------------------------------------------------------------ over HTTP

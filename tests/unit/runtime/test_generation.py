@@ -58,7 +58,7 @@ def adapters(model: LlamaForCausalLM) -> dict[str, tuple[PeftModel, dict[str, by
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(store=tmp_path / "store", max_wait_ms=1.0, max_new_tokens=32,  # type: ignore[call-arg]
+    return Settings(store=tmp_path / "store", max_wait_ms=1.0, max_new_tokens=32,
                     max_prompt_tokens=24, max_batch_size=8, _env_file=None)
 
 

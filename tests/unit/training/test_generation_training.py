@@ -144,7 +144,7 @@ def test_methods_without_a_generation_path_are_refused(base: Base) -> None:
 
 def serve(base: Base, outcome: TrainingOutcome, tmp_path: Path, prompts: list[str],
           max_new_tokens: int = 8) -> list[tuple[str, list[int]]]:
-    settings = Settings(store=tmp_path / "store", _env_file=None)  # type: ignore[call-arg]
+    settings = Settings(store=tmp_path / "store", _env_file=None)
     registry = Registry(AdapterStore(settings.store), base, settings)
     version = registry.register("a", config_bytes=outcome.files["adapter_config.json"],
                                 weights_bytes=outcome.files["adapter_model.safetensors"],

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +60,39 @@ class Schedule:
         return cls(per_epoch, total, hp.eval_every_steps or per_epoch)
 
 
+@contextmanager
+def yielding(model: nn.Module, tick: Ticker) -> Iterator[None]:
+    """Tick before every linear layer of `model` and pause before its gradient, for the time
+    inside the block. A training step here takes a second or more on a busy CPU; yielding only
+    between steps would make a request wait for most of one. Between layers it waits a few
+    milliseconds: the time of one matrix product."""
+    handles = []
+
+    def before(_module: nn.Module, _args: Any) -> None:
+        tick()
+
+    def after(_module: nn.Module, _args: Any, output: Any) -> None:
+        if isinstance(output, torch.Tensor) and output.requires_grad and tick.pause is not None:
+            output.register_hook(_pause_hook(tick.pause))
+
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            handles.append(module.register_forward_pre_hook(before))
+            handles.append(module.register_forward_hook(after))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _pause_hook(pause: Pause) -> Callable[[torch.Tensor], None]:
+    def hook(_grad: torch.Tensor) -> None:
+        pause()  # in the backward pass: only yield; a cancel is seen at the next forward
+
+    return hook
+
+
 class TrainLoop:
     """One run over an adapter model; `run` returns the trainable state of the best evaluation."""
 
@@ -97,7 +131,7 @@ class TrainLoop:
                 if step % plan.eval_every == 0 or step == plan.total:
                     if self._evaluate(val, step=step, epoch=step / plan.per_epoch):
                         best_state = self._trainable_state()
-                    if self._should_stop(step):
+                    if step < plan.total and self._should_stop(step):
                         return best_state
                 if step >= plan.total:
                     return best_state

@@ -23,6 +23,7 @@ from app.training.encoding import IGNORE, Example, batch_order, collate
 from app.training.heads import Tick, choose_c, fit_head
 from app.training.heads import no_tick as _no_tick
 from app.training.hyperparameters import Hyperparameters
+from app.training.loop import Ticker, yielding
 from app.training.types import TrainingOutcome, TrainingPlan, TrainingReporter
 from app.training.view import build_view
 
@@ -129,14 +130,14 @@ def _sample(examples: list[Example], limit: int, seed: int) -> list[Example]:
 
 
 def train_probe(plan: TrainingPlan, *, base: Base, hp: Hyperparameters, train: list[Example],
-                val: list[Example], reporter: TrainingReporter,
-                tick: Tick = _no_tick) -> TrainingOutcome:
+                val: list[Example], reporter: TrainingReporter, tick: Ticker) -> TrainingOutcome:
     """`linear_probe`: frozen pooled (or per-token) features of some layers, the head picked on
     validation among regularisation strengths and, unless `layers` was given, two layer sets."""
     backbone = getattr(build_view(base, task=plan.task, num_labels=1), base.prefix)
     candidates = _layer_candidates(plan.task, hp, base)
-    x_train, y_train, score = _probe_data(plan, base, hp, candidates[-1], backbone, train, val,
-                                          tick)
+    with yielding(backbone, tick):
+        x_train, y_train, score = _probe_data(plan, base, hp, candidates[-1], backbone, train,
+                                              val, tick)
     width = x_train.shape[1] // len(candidates[-1])  # features per layer
     rows = 1 if plan.task == REGRESSION else len(plan.labels)
     metric = evaluation.primary_metric(plan.task)

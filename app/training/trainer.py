@@ -19,7 +19,7 @@ from app.training import methods, probe
 from app.training.encoding import encode_rows, token_lengths
 from app.training.generation import train_generation
 from app.training.hyperparameters import Hyperparameters, fill_defaults, parse_hyperparameters
-from app.training.loop import Pause, Ticker, TrainLoop
+from app.training.loop import Pause, Ticker, TrainLoop, yielding
 from app.training.methods import AdapterModel
 from app.training.types import CancelToken, TrainingOutcome, TrainingPlan, TrainingReporter
 from app.training.view import build_view
@@ -50,10 +50,12 @@ def train(
     if hp.head_init == "probe":
         reporter.event("info", {"message": f"fitting the head on frozen features of "
                                            f"{len(train_ex)} rows (LP-FT)"})
-        probe.init_head(view, base=base, task=plan.task, examples=train_ex, hp=hp, tick=tick)
+        with yielding(view, tick):
+            probe.init_head(view, base=base, task=plan.task, examples=train_ex, hp=hp, tick=tick)
     model = _wrap(view, plan.method, hp, plan.task, base)
     loop = TrainLoop(plan, base, model, hp, reporter, tick)
-    best_state = loop.run(train_ex, val_ex, evaluate_start=hp.head_init == "probe")
+    with yielding(model, tick):
+        best_state = loop.run(train_ex, val_ex, evaluate_start=hp.head_init == "probe")
     model.load_state_dict(best_state, strict=False)
     return TrainingOutcome(
         files=_save(model), metrics=loop.best_metrics, history=loop.history, best=loop.best,

@@ -56,13 +56,20 @@ class MultiLoraLinear(nn.Module):
         device, dtype = base_layer.weight.device, base_layer.weight.dtype
         # Capacity grows on demand (see `grow`), so an idle service holds almost nothing.
         self.lora_a = torch.zeros(1, 0, self.in_features, device=device, dtype=dtype)
-        self.lora_b = torch.zeros(1, self.out_features, 0, device=device, dtype=dtype)
+        # B is stored transposed, [slots, rank, out], so the batched product reads it
+        # contiguously; `lora_b` is the [slots, out, rank] view that PEFT's layout suggests.
+        self.lora_bt = torch.zeros(1, 0, self.out_features, device=device, dtype=dtype)
         self.ranks: list[int] = [0]  # rank of each slot in THIS layer (0: not targeted)
         # IA3 tables [slots, features] of ones, allocated at the first IA3 adapter that targets
         # this layer: a LoRA-only service never holds them.
         self.ia3_in: torch.Tensor | None = None
         self.ia3_out: torch.Tensor | None = None
         self.ia3_slots: set[int] = set()
+
+    @property
+    def lora_b(self) -> torch.Tensor:
+        """[slots, out, rank] view of the stored B (scale folded in)."""
+        return self.lora_bt.transpose(1, 2)
 
     @property
     def weight(self) -> torch.Tensor:
@@ -80,10 +87,10 @@ class MultiLoraLinear(nn.Module):
             return
         slots, rank = max(slots, old_slots), max(rank, old_rank)
         a = self.lora_a.new_zeros(slots, rank, self.in_features)
-        b = self.lora_b.new_zeros(slots, self.out_features, rank)
+        bt = self.lora_bt.new_zeros(slots, rank, self.out_features)
         a[:old_slots, :old_rank] = self.lora_a
-        b[:old_slots, :, :old_rank] = self.lora_b
-        self.lora_a, self.lora_b = a, b
+        bt[:old_slots, :old_rank] = self.lora_bt
+        self.lora_a, self.lora_bt = a, bt
         self.ranks += [0] * (slots - len(self.ranks))
         self.ia3_in = _grow_ones(self.ia3_in, slots)
         self.ia3_out = _grow_ones(self.ia3_out, slots)
@@ -141,11 +148,17 @@ class MultiLoraLinear(nn.Module):
             a = self.lora_a[ctx.uniform_slot, :rank]
             b = self.lora_b[ctx.uniform_slot, :, :rank]
             return out + (x @ a.t()) @ b.t()
-        a = self.lora_a[ctx.slot_ids, :rank]  # [batch, r, in]
-        b = self.lora_b[ctx.slot_ids, :, :rank]  # [batch, out, r]
+        # index_select is a block copy per row; advanced indexing (`a[ids, :r]`) goes element by
+        # element and cost more than the matmuls here. The add is fused into baddbmm.
+        a = self.lora_a[:, :rank].index_select(0, ctx.slot_ids)  # [batch, r, in]
+        bt = self.lora_bt[:, :rank].index_select(0, ctx.slot_ids)  # [batch, r, out]
         flat = x.reshape(x.shape[0], -1, x.shape[-1])
-        delta = torch.bmm(torch.bmm(flat, a.transpose(1, 2)), b.transpose(1, 2))
-        return out + delta.reshape(out.shape)
+        hidden = torch.bmm(flat, a.transpose(1, 2))
+        out3 = out.reshape(out.shape[0], -1, out.shape[-1])
+        # In place: `out` is this call's own fresh result, and an out-of-place baddbmm would
+        # copy it once more.
+        out3.baddbmm_(hidden, bt)
+        return out
 
     def _scaled(self, x: torch.Tensor) -> torch.Tensor:
         """PEFT's IA3: `base(x * l)` for feed-forward modules, `base(x) * l` for the others.

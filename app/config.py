@@ -106,7 +106,8 @@ class Settings(BaseSettings):
             )
         if self.max_upload_bytes > self.max_body_bytes * 64:
             raise ValueError(
-                f"max_upload_bytes {self.max_upload_bytes} > 64 * max_body_bytes; raise the body limit"
+                f"max_upload_bytes {self.max_upload_bytes} > 64 * max_body_bytes; "
+                "raise the body limit"
             )
         return self
 

@@ -41,14 +41,22 @@ def populate(store: Path, count: int, files: dict[str, bytes]) -> None:
     """Register `count` copies of one adapter under distinct names (validation included)."""
     _, registry, _ = make_runtime(store)
     for i in range(count):
-        registry.register(f"a{i:04d}", config_bytes=files["adapter_config.json"],
-                          weights_bytes=files["adapter_model.safetensors"],
-                          task="classification", labels=["a", "b"])
+        registry.register(
+            f"a{i:04d}",
+            config_bytes=files["adapter_config.json"],
+            weights_bytes=files["adapter_model.safetensors"],
+            task="classification",
+            labels=["a", "b"],
+        )
 
 
 def probe(store: Path, resident: int) -> dict[str, float]:
-    out = subprocess.run([sys.executable, "-c", _PROBE, str(store), str(resident)],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", _PROBE, str(store), str(resident)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
@@ -64,12 +72,16 @@ def main() -> None:
     populate(full, args.adapters, files)
     a, b = probe(empty, 0), probe(full, args.resident)
     print(f"empty store:   start-up {a['startup_s']:.2f} s, RSS {a['rss_mb']:.0f} MB")
-    print(f"{int(b['adapters'])} adapters: start-up {b['startup_s']:.2f} s, RSS {b['rss_mb']:.0f} MB "
-          f"(ratios {b['startup_s'] / a['startup_s']:.2f}x, {b['rss_mb'] / a['rss_mb']:.2f}x)")
+    print(
+        f"{int(b['adapters'])} adapters: start-up {b['startup_s']:.2f} s, RSS {b['rss_mb']:.0f} MB "
+        f"(ratios {b['startup_s'] / a['startup_s']:.2f}x, {b['rss_mb'] / a['rss_mb']:.2f}x)"
+    )
     budget = a["rss_mb"] + b["adapter_mb"]
-    print(f"{args.resident} resident ({b['adapter_mb']:.0f} MB of adapters): RSS "
-          f"{b['rss_resident_mb']:.0f} MB = {b['rss_resident_mb'] / budget:.2f}x of base + adapters "
-          "(target <= 1.2x)")
+    print(
+        f"{args.resident} resident ({b['adapter_mb']:.0f} MB of adapters): RSS "
+        f"{b['rss_resident_mb']:.0f} MB = {b['rss_resident_mb'] / budget:.2f}x of base + adapters "
+        "(target <= 1.2x)"
+    )
 
 
 if __name__ == "__main__":

@@ -27,8 +27,13 @@ DATASETS = SHARED / "datasets"
 def tiny_bert_config(**overrides: object) -> BertConfig:
     """A 2-layer BERT with MiniLM's vocabulary so the packaged tokenizer fits it."""
     values: dict[str, object] = dict(
-        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=64, max_position_embeddings=128, architectures=["BertModel"],
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        architectures=["BertModel"],
     )
     values.update(overrides)
     return BertConfig(**values)
@@ -40,7 +45,9 @@ def tokenizer() -> PreTrainedTokenizerBase:
 
 
 @pytest.fixture(scope="session")
-def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer: PreTrainedTokenizerBase) -> Path:
+def tiny_bert_dir(
+    tmp_path_factory: pytest.TempPathFactory, tokenizer: PreTrainedTokenizerBase
+) -> Path:
     """A saved tiny random BERT folder (config, safetensors, tokenizer)."""
     torch.manual_seed(0)
     model = BertModel(tiny_bert_config())
@@ -54,8 +61,9 @@ def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer: PreTraine
 def tiny_base(tiny_bert_dir: Path, tokenizer: PreTrainedTokenizerBase) -> Base:
     """A fresh frozen tiny base per test: the runtime wraps its layers in place."""
     model = BertModel.from_pretrained(tiny_bert_dir)
-    return wrap_base(model, tokenizer, name="tiny-bert", path=tiny_bert_dir,
-                     device=torch.device("cpu"))
+    return wrap_base(
+        model, tokenizer, name="tiny-bert", path=tiny_bert_dir, device=torch.device("cpu")
+    )
 
 
 @pytest.fixture
@@ -72,8 +80,14 @@ def client(settings: Settings, tiny_base: Base) -> Iterator[TestClient]:
 
 
 def peft_adapter(
-    base_dir: Path, *, num_labels: int = 2, r: int = 4, seed: int = 0, task: str = "seq",
-    target_modules: str | list[str] = "all-linear", out: Path,
+    base_dir: Path,
+    *,
+    num_labels: int = 2,
+    r: int = 4,
+    seed: int = 0,
+    task: str = "seq",
+    target_modules: str | list[str] = "all-linear",
+    out: Path,
 ) -> dict[str, bytes]:
     """Make a LoRA adapter with plain PEFT (random non-zero B) and return its files."""
     from peft import LoraConfig, TaskType, get_peft_model
@@ -83,8 +97,9 @@ def peft_adapter(
     cls = AutoModelForTokenClassification if task == "token" else AutoModelForSequenceClassification
     model = cls.from_pretrained(base_dir, num_labels=num_labels)
     task_type = TaskType.TOKEN_CLS if task == "token" else TaskType.SEQ_CLS
-    peft = get_peft_model(model, LoraConfig(task_type=task_type, r=r, lora_alpha=2 * r,
-                                            target_modules=target_modules))
+    peft = get_peft_model(
+        model, LoraConfig(task_type=task_type, r=r, lora_alpha=2 * r, target_modules=target_modules)
+    )
     for name, param in peft.named_parameters():
         if "lora_B" in name:
             param.data.normal_(0, 0.1)
@@ -92,14 +107,21 @@ def peft_adapter(
     return {p.name: p.read_bytes() for p in out.iterdir() if p.suffix in (".json", ".safetensors")}
 
 
-def upload(client: TestClient, name: str, files: dict[str, bytes], *, task: str = "classification",
-           labels: list[str] | None = None) -> object:
+def upload(
+    client: TestClient,
+    name: str,
+    files: dict[str, bytes],
+    *,
+    task: str = "classification",
+    labels: list[str] | None = None,
+) -> object:
     """POST /v1/adapters with the PEFT files."""
     data = {"name": name, "task": task}
     if labels is not None:
         data["labels"] = json.dumps(labels)
-    return client.post("/v1/adapters", data=data,
-                       files={k: (k, v) for k, v in files.items() if k != "README.md"})
+    return client.post(
+        "/v1/adapters", data=data, files={k: (k, v) for k, v in files.items() if k != "README.md"}
+    )
 
 
 MakeAdapter = Callable[..., dict[str, bytes]]

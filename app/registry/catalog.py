@@ -16,7 +16,6 @@ from app.config import Settings
 from app.errors import SwitchyardError, bad_request
 from app.registry.store import (
     CONFIG_FILE,
-    META_FILE,
     WEIGHTS_FILE,
     AdapterStore,
     check_name,
@@ -87,18 +86,25 @@ class Registry:
         meta = self.store.read_meta(name, version)
         try:
             config = parse_json_object(
-                self.store.read_file(name, version, CONFIG_FILE), what=CONFIG_FILE, param=CONFIG_FILE
+                self.store.read_file(name, version, CONFIG_FILE),
+                what=CONFIG_FILE,
+                param=CONFIG_FILE,
             )
             tensors = parse_safetensors(self.store.read_file(name, version, WEIGHTS_FILE))
             return build_weights(
-                config, tensors, self.base, task=meta["task"], labels=list(meta.get("labels", [])),
+                config,
+                tensors,
+                self.base,
+                task=meta["task"],
+                labels=list(meta.get("labels", [])),
                 max_rank=max(self.settings.max_rank, int(meta.get("rank", 0))),
             )
         except SwitchyardError as exc:
             if exc.status >= 500:
                 raise
             raise SwitchyardError(
-                503, "adapter_corrupted",
+                503,
+                "adapter_corrupted",
                 f"stored adapter {name!r} v{version} no longer loads: {exc.message}",
                 param="name",
             ) from exc

@@ -119,7 +119,9 @@ def _check_entries(header: dict[str, Any], data_len: int, param: str) -> int:
                 param=param,
             )
         if not (isinstance(shape, list) and all(_is_count(d) for d in shape)):
-            raise bad_request("invalid_safetensors", f"tensor {name!r} shape {shape!r}", param=param)
+            raise bad_request(
+                "invalid_safetensors", f"tensor {name!r} shape {shape!r}", param=param
+            )
         if not (isinstance(offsets, list) and len(offsets) == 2 and all(map(_is_count, offsets))):
             raise bad_request(
                 "invalid_safetensors", f"tensor {name!r} offsets {offsets!r}", param=param

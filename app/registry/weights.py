@@ -114,7 +114,9 @@ def build_weights(
 ) -> AdapterWeights:
     """Check config and tensors against the base and the task; raise a 400 naming the problem."""
     if task not in TASKS:
-        raise bad_request("invalid_task", f"task {task!r} is not one of {sorted(TASKS)}", param="task")
+        raise bad_request(
+            "invalid_task", f"task {task!r} is not one of {sorted(TASKS)}", param="task"
+        )
     peft_type = config.get("peft_type")
     method = PEFT_TYPES.get(str(peft_type))
     if method is None:
@@ -162,7 +164,7 @@ def _normalise_key(key: str) -> str:
     """Strip PEFT's wrappers: `base_model.model.` for tuners, `base_model.` for prompt methods."""
     for prefix in ("base_model.model.", "base_model."):
         if key.startswith(prefix):
-            return key[len(prefix):]
+            return key[len(prefix) :]
     return key
 
 
@@ -179,7 +181,8 @@ def _parse_lora(
         match = re.fullmatch(r"(.+)\.lora_([AB])\.weight", key)
         if match is None:
             raise bad_request(
-                "unknown_tensor", f"tensor {key!r} is not a LoRA weight of a linear layer",
+                "unknown_tensor",
+                f"tensor {key!r} is not a LoRA weight of a linear layer",
                 param=_WEIGHTS,
             )
         pairs.setdefault(match[1], {})[match[2]] = tensor
@@ -217,8 +220,15 @@ def _lora_pair(
         raise bad_request(
             "rank_too_large", f"rank {rank} of {path!r} > max_rank {max_rank}", param="r"
         )
-    if a.dim() != 2 or b.dim() != 2 or tuple(a.shape) != (rank, d_in) or tuple(b.shape) != (
-        d_out, rank,
+    if (
+        a.dim() != 2
+        or b.dim() != 2
+        or tuple(a.shape) != (rank, d_in)
+        or tuple(b.shape)
+        != (
+            d_out,
+            rank,
+        )
     ):
         raise bad_request(
             "shape_mismatch",
@@ -333,12 +343,14 @@ def _parse_ia3(
 ) -> None:
     for key, tensor in sorted(body.items()):
         if not key.endswith(".ia3_l"):
-            raise bad_request("unknown_tensor", f"tensor {key!r} is not an IA3 vector",
-                              param=_WEIGHTS)
+            raise bad_request(
+                "unknown_tensor", f"tensor {key!r} is not an IA3 vector", param=_WEIGHTS
+            )
         path = base.module_path(key.removesuffix(".ia3_l"))
         if path not in base.linear_shapes:
             raise bad_request(
-                "unknown_module", f"IA3 vector {key!r} targets {path!r}, not a linear layer",
+                "unknown_module",
+                f"IA3 vector {key!r} targets {path!r}, not a linear layer",
                 param=_WEIGHTS,
             )
         d_in, d_out = base.linear_shapes[path]
@@ -356,4 +368,3 @@ def _parse_ia3(
         weights.ia3[path] = tensor.reshape(-1).to(torch.float32).contiguous()
     if not weights.ia3:
         raise bad_request("empty_adapter", "the adapter holds no IA3 vectors", param=_WEIGHTS)
-

@@ -37,8 +37,8 @@ class Resident:
     nbytes: int
     pinned: bool = False
     refs: int = 0
-    dropped: bool = False
-    lora_in_slot: bool = False  # its LoRA lives only in the slot (CPU device)  # deleted while in use: freed at the last release
+    dropped: bool = False  # deleted while in use: freed at the last release
+    lora_in_slot: bool = False  # its LoRA lives only in the slot (CPU device)
     head: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
@@ -175,7 +175,12 @@ class AdapterCache:
             # would hold every resident adapter twice. Eviction copies them back out.
             weights = dataclasses.replace(weights, lora={})
         resident = Resident(
-            key=key, weights=weights, slot=slot, nbytes=nbytes, pinned=pinned, head=head,
+            key=key,
+            weights=weights,
+            slot=slot,
+            nbytes=nbytes,
+            pinned=pinned,
+            head=head,
             lora_in_slot=lora_in_slot,
         )
         self._device[key] = resident
@@ -185,7 +190,8 @@ class AdapterCache:
         limits = self.limits
         if nbytes > limits.device_bytes:
             raise SwitchyardError(
-                507, "adapter_too_large",
+                507,
+                "adapter_too_large",
                 f"adapter needs {nbytes} bytes > device budget {limits.device_bytes}",
             )
         while True:
@@ -197,7 +203,8 @@ class AdapterCache:
                 return
             if not self._evict_one():
                 raise SwitchyardError(
-                    429, "no_free_slot",
+                    429,
+                    "no_free_slot",
                     f"all {slots_used} slots / {used} bytes are pinned or in use; retry shortly",
                     headers={"Retry-After": "1"},
                 )

@@ -216,8 +216,9 @@ class LayerSet:
         self.prefixes: VirtualTable | None = None
         if patch_self_attention(model, self.prefix_router):
             layers, heads, dim = attention_geometry(model)
-            self.prefixes = VirtualTable((layers, 2, heads, dim), device=ref.device,
-                                         dtype=ref.dtype)
+            self.prefixes = VirtualTable(
+                (layers, 2, heads, dim), device=ref.device, dtype=ref.dtype
+            )
 
     def ensure(self, slots: int, rank: int) -> None:
         """Grow every layer so that `slots` slots of rank `rank` fit."""
@@ -246,15 +247,20 @@ class LayerSet:
         for path, layer in self.layers.items():
             rank = layer.ranks[slot]
             if rank:
-                out[path] = (layer.lora_a[slot, :rank].clone(), layer.lora_b[slot, :, :rank].clone())
+                out[path] = (
+                    layer.lora_a[slot, :rank].clone(),
+                    layer.lora_b[slot, :, :rank].clone(),
+                )
         return out
 
     def load(self, slot: int, weights: AdapterWeights) -> None:
         """Copy every per-slot part of an adapter (LoRA, IA3, prompt, prefix) into `slot`."""
         if weights.prefix and self.prefixes is None:
-            raise bad_request("unsupported_method",
-                              "prefix adapters need an encoder base with BERT-style attention",
-                              param="method")
+            raise bad_request(
+                "unsupported_method",
+                "prefix adapters need an encoder base with BERT-style attention",
+                param="method",
+            )
         unknown = set(weights.ia3) - set(self.layers)
         if unknown:
             raise KeyError(f"modules {sorted(unknown)[:3]} are not wrapped by the runtime")

@@ -25,7 +25,9 @@ def canonical_task(task: str) -> str:
     """The task's canonical name; 400 for an unknown one."""
     task = ALIASES.get(task, task)
     if task not in TASKS:
-        raise bad_request("invalid_task", f"task {task!r} is not one of {list(TASKS)}", param="task")
+        raise bad_request(
+            "invalid_task", f"task {task!r} is not one of {list(TASKS)}", param="task"
+        )
     return task
 
 

@@ -1,4 +1,4 @@
-"""A real service on the packaged MiniLM base, started as `switchyard serve`, spoken to over HTTP."""
+"""A real service on the packaged MiniLM base, run as `switchyard serve`, spoken to over HTTP."""
 
 from __future__ import annotations
 
@@ -36,7 +36,10 @@ def free_port() -> int:
 
 
 def start_server(
-    store: Path, *, env: dict[str, str] | None = None, timeout: float = 180,
+    store: Path,
+    *,
+    env: dict[str, str] | None = None,
+    timeout: float = 180,
     output: Path | None = None,
 ) -> LiveServer:
     """Start `python -m app.cli serve` and wait for /health/ready; its stdout and stderr go
@@ -53,8 +56,10 @@ def start_server(
     with open(output or os.devnull, "ab") as sink:  # the child keeps its own descriptor
         process = subprocess.Popen(
             [sys.executable, "-m", "app.cli", "serve", "--log-level", "warning"],
-            cwd=REPO, env=environ,
-            stdout=sink if output else None, stderr=subprocess.STDOUT if output else None,
+            cwd=REPO,
+            env=environ,
+            stdout=sink if output else None,
+            stderr=subprocess.STDOUT if output else None,
         )
     url = f"http://127.0.0.1:{port}"
     http = httpx.Client(base_url=url, timeout=120)
@@ -84,8 +89,9 @@ def stop_server(server: LiveServer) -> None:
 @pytest.fixture(scope="session")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     """One real-base service shared by the integration tests."""
-    server = start_server(tmp_path_factory.mktemp("store"),
-                          env={"SWITCHYARD_MAX_UPLOAD_BYTES": str(8 * 1024 * 1024)})
+    server = start_server(
+        tmp_path_factory.mktemp("store"), env={"SWITCHYARD_MAX_UPLOAD_BYTES": str(8 * 1024 * 1024)}
+    )
     yield server
     stop_server(server)
 
@@ -103,7 +109,9 @@ def read_rows(path: Path, limit: int | None = None) -> list[dict[str, object]]:
     return [json.loads(line) for line in lines[:limit]]
 
 
-def run_job(live: LiveServer, body: dict[str, object], *, timeout: float = 1200) -> dict[str, object]:
+def run_job(
+    live: LiveServer, body: dict[str, object], *, timeout: float = 1200
+) -> dict[str, object]:
     """Submit a training job and wait until it ends; returns the final job."""
     response = live.http.post("/v1/training-jobs", json=body)
     assert response.status_code == 202, response.text

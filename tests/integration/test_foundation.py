@@ -21,8 +21,11 @@ from tests.conftest import DATASETS, peft_adapter
 from tests.integration.conftest import LiveServer
 
 pytestmark = pytest.mark.slow
-TEXTS = ["a gorgeous, witty, seductive movie", "the plot is a mess and the acting worse",
-         {"text": "it rains", "text_pair": "the street is wet"}]
+TEXTS = [
+    "a gorgeous, witty, seductive movie",
+    "the plot is a mess and the acting worse",
+    {"text": "it rains", "text_pair": "the street is wet"},
+]
 
 
 def _files_of(live: LiveServer, files: dict[str, bytes], name: str, labels: list[str]) -> Any:
@@ -34,30 +37,43 @@ def _files_of(live: LiveServer, files: dict[str, bytes], name: str, labels: list
 
 
 def _store_snapshot(store: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(store)): p.read_bytes() for p in sorted(store.rglob("*"))
-            if p.is_file() and p.suffix not in (".db", ".db-wal", ".db-shm")
-            and "switchyard.db" not in p.name}
+    return {
+        str(p.relative_to(store)): p.read_bytes()
+        for p in sorted(store.rglob("*"))
+        if p.is_file()
+        and p.suffix not in (".db", ".db-wal", ".db-shm")
+        and "switchyard.db" not in p.name
+    }
 
 
 def _peft_logits(model: PeftModel, tokenizer: Any, inputs: list[Any]) -> torch.Tensor:
     rows = []
     with torch.no_grad():
         for item in inputs:  # one by one: no padding questions
-            text, pair = (item, None) if isinstance(item, str) else (item["text"], item["text_pair"])
+            text, pair = (
+                (item, None) if isinstance(item, str) else (item["text"], item["text_pair"])
+            )
             rows.append(model(**tokenizer(text, pair, return_tensors="pt")).logits[0])
     return torch.stack(rows)
 
 
-def _served_logits(live: LiveServer, name: str, labels: list[str], inputs: list[Any]) -> torch.Tensor:
-    response = live.http.post(f"/v1/adapters/{name}/predict", json={
-        "inputs": inputs, "parameters": {"top_k": None, "function_to_apply": "none"}})
+def _served_logits(
+    live: LiveServer, name: str, labels: list[str], inputs: list[Any]
+) -> torch.Tensor:
+    response = live.http.post(
+        f"/v1/adapters/{name}/predict",
+        json={"inputs": inputs, "parameters": {"top_k": None, "function_to_apply": "none"}},
+    )
     assert response.status_code == 200, response.text
     out = response.json()["outputs"]
-    return torch.tensor([[{o["label"]: o["score"] for o in row}[lab] for lab in labels] for row in out])
+    return torch.tensor(
+        [[{o["label"]: o["score"] for o in row}[lab] for lab in labels] for row in out]
+    )
 
 
-def test_uploaded_peft_adapter_serves_peft_logits(live: LiveServer, minilm_dir: Path,
-                                                  tmp_path: Path) -> None:
+def test_uploaded_peft_adapter_serves_peft_logits(
+    live: LiveServer, minilm_dir: Path, tmp_path: Path
+) -> None:
     labels = ["neg", "neu", "pos"]
     files = peft_adapter(minilm_dir, num_labels=3, r=8, seed=1, out=tmp_path / "a")
     assert _files_of(live, files, "uploaded", labels).status_code == 201
@@ -68,15 +84,23 @@ def test_uploaded_peft_adapter_serves_peft_logits(live: LiveServer, minilm_dir: 
     assert (served - expected).abs().max().item() < 1e-4
 
 
-def test_trained_adapter_reaches_accuracy_and_downloads(live: LiveServer, minilm_dir: Path,
-                                                       tmp_path: Path) -> None:
+def test_trained_adapter_reaches_accuracy_and_downloads(
+    live: LiveServer, minilm_dir: Path, tmp_path: Path
+) -> None:
     if not (DATASETS / "sst2").is_dir():
         pytest.skip("../shared/datasets/sst2 is absent")
     train = [json.loads(x) for x in (DATASETS / "sst2/train.jsonl").read_text().splitlines()[:800]]
     dev = [json.loads(x) for x in (DATASETS / "sst2/dev.jsonl").read_text().splitlines()[:200]]
-    job = live.http.post("/v1/training-jobs", json={
-        "adapter": "sst2", "task": "classification", "method": "lora", "examples": train,
-        "hyperparameters": {"max_length": 64}})
+    job = live.http.post(
+        "/v1/training-jobs",
+        json={
+            "adapter": "sst2",
+            "task": "classification",
+            "method": "lora",
+            "examples": train,
+            "hyperparameters": {"max_length": 64},
+        },
+    )
     assert job.status_code == 202, job.text
     job_id = job.json()["id"]
     deadline = time.monotonic() + 900
@@ -86,9 +110,13 @@ def test_trained_adapter_reaches_accuracy_and_downloads(live: LiveServer, minilm
             break
         time.sleep(2)
     assert state["status"] == "succeeded", state
-    response = live.http.post("/v1/adapters/sst2/predict", json={"inputs": [r["text"] for r in dev]})
+    response = live.http.post(
+        "/v1/adapters/sst2/predict", json={"inputs": [r["text"] for r in dev]}
+    )
     outputs = response.json()["outputs"]
-    accuracy = sum(o[0]["label"] == r["label"] for o, r in zip(outputs, dev, strict=True)) / len(dev)
+    accuracy = sum(o[0]["label"] == r["label"] for o, r in zip(outputs, dev, strict=True)) / len(
+        dev
+    )
     assert accuracy >= 0.75, accuracy
 
     archive = live.http.get("/v1/adapters/sst2/download")
@@ -127,14 +155,29 @@ def _bad_cases(good: dict[str, bytes], minilm_dir: Path) -> dict[str, tuple[str,
         "unknown_module": ("x", {**good, "adapter_model.safetensors": st_save(unknown)}),
         "nan": ("x", {**good, "adapter_model.safetensors": st_save(nan)}),
         "traversal": ("../evil", good),
-        "too_large": ("x", {**good, "adapter_model.safetensors": _safetensors(
-            {"w": {"dtype": "F32", "shape": [3 * 1024 * 1024], "data_offsets": [0, 12 * 1024 * 1024]}},
-            bytes(12 * 1024 * 1024))}),
+        "too_large": (
+            "x",
+            {
+                **good,
+                "adapter_model.safetensors": _safetensors(
+                    {
+                        "w": {
+                            "dtype": "F32",
+                            "shape": [3 * 1024 * 1024],
+                            "data_offsets": [0, 12 * 1024 * 1024],
+                        }
+                    },
+                    bytes(12 * 1024 * 1024),
+                ),
+            },
+        ),
     }
 
 
-@pytest.mark.parametrize("case", ["pickle", "wrong_shapes", "unknown_module", "nan", "traversal",
-                                  "too_large", "other_base"])
+@pytest.mark.parametrize(
+    "case",
+    ["pickle", "wrong_shapes", "unknown_module", "nan", "traversal", "too_large", "other_base"],
+)
 def test_bad_uploads_are_rejected_and_change_nothing(
     live: LiveServer, good_files: dict[str, bytes], minilm_dir: Path, tmp_path: Path, case: str
 ) -> None:
@@ -142,15 +185,24 @@ def test_bad_uploads_are_rejected_and_change_nothing(
     if case == "other_base":
         from transformers import BertConfig, BertModel
 
-        other = BertModel(BertConfig(vocab_size=30522, hidden_size=64, num_hidden_layers=2,
-                                     num_attention_heads=4, intermediate_size=128))
+        other = BertModel(
+            BertConfig(
+                vocab_size=30522,
+                hidden_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                intermediate_size=128,
+            )
+        )
         other.save_pretrained(tmp_path / "other")
         name, files = "x", peft_adapter(tmp_path / "other", num_labels=2, r=4, out=tmp_path / "o")
     else:
         name, files = _bad_cases(good_files, minilm_dir)[case]
-    response = live.http.post("/v1/adapters", data={"name": name, "task": "classification",
-                                                     "labels": '["a","b"]'},
-                              files={k: (k, v) for k, v in files.items() if k != "README.md"})
+    response = live.http.post(
+        "/v1/adapters",
+        data={"name": name, "task": "classification", "labels": '["a","b"]'},
+        files={k: (k, v) for k, v in files.items() if k != "README.md"},
+    )
     assert 400 <= response.status_code < 500, (case, response.status_code, response.text)
     error = response.json()["error"]
     assert error["code"] and error["message"]
@@ -163,8 +215,9 @@ def test_concurrent_predicts_each_answered_by_its_own_adapter(
     tokenizer = AutoTokenizer.from_pretrained(minilm_dir)
     expected = {}
     for i in range(4):
-        files = peft_adapter(minilm_dir, num_labels=2, r=4 * (i + 1), seed=10 + i,
-                             out=tmp_path / f"c{i}")
+        files = peft_adapter(
+            minilm_dir, num_labels=2, r=4 * (i + 1), seed=10 + i, out=tmp_path / f"c{i}"
+        )
         assert _files_of(live, files, f"conc{i}", ["a", "b"]).status_code == 201
         base = AutoModelForSequenceClassification.from_pretrained(minilm_dir, num_labels=2)
         model = PeftModel.from_pretrained(base, tmp_path / f"c{i}").eval()

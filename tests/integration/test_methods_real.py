@@ -25,8 +25,13 @@ def _examples(task: str, n: int) -> list[dict[str, Any]]:
         return read_rows(DATASETS / "sst2/train.jsonl", n)
     if task == "multi_label_classification":
         rows = read_rows(DATASETS / "trec/train.jsonl", n)
-        return [{"text": r["text"], "labels": [r["label"]] + (["long"] if len(str(r["text"])) > 50
-                                                              else [])} for r in rows]
+        return [
+            {
+                "text": r["text"],
+                "labels": [r["label"]] + (["long"] if len(str(r["text"])) > 50 else []),
+            }
+            for r in rows
+        ]
     if task == "regression":
         return read_rows(DATASETS / "stsb/train.jsonl", n)
     return read_rows(DATASETS / "conll2003/train.jsonl", n)
@@ -51,13 +56,22 @@ def test_every_method_and_task_trains_and_serves(live: LiveServer, method: str, 
     for folder in ("sst2", "trec", "stsb", "conll2003"):
         _need(folder)
     name = f"m-{method}-{task}".replace("_", "-")[:60]
-    job = run_job(live, {
-        "adapter": name, "task": task, "method": method, "examples": _examples(task, 48),
-        "hyperparameters": {"epochs": 1, "max_steps": 3, "batch_size": 16, "max_length": 48},
-    })
+    job = run_job(
+        live,
+        {
+            "adapter": name,
+            "task": task,
+            "method": method,
+            "examples": _examples(task, 48),
+            "hyperparameters": {"epochs": 1, "max_steps": 3, "batch_size": 16, "max_length": 48},
+        },
+    )
     assert job["status"] == "succeeded", job
-    inputs = ["EU rejects German call to boycott British lamb ."] if task == (
-        "token_classification") else ["a gripping film", {"text": "a man plays", "text_pair": "a man is playing"}]
+    inputs = (
+        ["EU rejects German call to boycott British lamb ."]
+        if task == ("token_classification")
+        else ["a gripping film", {"text": "a man plays", "text_pair": "a man is playing"}]
+    )
     response = live.http.post(f"/v1/adapters/{name}/predict", json={"inputs": inputs})
     assert response.status_code == 200, response.text
     outputs = response.json()["outputs"]
@@ -89,14 +103,18 @@ def test_conll_ner_reaches_entity_f1(live: LiveServer) -> None:
     _need("conll2003")
     train = read_rows(DATASETS / "conll2003/train.jsonl", 2000)
     test = read_rows(DATASETS / "conll2003/test.jsonl", 300)
-    job = run_job(live, {"adapter": "conll", "task": "token_classification", "method": "lora",
-                         "examples": train})
+    job = run_job(
+        live,
+        {"adapter": "conll", "task": "token_classification", "method": "lora", "examples": train},
+    )
     assert job["status"] == "succeeded", job
     gold = [_gold_spans(r["tokens"], r["tags"]) for r in test]  # type: ignore[arg-type]
-    outputs = live.http.post("/v1/adapters/conll/predict",
-                             json={"inputs": [text for text, _ in gold]}).json()["outputs"]
-    found = {(i, e["start"], e["end"], e["entity_group"]) for i, out in enumerate(outputs)
-             for e in out}
+    outputs = live.http.post(
+        "/v1/adapters/conll/predict", json={"inputs": [text for text, _ in gold]}
+    ).json()["outputs"]
+    found = {
+        (i, e["start"], e["end"], e["entity_group"]) for i, out in enumerate(outputs) for e in out
+    }
     truth = {(i, *span) for i, (_, spans) in enumerate(gold) for span in spans}
     precision = len(found & truth) / max(1, len(found))
     recall = len(found & truth) / max(1, len(truth))
@@ -110,8 +128,9 @@ def test_stsb_regression_reaches_pearson(live: LiveServer) -> None:
 
     train = read_rows(DATASETS / "stsb/train.jsonl", 3000)
     dev = read_rows(DATASETS / "stsb/dev.jsonl", 300)
-    job = run_job(live, {"adapter": "stsb", "task": "regression", "method": "lora",
-                         "examples": train})
+    job = run_job(
+        live, {"adapter": "stsb", "task": "regression", "method": "lora", "examples": train}
+    )
     assert job["status"] == "succeeded", job
     inputs = [{"text": r["text"], "text_pair": r["text_pair"]} for r in dev]
     outputs = live.http.post("/v1/adapters/stsb/predict", json={"inputs": inputs}).json()["outputs"]
@@ -123,18 +142,42 @@ def test_multi_label_and_rte_pairs_train_and_predict(live: LiveServer) -> None:
     for folder in ("rte", "trec"):
         _need(folder)
     rte = read_rows(DATASETS / "rte/train.jsonl", 400)
-    job = run_job(live, {"adapter": "rte", "task": "classification", "method": "lora",
-                         "examples": rte, "hyperparameters": {"epochs": 2, "max_length": 128}})
+    job = run_job(
+        live,
+        {
+            "adapter": "rte",
+            "task": "classification",
+            "method": "lora",
+            "examples": rte,
+            "hyperparameters": {"epochs": 2, "max_length": 128},
+        },
+    )
     assert job["status"] == "succeeded", job
     pair = {"text": "A cat sat on the mat.", "text_pair": "An animal is on the mat."}
-    out = live.http.post("/v1/adapters/rte/predict", json={"inputs": [pair], "parameters": {"top_k": 2}})
+    out = live.http.post(
+        "/v1/adapters/rte/predict", json={"inputs": [pair], "parameters": {"top_k": 2}}
+    )
     assert {o["label"] for o in out.json()["outputs"][0]} == {"entailment", "not_entailment"}
     multi = _examples("multi_label_classification", 600)
-    job = run_job(live, {"adapter": "trec-multi", "task": "multi_label_classification",
-                         "method": "lora", "examples": multi, "hyperparameters": {"epochs": 3}})
+    job = run_job(
+        live,
+        {
+            "adapter": "trec-multi",
+            "task": "multi_label_classification",
+            "method": "lora",
+            "examples": multi,
+            "hyperparameters": {"epochs": 3},
+        },
+    )
     assert job["status"] == "succeeded", job
-    outputs = live.http.post("/v1/adapters/trec-multi/predict", json={
-        "inputs": ["How far is it from Denver to Aspen , and why would anyone drive it at night ?"],
-        "parameters": {"threshold": 0.5}}).json()["outputs"]
+    outputs = live.http.post(
+        "/v1/adapters/trec-multi/predict",
+        json={
+            "inputs": [
+                "How far is it from Denver to Aspen , and why would anyone drive it at night ?"
+            ],
+            "parameters": {"threshold": 0.5},
+        },
+    ).json()["outputs"]
     labels = {o["label"] for o in outputs[0]}
     assert "NUM" in labels and "long" in labels, outputs

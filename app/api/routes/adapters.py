@@ -22,7 +22,8 @@ _READ = [Depends(require("predict"))]
 _MANAGE = [Depends(require("manage"))]
 _FIELDS = {"name", "task", "labels", "base_fingerprint"}
 _FILES = {CONFIG_FILE, WEIGHTS_FILE, META_FILE}
-# Text fields (name, task, labels) are small; files stream to disk and count against the upload limit.
+# Text fields (name, task, labels) are small; files stream to disk and count against the
+# upload limit.
 _MAX_FIELD_BYTES = 1024 * 1024
 
 
@@ -95,12 +96,18 @@ async def upload_adapter(
     }
     lineage = meta.get("lineage") or {}
     if not isinstance(lineage, dict):
-        raise bad_request("invalid_metadata", f"{META_FILE} field 'lineage' must be an object",
-                          param=META_FILE)
+        raise bad_request(
+            "invalid_metadata", f"{META_FILE} field 'lineage' must be an object", param=META_FILE
+        )
     keep["lineage"] = {"source": "upload", **lineage}
     version = await run_in_threadpool(
-        registry.register, name, config_bytes=parts[CONFIG_FILE],
-        weights_bytes=parts[WEIGHTS_FILE], task=task, labels=labels, meta=keep,
+        registry.register,
+        name,
+        config_bytes=parts[CONFIG_FILE],
+        weights_bytes=parts[WEIGHTS_FILE],
+        task=task,
+        labels=labels,
+        meta=keep,
     )
     return registry.meta(name, version)
 
@@ -133,12 +140,15 @@ def _text(parts: dict[str, bytes], key: str) -> str | None:
 
 
 @router.get("/{name}/download", response_class=Response, dependencies=_MANAGE)
-async def download_adapter(name: str, registry: RegistryDep, version: int | None = None) -> Response:
+async def download_adapter(
+    name: str, registry: RegistryDep, version: int | None = None
+) -> Response:
     """Zip of the PEFT folder; loads with plain `PeftModel.from_pretrained`."""
     resolved = registry.store.resolve(check_name(name), version)
     data = await run_in_threadpool(registry.store.zip_version, name, resolved)
     return Response(
-        data, media_type="application/zip",
+        data,
+        media_type="application/zip",
         headers={"Content-Disposition": f'attachment; filename="{name}-v{resolved}.zip"'},
     )
 

@@ -27,7 +27,9 @@ async def ready(request: Request) -> JSONResponse:
     state = getattr(request.app.state, "readiness", "starting")
     if state == "ready":
         return JSONResponse({"status": "ready"})
-    body = {"error": {"code": f"not_ready_{state}", "message": f"service is {state}", "param": None}}
+    body = {
+        "error": {"code": f"not_ready_{state}", "message": f"service is {state}", "param": None}
+    }
     return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
 
 

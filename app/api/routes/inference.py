@@ -49,8 +49,12 @@ class EmbeddingsRequest(BaseModel):
 
 @router.post("/v1/adapters/{name}/predict")
 async def predict(
-    name: str, body: PredictRequest, registry: RegistryDep, runtime: RuntimeDep,
-    settings: SettingsDep, version: int | None = None,
+    name: str,
+    body: PredictRequest,
+    registry: RegistryDep,
+    runtime: RuntimeDep,
+    settings: SettingsDep,
+    version: int | None = None,
 ) -> dict[str, Any]:
     """Pipeline-shaped outputs, one per input."""
     meta = registry.meta(check_name(name), version)
@@ -60,7 +64,10 @@ async def predict(
 
 @router.post("/v1/predict")
 async def predict_many(
-    body: MultiPredictRequest, registry: RegistryDep, runtime: RuntimeDep, settings: SettingsDep,
+    body: MultiPredictRequest,
+    registry: RegistryDep,
+    runtime: RuntimeDep,
+    settings: SettingsDep,
     principal: PrincipalDep,
 ) -> dict[str, Any]:
     """Several adapters over the same inputs; head-only adapters share one base pass."""
@@ -84,7 +91,10 @@ async def predict_many(
 
 
 async def _run_group(
-    metas: list[dict[str, Any]], inputs: list[Input], params: dict[str, Any], runtime: Runtime,
+    metas: list[dict[str, Any]],
+    inputs: list[Input],
+    params: dict[str, Any],
+    runtime: Runtime,
     settings: Settings,
 ) -> list[list[Any]]:
     """One batch for all adapters, inputs tokenized once per task: identical rows of head-only
@@ -96,12 +106,19 @@ async def _run_group(
         task = str(meta["task"])
         if task not in rows_by_task:
             rows_by_task[task] = _prepare(runtime, settings, inputs, task)
-        jobs.append(Job(key=(meta["name"], int(meta["version"])), task=task,
-                        rows=rows_by_task[task], params=params))
+        jobs.append(
+            Job(
+                key=(meta["name"], int(meta["version"])),
+                task=task,
+                rows=rows_by_task[task],
+                params=params,
+            )
+        )
     start = time.perf_counter()
     try:
-        results = await asyncio.wait_for(runtime.batcher.submit_group(jobs),
-                                         settings.request_timeout_s)
+        results = await asyncio.wait_for(
+            runtime.batcher.submit_group(jobs), settings.request_timeout_s
+        )
     except TimeoutError as exc:
         raise SwitchyardError(
             504, "timeout", f"no answer within request_timeout_s {settings.request_timeout_s}"
@@ -118,7 +135,10 @@ async def _run_group(
 
 @router.post("/v1/embeddings")
 async def embeddings(
-    body: EmbeddingsRequest, registry: RegistryDep, runtime: RuntimeDep, settings: SettingsDep,
+    body: EmbeddingsRequest,
+    registry: RegistryDep,
+    runtime: RuntimeDep,
+    settings: SettingsDep,
     principal: PrincipalDep,
 ) -> dict[str, Any]:
     """Pooled hidden states of the base, or of the base with an adapter's LoRA applied."""
@@ -134,20 +154,32 @@ async def embeddings(
             raise bad_request("invalid_layer", f"layer {layer} is out of range", param="layers")
     params = {"layers": body.layers, "pooling": body.pooling, "normalize": body.normalize}
     rows = _prepare(runtime, settings, texts, EMBEDDINGS)
-    vectors = await _submit(runtime, settings, Job(key=key, task=EMBEDDINGS, rows=rows, params=params),
-                            label=adapter or "_base")
+    vectors = await _submit(
+        runtime,
+        settings,
+        Job(key=key, task=EMBEDDINGS, rows=rows, params=params),
+        label=adapter or "_base",
+    )
     return {
         "object": "list",
-        "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)],
+        "data": [
+            {"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)
+        ],
         "model": adapter or runtime.base.name,
-        "usage": {"prompt_tokens": sum(len(r.input_ids) for r in rows),
-                  "total_tokens": sum(len(r.input_ids) for r in rows)},
+        "usage": {
+            "prompt_tokens": sum(len(r.input_ids) for r in rows),
+            "total_tokens": sum(len(r.input_ids) for r in rows),
+        },
     }
 
 
 async def _run(
-    name: str, meta: dict[str, Any], inputs: list[Input], params: dict[str, Any],
-    runtime: Runtime, settings: Settings,
+    name: str,
+    meta: dict[str, Any],
+    inputs: list[Input],
+    params: dict[str, Any],
+    runtime: Runtime,
+    settings: Settings,
 ) -> list[Any]:
     task = str(meta["task"])
     if task == GENERATION:
@@ -165,7 +197,8 @@ async def _run(
 def _prepare(runtime: Runtime, settings: Settings, inputs: list[Any], task: str) -> list[Any]:
     if len(inputs) > settings.max_inputs_per_request:
         raise SwitchyardError(
-            413, "too_many_inputs",
+            413,
+            "too_many_inputs",
             f"{len(inputs)} inputs > max_inputs_per_request {settings.max_inputs_per_request}",
             param="inputs",
         )
@@ -190,4 +223,3 @@ async def _submit(runtime: Runtime, settings: Settings, job: Job, *, label: str)
     finally:
         runtime.metrics.requests.labels(adapter=label, status=status).inc()
         runtime.metrics.latency.labels(adapter=label).observe(time.perf_counter() - start)
-

@@ -30,8 +30,11 @@ def secured(tmp_path: Path, tiny_base: Base) -> Iterator[TestClient]:
         TRAIN: ["train"],
         LIMITED: {"scopes": ["predict", "manage"], "adapters": ["mine"]},
     }
-    settings = Settings(store=tmp_path / "store", api_keys=json.dumps(keys),  # type: ignore[arg-type]
-                        _env_file=None)  # type: ignore[call-arg]
+    settings = Settings(
+        store=tmp_path / "store",
+        api_keys=json.dumps(keys),  # type: ignore[arg-type]
+        _env_file=None,
+    )  # type: ignore[call-arg]
     with TestClient(create_app(settings, base=tiny_base)) as client:
         yield client
 
@@ -58,40 +61,71 @@ def test_scopes_are_enforced(secured: TestClient, tiny_bert_dir: Path, tmp_path:
     denied = secured.post("/v1/adapters", data=data, files=multipart, headers=_auth(PREDICT))
     assert denied.status_code == 403
     assert denied.json()["error"]["code"] == "insufficient_scope"
-    assert secured.post("/v1/adapters", data=data, files=multipart,
-                        headers=_auth(ADMIN)).status_code == 201
+    assert (
+        secured.post("/v1/adapters", data=data, files=multipart, headers=_auth(ADMIN)).status_code
+        == 201
+    )
     ok = secured.post("/v1/adapters/x/predict", json={"inputs": ["hi"]}, headers=_auth(PREDICT))
     assert ok.status_code == 200
     assert secured.get("/v1/training-jobs", headers=_auth(PREDICT)).status_code == 403
     assert secured.get("/v1/training-jobs", headers=_auth(TRAIN)).status_code == 200
-    assert secured.post("/v1/adapters/x/predict", json={"inputs": ["hi"]},
-                        headers=_auth(TRAIN)).status_code == 403
+    assert (
+        secured.post(
+            "/v1/adapters/x/predict", json={"inputs": ["hi"]}, headers=_auth(TRAIN)
+        ).status_code
+        == 403
+    )
     assert secured.get("/v1/info", headers=_auth(TRAIN)).status_code == 200
 
 
-def test_a_key_limited_to_adapters(secured: TestClient, tiny_bert_dir: Path, tmp_path: Path) -> None:
+def test_a_key_limited_to_adapters(
+    secured: TestClient, tiny_bert_dir: Path, tmp_path: Path
+) -> None:
     files = peft_adapter(tiny_bert_dir, out=tmp_path / "a")
     multipart = {k: (k, v) for k, v in files.items() if k != "README.md"}
-    for name, key, status in (("mine", LIMITED, 201), ("other", LIMITED, 403), ("other", ADMIN, 201)):
-        response = secured.post("/v1/adapters", data={"name": name, "labels": '["a","b"]'},
-                                files=multipart, headers=_auth(key))
+    for name, key, status in (
+        ("mine", LIMITED, 201),
+        ("other", LIMITED, 403),
+        ("other", ADMIN, 201),
+    ):
+        response = secured.post(
+            "/v1/adapters",
+            data={"name": name, "labels": '["a","b"]'},
+            files=multipart,
+            headers=_auth(key),
+        )
         assert response.status_code == status, (name, key, response.text)
-    assert secured.post("/v1/adapters/other/predict", json={"inputs": ["hi"]},
-                        headers=_auth(LIMITED)).json()["error"]["code"] == "adapter_forbidden"
-    assert secured.post("/v1/adapters/mine/predict", json={"inputs": ["hi"]},
-                        headers=_auth(LIMITED)).status_code == 200
+    assert (
+        secured.post(
+            "/v1/adapters/other/predict", json={"inputs": ["hi"]}, headers=_auth(LIMITED)
+        ).json()["error"]["code"]
+        == "adapter_forbidden"
+    )
+    assert (
+        secured.post(
+            "/v1/adapters/mine/predict", json={"inputs": ["hi"]}, headers=_auth(LIMITED)
+        ).status_code
+        == 200
+    )
     listed = secured.get("/v1/adapters", headers=_auth(LIMITED)).json()["data"]
     assert [a["name"] for a in listed] == ["mine"]
-    many = secured.post("/v1/predict", json={"adapters": ["mine", "other"], "inputs": ["hi"]},
-                        headers=_auth(LIMITED))
+    many = secured.post(
+        "/v1/predict",
+        json={"adapters": ["mine", "other"], "inputs": ["hi"]},
+        headers=_auth(LIMITED),
+    )
     assert many.status_code == 403
 
 
 def test_no_keys_means_loopback_only(tmp_path: Path) -> None:
     with pytest.raises(ValidationError, match="loopback"):
         Settings(store=tmp_path, host="0.0.0.0", _env_file=None)  # type: ignore[call-arg]
-    Settings(store=tmp_path, host="0.0.0.0", api_keys={ADMIN: ["admin"]},  # type: ignore[arg-type]
-             _env_file=None)  # type: ignore[call-arg]
+    Settings(
+        store=tmp_path,
+        host="0.0.0.0",
+        api_keys={ADMIN: ["admin"]},  # type: ignore[arg-type]
+        _env_file=None,
+    )  # type: ignore[call-arg]
 
 
 def test_short_keys_and_unknown_scopes_are_refused_at_start(tmp_path: Path) -> None:
@@ -101,7 +135,8 @@ def test_short_keys_and_unknown_scopes_are_refused_at_start(tmp_path: Path) -> N
         Settings(store=tmp_path, api_keys={ADMIN: ["root"]}, _env_file=None)  # type: ignore[arg-type,call-arg]
 
 
-def test_upload_helper_still_works_without_keys(client: TestClient, tiny_bert_dir: Path,
-                                                tmp_path: Path) -> None:
+def test_upload_helper_still_works_without_keys(
+    client: TestClient, tiny_bert_dir: Path, tmp_path: Path
+) -> None:
     files = peft_adapter(tiny_bert_dir, out=tmp_path / "a")
     assert upload(client, "open", files, labels=["a", "b"]).status_code == 201  # type: ignore[attr-defined]

@@ -19,7 +19,7 @@ from app.training import methods, probe
 from app.training.encoding import encode_rows, token_lengths
 from app.training.generation import train_generation
 from app.training.hyperparameters import Hyperparameters, fill_defaults, parse_hyperparameters
-from app.training.loop import Pause, Ticker, TrainLoop, yielding
+from app.training.loop import Pause, Ticker, TrainLoop, release_memory, yielding
 from app.training.methods import AdapterModel
 from app.training.types import CancelToken, TrainingOutcome, TrainingPlan, TrainingReporter
 from app.training.view import build_view
@@ -30,6 +30,17 @@ def train(
     max_rank: int, max_tokens: int, pause: Pause | None = None,
 ) -> TrainingOutcome:
     """Train one adapter and return the PEFT files of its best evaluation."""
+    try:
+        return _train(plan, base=base, reporter=reporter, cancel=cancel, max_rank=max_rank,
+                      max_tokens=max_tokens, pause=pause)
+    finally:
+        release_memory()
+
+
+def _train(
+    plan: TrainingPlan, *, base: Base, reporter: TrainingReporter, cancel: CancelToken,
+    max_rank: int, max_tokens: int, pause: Pause | None = None,
+) -> TrainingOutcome:
     if plan.task == GENERATION:  # causal-LM loss on completions: its own module
         return train_generation(plan, base=base, reporter=reporter, cancel=cancel,
                                 max_rank=max_rank, max_tokens=max_tokens, pause=pause)

@@ -261,3 +261,36 @@ def test_cancel_a_real_job_over_http_within_seconds(client: Any) -> None:
     assert events[-1]["kind"] == "status" and events[-1]["data"] == {"status": "cancelled"}
     assert any(e["kind"] == "loss" for e in events)
     assert client.get("/v1/adapters/never").status_code == 404
+
+
+def test_micro_batches_add_up_to_the_batch() -> None:
+    """A batch over the token budget is cut into row slices trimmed to their longest row; the
+    weighted micro-batch gradients equal the whole batch's gradient."""
+    from app.training.loop import _weight, micro_batches
+
+    torch.manual_seed(0)
+    lengths = [2, 3, 8, 8, 4, 1]
+    ids = torch.zeros((6, 8), dtype=torch.long)
+    mask = torch.zeros((6, 8), dtype=torch.long)
+    for n, length in enumerate(lengths):
+        ids[n, :length] = torch.randint(1, 50, (length,))
+        mask[n, :length] = 1
+    tags = torch.where(mask == 1, torch.randint(0, 3, (6, 8)), torch.full((6, 8), -100))
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": tags}
+    parts = micro_batches(batch, budget=16)
+    assert [p["input_ids"].shape for p in parts] == [(2, 3), (2, 8), (2, 4)]
+    assert sum(_weight(p) for p in parts) == _weight(batch) == sum(lengths)
+    assert micro_batches(batch, budget=None) == [batch]
+
+    embed, head = nn.Embedding(50, 4), nn.Linear(4, 3)
+
+    def loss_of(part: dict[str, torch.Tensor]) -> torch.Tensor:
+        logits = head(embed(part["input_ids"]))
+        return nn.functional.cross_entropy(logits.flatten(0, 1), part["labels"].flatten())
+
+    loss_of(batch).backward()
+    whole = head.weight.grad.clone()
+    head.weight.grad = None
+    for part in parts:
+        (loss_of(part) * _weight(part) / _weight(batch)).backward()
+    assert torch.allclose(head.weight.grad, whole, atol=1e-6)

@@ -255,9 +255,17 @@ def micro_batches(batch: dict[str, torch.Tensor],
     for start in range(0, rows, step):
         part = {k: v[start : start + step] for k, v in batch.items()}
         longest = int(part["attention_mask"].sum(dim=1).max())
-        parts.append({k: v[:, :longest] if v.dim() == 2 and v.shape[1] == width else v
+        # Cut only the per-token tensors (a multi-label target may be as wide by chance), and
+        # make them contiguous: the models `.view()` their labels.
+        parts.append({k: v[:, :longest].contiguous() if _per_token(k, v) else v
                       for k, v in part.items()})
     return parts
+
+
+def _per_token(key: str, value: torch.Tensor) -> bool:
+    if key == "labels":
+        return value.dim() == 2 and value.dtype == torch.long  # token classification tags
+    return value.dim() == 2
 
 
 def _weight(batch: dict[str, torch.Tensor]) -> int:

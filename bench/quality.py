@@ -71,6 +71,8 @@ class Result:
     status: str = "succeeded"
     error: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # Optimizer steps and evaluations only, from the job's event times (no probe, no set-up).
+    train_per_epoch: float | None = None
 
     @property
     def per_epoch(self) -> float | None:
@@ -115,9 +117,10 @@ def run_service(server: LiveServer, spec: Spec, method: str, dataset_id: str, ro
     seconds = _job_seconds(job)
     epochs = float(job["progress"]["epoch"] or 0.0) if method != "linear_probe" else 0.0
     score = quality_eval.evaluate_adapter(server, job["result"]["adapter"], spec.task, test)
-    extra = {"best": job["best"], "hyperparameters": job["hyperparameters"]}
+    extra = {"best": job["best"], "hyperparameters": job["hyperparameters"], "job": job["id"]}
+    per_epoch = quality_eval.train_seconds_per_epoch(server, job) if epochs else None
     return Result(spec.name, method, rows, len(test), spec.metric, score[spec.metric], seconds,
-                  epochs, extra=extra | {"metrics": score})
+                  epochs, extra=extra | {"metrics": score}, train_per_epoch=per_epoch)
 
 
 def _job_seconds(job: dict[str, Any]) -> float:
@@ -153,7 +156,8 @@ def run_dataset(server: LiveServer, key: str, args: argparse.Namespace, work: Pa
                                 learning_rate=args.ft_lr)
         results.append(Result(spec.name, "full fine-tune", len(train), len(test), spec.metric,
                               outcome["metrics"][spec.metric], outcome["seconds"],
-                              outcome["epochs"], extra=outcome))
+                              outcome["epochs"], extra=outcome,
+                              train_per_epoch=outcome["seconds"] / outcome["epochs"]))
         _report(results[-1], args)
 
 
@@ -167,10 +171,11 @@ def _report(result: Result, args: argparse.Namespace) -> None:
 def table(results: list[Result]) -> str:
     """Markdown: one row per dataset and method."""
     lines = ["| dataset | method | train rows | test rows | metric | score | epochs run | "
-             "job s | s/epoch |", "| --- | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: |"]
+             "job s | train s/epoch |",
+             "| --- | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: |"]
     for r in results:
         score = f"{r.score:.4f}" if r.score is not None else f"{r.status}: {r.error}"
-        per_epoch = f"{r.per_epoch:.0f}" if r.per_epoch else "-"
+        per_epoch = f"{r.train_per_epoch:.0f}" if r.train_per_epoch else "-"
         lines.append(f"| {r.dataset} | {r.method} | {r.rows} | {r.test_rows} | {r.metric} | "
                      f"{score} | {r.epochs:.2f} | {r.seconds:.0f} | {per_epoch} |")
     return "\n".join(lines)
@@ -205,6 +210,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--job-timeout", type=float, default=4 * 3600)
     parser.add_argument("--out", default=None, help="append each result as a JSON line")
     parser.add_argument("--write-readme", action="store_true")
+    parser.add_argument("--from-results", default=None,
+                        help="no training: the table and README section from an --out file")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads for the server and the full fine-tune")
     return parser.parse_args()
@@ -212,6 +219,14 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    if args.from_results:
+        # Only the table and README section, from the JSON lines of an earlier run.
+        lines = Path(args.from_results).read_text().splitlines()
+        loaded = [Result(**json.loads(line)) for line in lines if line.strip()]
+        print(table(loaded))
+        if args.write_readme:
+            write_readme(quality_eval.readme_section(table(loaded), args, loaded))
+        return
     work = tempdir()
     env = {}
     if args.threads:

@@ -158,7 +158,7 @@ def report(server: LiveServer, sampler: RssSampler, work: Path, args: argparse.N
           "after = 3 s after the cancel")
     idle_rss = statistics.median(sampler.samples["idle"])
     for phase in ("probe", "training", "after"):
-        peak = max(sampler.samples[phase] or [idle_rss])
+        peak = max(sampler.samples[phase] or [int(idle_rss)])
         print(f"RSS peak {phase:>8}: {peak / 2**20:5.0f} MiB = idle {idle_rss / 2**20:.0f} MiB "
               f"+{(peak - idle_rss) / 2**20:.0f} MiB ({(peak - idle_rss) / base_bytes:.2f}x the "
               f"base)")

@@ -222,8 +222,9 @@ def test_linear_probe_picks_layers_and_strength_on_validation(tiny_base: Base) -
     [
         ("lora", 100, {}, {"batch_size": 8, "epochs": 20, "eval_every_steps": None}),
         ("lora", 800, {}, {"batch_size": 16, "epochs": 6, "learning_rate": 1e-3,
-                           "head_learning_rate": 3e-3}),
-        ("lora", 5000, {}, {"batch_size": 32, "epochs": 3, "early_stopping_patience": 2}),
+                           "head_learning_rate": 3e-3, "dropout": 0.05}),
+        ("lora", 5000, {}, {"batch_size": 32, "epochs": 3, "early_stopping_patience": 2,
+                            "dropout": 0.0}),
         ("lora", 40000, {}, {"epochs": 2, "eval_every_steps": 250,
                              "early_stopping_patience": 10}),
         ("prefix", 800, {}, {"epochs": 12, "learning_rate": 1e-2}),

@@ -118,6 +118,13 @@ def test_early_stopping_after_patience_evaluations(tiny_base: Base, scripted: An
     assert any("early stop at step 12" in e["message"] for e in reporter.kinds("info"))
 
 
+def test_eval_every_steps_is_honoured(tiny_base: Base, scripted: Any) -> None:
+    scripted([0.5] * 10)
+    outcome = run(tiny_base, make_plan(epochs=2, eval_every_steps=3,
+                                       early_stopping_patience=None))
+    assert [e["step"] for e in outcome.history] == [3, 6, 8]  # and the last step
+
+
 def test_the_lp_ft_probe_is_a_candidate_too(tiny_base: Base, scripted: Any) -> None:
     """Fine-tuning that never beats the probe head ships the probe head (LoRA B still zero)."""
     scripted([0.9, 0.5, 0.4])

@@ -76,10 +76,12 @@ class Result:
 
     @property
     def per_epoch(self) -> float | None:
+        """Job seconds per epoch run, set-up and probe included."""
         return self.seconds / self.epochs if self.epochs else None
 
 
 def read_rows(spec: Spec, split: str, limit: int | None) -> list[dict[str, Any]]:
+    """The first `limit` rows of a split, in the training API's row format."""
     lines = (DATASETS / spec.folder / f"{split}.jsonl").read_text().splitlines()
     rows = [json.loads(line) for line in lines[:limit] if line.strip()]
     for row in rows:
@@ -109,6 +111,7 @@ def train_via_api(server: LiveServer, spec: Spec, method: str, dataset_id: str,
 
 def run_service(server: LiveServer, spec: Spec, method: str, dataset_id: str, rows: int,
                 test: list[dict[str, Any]], args: argparse.Namespace) -> Result:
+    """Train one method through the API with the service's defaults, score it on `test`."""
     hyperparameters = {"epochs": args.epochs} if args.epochs else {}
     job = train_via_api(server, spec, method, dataset_id, hyperparameters, args.job_timeout)
     if job["status"] != "succeeded":
@@ -131,6 +134,7 @@ def _job_seconds(job: dict[str, Any]) -> float:
 
 
 def upload(server: LiveServer, work: Path, key: str, rows: list[dict[str, Any]]) -> str:
+    """POST the rows as a JSONL dataset; returns its id."""
     path = work / f"{key}.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     response = server.http.post("/v1/datasets", files={"file": (path.name, path.read_bytes())},
@@ -141,6 +145,7 @@ def upload(server: LiveServer, work: Path, key: str, rows: list[dict[str, Any]])
 
 def run_dataset(server: LiveServer, key: str, args: argparse.Namespace, work: Path,
                 results: list[Result]) -> None:
+    """Every method on one dataset, then the full fine-tune of the same rows."""
     spec = SPECS[key]
     train = read_rows(spec, spec.train, getattr(args, f"{key}_rows"))
     test = read_rows(spec, spec.test, args.test_rows)
@@ -194,6 +199,7 @@ def write_readme(text: str) -> None:
 
 
 def parse_args() -> argparse.Namespace:
+    """Sizes, methods and outputs from the command line."""
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", nargs="+", default=list(SPECS), choices=list(SPECS))
@@ -218,6 +224,7 @@ def parse_args() -> argparse.Namespace:
 
 
 def main() -> None:
+    """Run the benchmark (or only rewrite its table with --from-results)."""
     args = parse_args()
     if args.from_results:
         # Only the table and README section, from the JSON lines of an earlier run.

@@ -41,10 +41,12 @@ class RssSampler(threading.Thread):
         self.stopped = threading.Event()
 
     def mark(self, phase: str) -> None:
+        """Samples from now on belong to `phase`."""
         self.samples.setdefault(phase, [])
         self.phase = phase
 
     def run(self) -> None:
+        """Sample every 0.1 s until stopped."""
         while not self.stopped.wait(0.1):
             try:
                 self.samples[self.phase].append(self.process.memory_info().rss)
@@ -66,6 +68,7 @@ def predict_latencies(server: LiveServer, count: int) -> list[float]:
 
 
 def upload_adapter(server: LiveServer, work: Path) -> None:
+    """A rank-8 LoRA made with plain PEFT, to predict with."""
     files = make_lora_files(base_dir(), work / "peft", seed=0)
     server.http.post(
         "/v1/adapters", data={"name": "served", "labels": json.dumps(["neg", "pos"])},
@@ -74,6 +77,7 @@ def upload_adapter(server: LiveServer, work: Path) -> None:
 
 
 def start_job(server: LiveServer, rows: int) -> str:
+    """A LoRA job on SST-2 rows, long enough to outlast the measurement; returns its id."""
     lines = (DATASETS / "sst2" / "train.jsonl").read_text().splitlines()[:rows]
     response = server.http.post("/v1/training-jobs", json={
         "adapter": "trained", "method": "lora", "examples": [json.loads(x) for x in lines],
@@ -104,6 +108,7 @@ def steps_alone(server: LiveServer, job_id: str, *, seconds: float) -> float:
 
 
 def main() -> None:
+    """Start the service, measure, stop it."""
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=40)
@@ -123,6 +128,7 @@ def main() -> None:
 
 
 def report(server: LiveServer, sampler: RssSampler, work: Path, args: argparse.Namespace) -> None:
+    """Idle predicts, predicts during the job, the job alone; print latencies and RSS."""
     upload_adapter(server, work)
     predict_latencies(server, 5)  # warm: the adapter resident, the code paths taken
     sampler.mark("idle")

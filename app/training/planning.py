@@ -86,12 +86,7 @@ def prepare_job(
             "too_many_rows", f"{len(rows)} training rows > limit {max_training_rows}", param=param
         )
     labels = derive_labels(rows, task)
-    try:
-        head_rows(task, labels)  # e.g. classification needs two classes
-    except SwitchyardError as exc:
-        exc.param = param
-        raise
-    _check_class_sizes(rows, task, param)
+    _check_labels(rows, task, labels, param)
     if request.validation_data is not None:
         validation = _validation_rows(request.validation_data, task, labels, datasets)
         source = "validation_data"
@@ -119,9 +114,15 @@ def prepare_job(
     return PreparedJob(plan, summary)
 
 
-def _check_class_sizes(rows: Rows, task: str, param: str) -> None:
-    """Every class needs a couple of rows: one example teaches the head a point, not a class,
-    and leaves none to hold out for validation."""
+def _check_labels(rows: Rows, task: str, labels: list[str], param: str) -> None:
+    """A head can be made for the labels (classification needs two classes), and every class
+    has a couple of rows: one example teaches the head a point, not a class, and leaves none
+    to hold out for validation."""
+    try:
+        head_rows(task, labels)
+    except SwitchyardError as exc:
+        exc.param = param
+        raise
     if task != CLASSIFICATION:
         return
     small = {k: n for k, n in label_counts(rows, task).items() if n < MIN_ROWS_PER_CLASS}

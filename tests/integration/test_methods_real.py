@@ -24,14 +24,9 @@ def _examples(task: str, n: int) -> list[dict[str, Any]]:
     if task == "classification":
         return read_rows(DATASETS / "sst2/train.jsonl", n)
     if task == "multi_label_classification":
+        # Two true labels per question: TREC's coarse class and its fine one ("NUM", "NUM:dist").
         rows = read_rows(DATASETS / "trec/train.jsonl", n)
-        return [
-            {
-                "text": r["text"],
-                "labels": [r["label"]] + (["long"] if len(str(r["text"])) > 50 else []),
-            }
-            for r in rows
-        ]
+        return [{"text": r["text"], "labels": [r["label"], r["fine_label"]]} for r in rows]
     if task == "regression":
         return read_rows(DATASETS / "stsb/train.jsonl", n)
     return read_rows(DATASETS / "conll2003/train.jsonl", n)
@@ -80,16 +75,24 @@ def test_every_method_and_task_trains_and_serves(live: LiveServer, method: str, 
         _check_output(task, output)
 
 
-def _predict_all(live: LiveServer, name: str, inputs: list[Any]) -> list[Any]:
+def _predict_all(
+    live: LiveServer, name: str, inputs: list[Any], parameters: dict[str, Any] | None = None
+) -> list[Any]:
     """Outputs for any number of inputs, in requests under max_inputs_per_request."""
     outputs: list[Any] = []
     for start in range(0, len(inputs), 100):
-        response = live.http.post(
-            f"/v1/adapters/{name}/predict", json={"inputs": inputs[start : start + 100]}
-        )
+        body = {"inputs": inputs[start : start + 100], "parameters": parameters or {}}
+        response = live.http.post(f"/v1/adapters/{name}/predict", json=body)
         assert response.status_code == 200, response.text
         outputs += response.json()["outputs"]
     return outputs
+
+
+def _f1(found: set[Any], truth: set[Any]) -> float:
+    """Micro F1 of predicted items against true ones."""
+    precision = len(found & truth) / max(1, len(found))
+    recall = len(found & truth) / max(1, len(truth))
+    return 2 * precision * recall / max(1e-9, precision + recall)
 
 
 def _gold_spans(tokens: list[str], tags: list[str]) -> tuple[str, set[tuple[int, int, str]]]:
@@ -111,11 +114,6 @@ def _gold_spans(tokens: list[str], tags: list[str]) -> tuple[str, set[tuple[int,
     return text, spans
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="issue 4 target not verified: the CI run of 2026-11-25 failed on a test bug (300 "
-    "inputs in one request > max_inputs_per_request 256, now chunked), so F1 >= 0.70 is unmeasured",
-)
 def test_conll_ner_reaches_entity_f1(live: LiveServer) -> None:
     _need("conll2003")
     train = read_rows(DATASETS / "conll2003/train.jsonl", 2000)
@@ -131,17 +129,11 @@ def test_conll_ner_reaches_entity_f1(live: LiveServer) -> None:
         (i, e["start"], e["end"], e["entity_group"]) for i, out in enumerate(outputs) for e in out
     }
     truth = {(i, *span) for i, (_, spans) in enumerate(gold) for span in spans}
-    precision = len(found & truth) / max(1, len(found))
-    recall = len(found & truth) / max(1, len(truth))
-    f1 = 2 * precision * recall / max(1e-9, precision + recall)
-    assert f1 >= 0.70, (f1, precision, recall)
+    f1 = _f1(found, truth)
+    print(f"CoNLL-2003 entity F1 {f1:.3f} on {len(test)} test sentences")
+    assert f1 >= 0.70, f1
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="issue 4 target not verified: the CI run of 2026-11-25 failed on a test bug (300 "
-    "inputs in one request > max_inputs_per_request 256, now chunked), so Pearson is unmeasured",
-)
 def test_stsb_regression_reaches_pearson(live: LiveServer) -> None:
     _need("stsb")
     from scipy.stats import pearsonr
@@ -155,14 +147,10 @@ def test_stsb_regression_reaches_pearson(live: LiveServer) -> None:
     inputs = [{"text": r["text"], "text_pair": r["text_pair"]} for r in dev]
     outputs = _predict_all(live, "stsb", inputs)
     pearson = pearsonr([o["score"] for o in outputs], [float(r["label"]) for r in dev])[0]
+    print(f"STS-B Pearson {pearson:.3f} on {len(dev)} dev pairs")
     assert pearson >= 0.75, pearson
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="the synthetic 'long' label (text over 50 characters) was not learned from 600 TREC "
-    "rows in the CI run of 2026-11-25: a test-design problem to replace with a learnable label",
-)
 def test_multi_label_and_rte_pairs_train_and_predict(live: LiveServer) -> None:
     for folder in ("rte", "trec"):
         _need(folder)
@@ -183,7 +171,7 @@ def test_multi_label_and_rte_pairs_train_and_predict(live: LiveServer) -> None:
         "/v1/adapters/rte/predict", json={"inputs": [pair], "parameters": {"top_k": 2}}
     )
     assert {o["label"] for o in out.json()["outputs"][0]} == {"entailment", "not_entailment"}
-    multi = _examples("multi_label_classification", 600)
+    multi = _examples("multi_label_classification", 1500)
     job = run_job(
         live,
         {
@@ -191,18 +179,13 @@ def test_multi_label_and_rte_pairs_train_and_predict(live: LiveServer) -> None:
             "task": "multi_label_classification",
             "method": "lora",
             "examples": multi,
-            "hyperparameters": {"epochs": 3},
         },
     )
     assert job["status"] == "succeeded", job
-    outputs = live.http.post(
-        "/v1/adapters/trec-multi/predict",
-        json={
-            "inputs": [
-                "How far is it from Denver to Aspen , and why would anyone drive it at night ?"
-            ],
-            "parameters": {"threshold": 0.5},
-        },
-    ).json()["outputs"]
-    labels = {o["label"] for o in outputs[0]}
-    assert "NUM" in labels and "long" in labels, outputs
+    test = read_rows(DATASETS / "trec/test.jsonl", 200)
+    outputs = _predict_all(live, "trec-multi", [r["text"] for r in test], {"threshold": 0.5})
+    found = {(i, o["label"]) for i, out in enumerate(outputs) for o in out}
+    truth = {(i, label) for i, r in enumerate(test) for label in (r["label"], r["fine_label"])}
+    f1 = _f1(found, truth)
+    print(f"TREC coarse+fine multi-label micro-F1 {f1:.3f} on {len(test)} test questions")
+    assert f1 >= 0.70, f1

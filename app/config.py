@@ -69,6 +69,11 @@ class Settings(BaseSettings):
     trainer_yield_ms: float = Field(
         200.0, ge=0, description="longest a training step waits for queued requests to drain"
     )
+    checkpoint_activations: bool = Field(
+        False,
+        description="training recomputes each layer's activations in the backward pass: "
+        "one layer's activation memory instead of all of them, for about a third more compute",
+    )
     shutdown_timeout_s: float = Field(30.0, gt=0, description="bound on draining at SIGTERM")
 
     @field_validator("api_keys", mode="before")

@@ -103,7 +103,8 @@ def _start(app: FastAPI, settings: Settings, base: Base | None) -> None:
     app.state.jobs = JobManager(
         db, app.state.datasets, settings,
         train_fn=functools.partial(train, base=base, pause=runtime.yield_to_requests,
-                                   max_rank=rank, max_tokens=tokens),
+                                   max_rank=rank, max_tokens=tokens,
+                                   checkpoint_activations=settings.checkpoint_activations),
         register_fn=registry.register,
         check_hyperparameters=functools.partial(parse_hyperparameters, max_rank=rank,
                                                 max_tokens=tokens),

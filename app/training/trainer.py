@@ -28,11 +28,13 @@ from app.training.view import build_view
 def train(
     plan: TrainingPlan, *, base: Base, reporter: TrainingReporter, cancel: CancelToken,
     max_rank: int, max_tokens: int, pause: Pause | None = None,
+    checkpoint_activations: bool = False,
 ) -> TrainingOutcome:
     """Train one adapter and return the PEFT files of its best evaluation."""
     try:
         return _train(plan, base=base, reporter=reporter, cancel=cancel, max_rank=max_rank,
-                      max_tokens=max_tokens, pause=pause)
+                      max_tokens=max_tokens, pause=pause,
+                      checkpoint_activations=checkpoint_activations)
     finally:
         release_memory()
 
@@ -40,6 +42,7 @@ def train(
 def _train(
     plan: TrainingPlan, *, base: Base, reporter: TrainingReporter, cancel: CancelToken,
     max_rank: int, max_tokens: int, pause: Pause | None = None,
+    checkpoint_activations: bool = False,
 ) -> TrainingOutcome:
     if plan.task == GENERATION:  # causal-LM loss on completions: its own module
         return train_generation(plan, base=base, reporter=reporter, cancel=cancel,
@@ -64,6 +67,15 @@ def _train(
         with yielding(view, tick):
             probe.init_head(view, base=base, task=plan.task, examples=train_ex, hp=hp, tick=tick)
     model = _wrap(view, plan.method, hp, plan.task, base)
+    if checkpoint_activations and plan.method != "prefix":
+        # Keep only each layer's input and recompute the rest in the backward pass: the
+        # activation peak becomes one layer's instead of all of them (bench/README.md,
+        # train_contention). Non-reentrant, so frozen inputs need no requires_grad trick and
+        # dropout draws are replayed exactly. Not prefix: its attention reads the batch's
+        # prefixes from a router that is cleared once the forward returns, before recompute.
+        view.activation_checkpointing_enable(
+            activation_checkpointing_kwargs={"use_reentrant": False}
+        )
     loop = TrainLoop(plan, base, model, hp, reporter, tick)
     with yielding(model, tick):
         best_state = loop.run(train_ex, val_ex, evaluate_start=hp.head_init == "probe")

@@ -181,7 +181,12 @@ def wrap_base(
     )
     log.info(
         "base %s loaded: %s, %d parameters, %s on %s, fingerprint %s",
-        name, base.kind, base.parameter_count, dtype, device, base.fingerprint[:16],
+        name,
+        base.kind,
+        base.parameter_count,
+        dtype,
+        device,
+        base.fingerprint[:16],
     )
     return base
 

@@ -53,7 +53,10 @@ def _serve(args: argparse.Namespace) -> int:
     )
     app = create_app(settings)
     config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, log_level=args.log_level,
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=args.log_level,
         timeout_graceful_shutdown=int(settings.shutdown_timeout_s),
     )
 

@@ -101,11 +101,19 @@ def _start(app: FastAPI, settings: Settings, base: Base | None) -> None:
     app.state.datasets = DatasetService(db, settings)
     rank, tokens = settings.max_rank, settings.max_input_tokens
     app.state.jobs = JobManager(
-        db, app.state.datasets, settings,
-        train_fn=functools.partial(train, base=base, pause=runtime.yield_to_requests,
-                                   max_rank=rank, max_tokens=tokens,
-                                   checkpoint_activations=settings.checkpoint_activations),
+        db,
+        app.state.datasets,
+        settings,
+        train_fn=functools.partial(
+            train,
+            base=base,
+            pause=runtime.yield_to_requests,
+            max_rank=rank,
+            max_tokens=tokens,
+            checkpoint_activations=settings.checkpoint_activations,
+        ),
         register_fn=registry.register,
-        check_hyperparameters=functools.partial(parse_hyperparameters, max_rank=rank,
-                                                max_tokens=tokens),
+        check_hyperparameters=functools.partial(
+            parse_hyperparameters, max_rank=rank, max_tokens=tokens
+        ),
     )

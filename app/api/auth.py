@@ -43,7 +43,9 @@ class Principal:
         """403 unless this key may use adapter `name`."""
         if self.adapters is not None and name not in self.adapters:
             raise SwitchyardError(
-                403, "adapter_forbidden", f"this API key may not use adapter {name!r}",
+                403,
+                "adapter_forbidden",
+                f"this API key may not use adapter {name!r}",
                 param="adapter",
             )
 
@@ -73,16 +75,24 @@ class KeyRing:
             return ANONYMOUS_ADMIN
         scheme, _, token = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            raise SwitchyardError(401, "missing_api_key", "send 'Authorization: Bearer <key>'",
-                                  headers={"WWW-Authenticate": "Bearer"})
+            raise SwitchyardError(
+                401,
+                "missing_api_key",
+                "send 'Authorization: Bearer <key>'",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
         digest = hashlib.sha256(token.strip().encode()).digest()
         found: Principal | None = None
         for key in self._keys:  # no early exit: every key costs the same
             if hmac.compare_digest(digest, key.digest):
                 found = key.principal
         if found is None:
-            raise SwitchyardError(401, "invalid_api_key", "the API key is not valid",
-                                  headers={"WWW-Authenticate": "Bearer"})
+            raise SwitchyardError(
+                401,
+                "invalid_api_key",
+                "the API key is not valid",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
         return found
 
 
@@ -113,7 +123,8 @@ def require(scope: str) -> Callable[[Request], Principal]:
         )
         if not principal.has(scope):
             raise SwitchyardError(
-                403, "insufficient_scope",
+                403,
+                "insufficient_scope",
                 f"this API key lacks scope {scope!r} ({SCOPE_HELP[scope]})",
             )
         name = request.path_params.get("name")

@@ -106,7 +106,7 @@ class _PartCounter:
         # split across two chunks is counted once.
         data = self._tail + chunk
         self.count += data.count(self.delimiter)
-        self._tail = data[-(len(self.delimiter) - 1):]
+        self._tail = data[-(len(self.delimiter) - 1) :]
         if self.count - 1 > self.max_parts:  # the closing delimiter ends the last part
             raise LimitExceeded(
                 "too_many_parts",
@@ -127,9 +127,14 @@ def _boundary(content_type: bytes) -> bytes | None:
 
 async def _reject(send: Send, exc: LimitExceeded) -> None:
     body = json.dumps({"error": {"code": exc.code, "message": exc.detail, "param": None}}).encode()
-    await send({
-        "type": "http.response.start", "status": 413,
-        "headers": [(b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode())],
-    })
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})

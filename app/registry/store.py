@@ -139,9 +139,11 @@ class AdapterStore:
             # versions() ignores a linked folder; writing through it would land outside the root.
             # A 409, not a 5xx: the name is taken by something that is not an adapter folder.
             raise SwitchyardError(
-                409, "store_corrupted",
+                409,
+                "store_corrupted",
                 f"the store entry of {name!r} is a link or a file, not an adapter folder; "
-                "refusing to write through it", param="name",
+                "refusing to write through it",
+                param="name",
             )
         folder.mkdir(exist_ok=True)
         tmp = folder / f"{_TMP_PREFIX}{uuid.uuid4().hex}"

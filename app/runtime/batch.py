@@ -42,15 +42,20 @@ class Layout:
         return self.mask * (torch.arange(self.mask.shape[1], device=self.mask.device) >= start)
 
 
-def build_layout(rows: list[Any], slots: list[int], layers: LayerSet, *, pad_id: int,
-                 device: torch.device) -> Layout:
+def build_layout(
+    rows: list[Any], slots: list[int], layers: LayerSet, *, pad_id: int, device: torch.device
+) -> Layout:
     """Pad `rows` (EncodedRow-like: input_ids, token_type_ids) for the slots they run with."""
     count = len(rows)
-    prompt_rows, starts = layers.prompts.lookup(slots) if not layers.prompts.empty else (
-        [0] * count, [0] * count)
+    prompt_rows, starts = (
+        layers.prompts.lookup(slots) if not layers.prompts.empty else ([0] * count, [0] * count)
+    )
     prefixes = layers.prefixes
-    prefix_rows, prefix_lengths = prefixes.lookup(slots) if prefixes is not None and (
-        not prefixes.empty) else ([0] * count, [0] * count)
+    prefix_rows, prefix_lengths = (
+        prefixes.lookup(slots)
+        if prefixes is not None and (not prefixes.empty)
+        else ([0] * count, [0] * count)
+    )
     width = max(s + len(r.input_ids) for s, r in zip(starts, rows, strict=True))
     ids = torch.full((count, width), pad_id, dtype=torch.long)
     mask = torch.zeros((count, width), dtype=torch.long)
@@ -62,12 +67,20 @@ def build_layout(rows: list[Any], slots: list[int], layers: LayerSet, *, pad_id:
         if row.token_type_ids is not None:
             types[n, start:end] = torch.tensor(row.token_type_ids)
     has_types = rows[0].token_type_ids is not None
-    return Layout(ids.to(device), mask.to(device), types.to(device) if has_types else None,
-                  starts, prompt_rows, prefix_rows, prefix_lengths)
+    return Layout(
+        ids.to(device),
+        mask.to(device),
+        types.to(device) if has_types else None,
+        starts,
+        prompt_rows,
+        prefix_rows,
+        prefix_lengths,
+    )
 
 
-def model_inputs(layout: Layout, layers: LayerSet, embed: nn.Module,
-                 max_positions: int | None) -> dict[str, torch.Tensor]:
+def model_inputs(
+    layout: Layout, layers: LayerSet, embed: nn.Module, max_positions: int | None
+) -> dict[str, torch.Tensor]:
     """The base's keyword inputs; routes the prefixes when the batch has prefix rows.
 
     Runs under the engine's lock and `inference_mode`, after `layers.route`.
@@ -76,8 +89,9 @@ def model_inputs(layout: Layout, layers: LayerSet, embed: nn.Module,
     if layout.types is not None:
         inputs["token_type_ids"] = layout.types
     if any(layout.starts):
-        inputs["inputs_embeds"] = prompt_embeddings(embed, layout.ids, layers.prompts,
-                                                    layout.prompt_rows, layout.starts)
+        inputs["inputs_embeds"] = prompt_embeddings(
+            embed, layout.ids, layers.prompts, layout.prompt_rows, layout.starts
+        )
     else:
         inputs["input_ids"] = layout.ids
     if any(layout.prefix_lengths) and layers.prefixes is not None:
@@ -92,8 +106,9 @@ def model_inputs(layout: Layout, layers: LayerSet, embed: nn.Module,
     return inputs
 
 
-def _serving_prefix(layout: Layout, layers: LayerSet, lengths: torch.Tensor,
-                    embed: nn.Module) -> PrefixBatch:
+def _serving_prefix(
+    layout: Layout, layers: LayerSet, lengths: torch.Tensor, embed: nn.Module
+) -> PrefixBatch:
     table = layers.prefixes
     assert table is not None
     width = int(lengths.max())
@@ -132,12 +147,14 @@ class Features:
         hidden = self.out.hidden_states if self.out.hidden_states is not None else (self.last,)
         return [hidden[layer] for layer in layers]
 
-    def pooled(self, positions: list[int], layers: list[int], pooling: str, *,
-               concat: bool) -> torch.Tensor:
+    def pooled(
+        self, positions: list[int], layers: list[int], pooling: str, *, concat: bool
+    ) -> torch.Tensor:
         """Pooled real-token states of `layers`, concatenated (probe heads) or averaged."""
         mask = self.layout.token_mask[positions].unsqueeze(-1).to(self.last.dtype)
-        parts = [self._shifted(state[positions], positions, pooling) for state in
-                 self.states(layers)]
+        parts = [
+            self._shifted(state[positions], positions, pooling) for state in self.states(layers)
+        ]
         parts = [pool(part, mask, pooling) for part in parts]
         return torch.cat(parts, dim=-1) if concat else torch.stack(parts).mean(dim=0)
 

@@ -81,7 +81,8 @@ class Batcher:
         if rows > self.queue_rows:
             # It would never fit: a 429 would only make the client retry forever.
             raise SwitchyardError(
-                413, "too_many_inputs",
+                413,
+                "too_many_inputs",
                 f"this request needs {rows} rows (inputs x adapters) > queue_size "
                 f"{self.queue_rows}; split it",
                 param="inputs",
@@ -89,7 +90,8 @@ class Batcher:
         if self._pending_rows + rows > self.queue_rows:
             self.metrics.rejected.labels(reason="queue_full").inc()
             raise SwitchyardError(
-                429, "queue_full",
+                429,
+                "queue_full",
                 f"{self._pending_rows} rows are queued; {rows} more would pass queue_size "
                 f"{self.queue_rows}",
                 headers={"Retry-After": "1"},

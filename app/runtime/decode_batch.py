@@ -80,8 +80,12 @@ class KVBatch:
 
 
 def prefill_inputs(
-    prompts: list[list[int]], prefixes: list[Prefix | None], *, pad_id: int,
-    device: torch.device, dtype: torch.dtype,
+    prompts: list[list[int]],
+    prefixes: list[Prefix | None],
+    *,
+    pad_id: int,
+    device: torch.device,
+    dtype: torch.dtype,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, DynamicCache]:
     """Left-padded prompts over a cache that holds each row's prefix (or masked zeros).
 

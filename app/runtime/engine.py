@@ -56,8 +56,16 @@ class JobResult:
 class Engine:
     """Runs batches of jobs over the shared base; one forward at a time."""
 
-    def __init__(self, base: Base, layers: LayerSet, cache: AdapterCache, *, max_tokens: int,
-                 truncate: bool, max_batch_rows: int) -> None:
+    def __init__(
+        self,
+        base: Base,
+        layers: LayerSet,
+        cache: AdapterCache,
+        *,
+        max_tokens: int,
+        truncate: bool,
+        max_batch_rows: int,
+    ) -> None:
         self.base = base
         self.layers = layers
         self.cache = cache
@@ -77,7 +85,10 @@ class Engine:
         for index, item in enumerate(inputs):
             text, pair = _split_input(item, index)
             enc = self.base.tokenizer(
-                text, pair, truncation=self.truncate, max_length=self.max_tokens,
+                text,
+                pair,
+                truncation=self.truncate,
+                max_length=self.max_tokens,
                 return_offsets_mapping=task == TOKEN_CLASSIFICATION,
             )
             ids = list(enc["input_ids"])
@@ -123,8 +134,11 @@ class Engine:
     def _check_positions(self, job: Job, resident: Resident) -> SwitchyardError | None:
         """Virtual tokens take positions too: a row must still fit the position table."""
         weights = resident.weights
-        virtual = weights.prompt.shape[0] if weights.prompt is not None else (
-            weights.prefix[0][0].shape[1] if weights.prefix else 0)
+        virtual = (
+            weights.prompt.shape[0]
+            if weights.prompt is not None
+            else (weights.prefix[0][0].shape[1] if weights.prefix else 0)
+        )
         limit = self._max_positions
         if not virtual or limit is None:
             return None
@@ -139,7 +153,9 @@ class Engine:
         return None
 
     def _run_chunks(
-        self, runnable: list[tuple[int, Job]], residents: dict[Key, Resident],
+        self,
+        runnable: list[tuple[int, Job]],
+        residents: dict[Key, Resident],
         results: list[JobResult],
     ) -> None:
         """Forward each distinct (slot, tokens) row once, then decode every job's rows.
@@ -151,7 +167,8 @@ class Engine:
         by_index = dict(runnable)
         members = [(i, r) for i, job in runnable for r in range(len(job.rows))]
         forward, where = _distinct_rows(
-            [(by_index[i].rows[r], self._slot(by_index[i], residents)) for i, r in members])
+            [(by_index[i].rows[r], self._slot(by_index[i], residents)) for i, r in members]
+        )
         outputs: dict[int, list[Any]] = {i: [None] * len(job.rows) for i, job in runnable}
         size = self.max_batch_rows
         chunks: list[list[int]] = [[] for _ in range(-(-len(forward) // size))]
@@ -168,8 +185,9 @@ class Engine:
                 job = by_index[i]
                 rows = [job.rows[members[m][1]] for m in group]
                 resident = residents[job.key] if job.key else None
-                values = self._decode(job, resident, features, [where[m] - c * size for m in group],
-                                      rows)
+                values = self._decode(
+                    job, resident, features, [where[m] - c * size for m in group], rows
+                )
                 for m, value in zip(group, values, strict=True):
                     outputs[i][members[m][1]] = value
         for i, _job in runnable:
@@ -193,19 +211,25 @@ class Engine:
         return Features(out, layout, self._has_pooler)
 
     def _decode(
-        self, job: Job, resident: Resident | None, features: Features, positions: list[int],
+        self,
+        job: Job,
+        resident: Resident | None,
+        features: Features,
+        positions: list[int],
         rows: list[EncodedRow],
     ) -> list[Any]:
         if job.task == EMBEDDINGS:
             layers = list(job.params.get("layers", [-1]))
-            pooled = features.pooled(positions, layers, job.params.get("pooling", "mean"),
-                                     concat=False)
+            pooled = features.pooled(
+                positions, layers, job.params.get("pooling", "mean"), concat=False
+            )
             if job.params.get("normalize", True):
                 pooled = F.normalize(pooled, dim=-1)
             return [v for v in pooled.float().tolist()]
         if resident is None:
-            raise bad_request("adapter_required", f"task {job.task!r} needs an adapter",
-                              param="adapter")
+            raise bad_request(
+                "adapter_required", f"task {job.task!r} needs an adapter", param="adapter"
+            )
         weights, head = resident.weights, resident.head
         token_task = job.task == TOKEN_CLASSIFICATION
         probe = weights.probe_layers if weights.method == "linear_probe" else None
@@ -220,8 +244,9 @@ class Engine:
             return _decode_tokens(job, weights.labels, logits, features, positions, rows)
         if job.raw:
             return list(logits)
-        return classification.decode(logits, task=job.task, labels=weights.labels,
-                                     params=job.params)
+        return classification.decode(
+            logits, task=job.task, labels=weights.labels, params=job.params
+        )
 
     def warm_up(self) -> None:
         """One forward so the first request does not pay for lazy initialisation."""
@@ -229,23 +254,36 @@ class Engine:
         self.run([Job(key=None, task=EMBEDDINGS, rows=rows)])
 
 
-def _decode_tokens(job: Job, labels: list[str], logits: torch.Tensor, features: Features,
-                   positions: list[int], rows: list[EncodedRow]) -> list[Any]:
+def _decode_tokens(
+    job: Job,
+    labels: list[str],
+    logits: torch.Tensor,
+    features: Features,
+    positions: list[int],
+    rows: list[EncodedRow],
+) -> list[Any]:
     """Each row's own tokens only: virtual prompt positions and padding are dropped."""
-    per_row = [logits[n, features.starts[p] : features.starts[p] + len(row.input_ids)]
-               for n, (p, row) in enumerate(zip(positions, rows, strict=True))]
+    per_row = [
+        logits[n, features.starts[p] : features.starts[p] + len(row.input_ids)]
+        for n, (p, row) in enumerate(zip(positions, rows, strict=True))
+    ]
     if job.raw:
         return per_row
     return [
         token_classification.decode_entities(
-            row_logits, labels=labels, text=row.text, offsets=row.offsets, word_ids=row.word_ids,
+            row_logits,
+            labels=labels,
+            text=row.text,
+            offsets=row.offsets,
+            word_ids=row.word_ids,
         )
         for row_logits, row in zip(per_row, rows, strict=True)
     ]
 
 
-def _distinct_rows(rows: list[tuple[EncodedRow, int]]
-                   ) -> tuple[list[tuple[EncodedRow, int]], list[int]]:
+def _distinct_rows(
+    rows: list[tuple[EncodedRow, int]],
+) -> tuple[list[tuple[EncodedRow, int]], list[int]]:
     """The distinct (row, slot) pairs by (slot, token ids, token types), and where each of
     `rows` went among them."""
     unique: dict[tuple[Any, ...], int] = {}
@@ -273,10 +311,14 @@ def _split_input(item: Any, index: int) -> tuple[str, str | None]:
     if isinstance(item, dict) and isinstance(item.get("text"), str):
         pair = item.get("text_pair")
         if pair is not None and not isinstance(pair, str):
-            raise bad_request("invalid_input", f"inputs[{index}].text_pair must be a string",
-                              param=f"inputs[{index}]")
+            raise bad_request(
+                "invalid_input",
+                f"inputs[{index}].text_pair must be a string",
+                param=f"inputs[{index}]",
+            )
         return item["text"], pair
     raise bad_request(
-        "invalid_input", f"inputs[{index}] must be a string or {{'text', 'text_pair'}}",
+        "invalid_input",
+        f"inputs[{index}] must be a string or {{'text', 'text_pair'}}",
         param=f"inputs[{index}]",
     )

@@ -99,8 +99,16 @@ class _Row:
 class GenerationEngine:
     """Prefill + decode loop for a continuously changing batch of generation rows."""
 
-    def __init__(self, base: Base, layers: LayerSet, cache: AdapterCache, *, max_new_tokens: int,
-                 max_prompt_tokens: int, max_batch_rows: int) -> None:
+    def __init__(
+        self,
+        base: Base,
+        layers: LayerSet,
+        cache: AdapterCache,
+        *,
+        max_new_tokens: int,
+        max_prompt_tokens: int,
+        max_batch_rows: int,
+    ) -> None:
         self.base = base
         self.layers = layers
         self.cache = cache
@@ -233,8 +241,10 @@ class GenerationEngine:
         while self._pending and room > 0:
             job = self._pending[0]
             count = min(room, len(job.prompts) - job.admitted)
-            taken += [_Row(job, job.admitted + i, RowSampler(job.params, self.base.device))
-                      for i in range(count)]
+            taken += [
+                _Row(job, job.admitted + i, RowSampler(job.params, self.base.device))
+                for i in range(count)
+            ]
             job.admitted += count
             room -= count
             if job.admitted == len(job.prompts):
@@ -274,26 +284,40 @@ class GenerationEngine:
             row.positions += 1
         self._keep(self._advance(self._rows, logits, state, mask))
 
-    def _forward(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
-                 cache: Any, slots: list[int]) -> torch.Tensor:
+    def _forward(
+        self,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        positions: torch.Tensor,
+        cache: Any,
+        slots: list[int],
+    ) -> torch.Tensor:
         with self._lock:
             self.layers.route(slots, self.base.device)
             try:
                 out = self.base.model(
-                    input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                    logits_to_keep=1, **{self._cache_kw: cache},
+                    input_ids=ids,
+                    attention_mask=mask,
+                    position_ids=positions,
+                    use_cache=True,
+                    logits_to_keep=1,
+                    **{self._cache_kw: cache},
                 )
             finally:
                 self.layers.clear_route()
         return out.logits[:, -1].float()
 
-    def _advance(self, rows: list[_Row], logits: torch.Tensor, state: KVBatch,
-                 mask: torch.Tensor) -> list[int]:
+    def _advance(
+        self, rows: list[_Row], logits: torch.Tensor, state: KVBatch, mask: torch.Tensor
+    ) -> list[int]:
         """Choose each row's token, finish rows that are done; the indices that go on."""
         tokens = choose_tokens(logits, [r.sampler for r in rows])
         state.commit(mask, tokens)
-        return [n for n, (row, token) in enumerate(zip(rows, tokens, strict=True))
-                if self._append(row, token)]
+        return [
+            n
+            for n, (row, token) in enumerate(zip(rows, tokens, strict=True))
+            if self._append(row, token)
+        ]
 
     def _append(self, row: _Row, token: int) -> bool:
         """Record one token; False when the row has finished."""
@@ -316,7 +340,9 @@ class GenerationEngine:
         if job.params.return_full_text and job.texts[row.index] is not None:
             text = str(job.texts[row.index]) + text
         job.outputs[row.index] = GenOutput(
-            text=text, token_ids=list(row.generated), finish_reason=reason,
+            text=text,
+            token_ids=list(row.generated),
+            finish_reason=reason,
             prompt_tokens=len(job.prompts[row.index]),
         )
         job.done += 1

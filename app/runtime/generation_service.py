@@ -31,8 +31,9 @@ BASE_LABEL = "_base"  # metrics label (and reserved adapter name) of the bare ba
 class GenerationScheduler:
     """Queue of generation jobs; one worker task drives `engine.tick` in an executor."""
 
-    def __init__(self, engine: GenerationEngine, *, max_wait_ms: float, queue_rows: int,
-                 metrics: Metrics) -> None:
+    def __init__(
+        self, engine: GenerationEngine, *, max_wait_ms: float, queue_rows: int, metrics: Metrics
+    ) -> None:
         self.engine = engine
         self.max_wait = max_wait_ms / 1000.0
         self.queue_rows = queue_rows
@@ -75,7 +76,8 @@ class GenerationScheduler:
         if self._rows + rows > self.queue_rows:
             self.metrics.rejected.labels(reason="queue_full").inc()
             raise SwitchyardError(
-                429, "queue_full",
+                429,
+                "queue_full",
                 f"{self._rows} generation rows are waiting; {rows} more would pass queue_size "
                 f"{self.queue_rows}",
                 headers={"Retry-After": "1"},
@@ -138,16 +140,28 @@ class GenerationScheduler:
 class GenerationService:
     """Generation for the Runtime and the routes: check, queue, wait (bounded), measure."""
 
-    def __init__(self, base: Base, layers: LayerSet, cache: AdapterCache, settings: Settings,
-                 metrics: Metrics) -> None:
+    def __init__(
+        self,
+        base: Base,
+        layers: LayerSet,
+        cache: AdapterCache,
+        settings: Settings,
+        metrics: Metrics,
+    ) -> None:
         self.settings = settings
         self.metrics = metrics
         self.engine = GenerationEngine(
-            base, layers, cache, max_new_tokens=settings.max_new_tokens,
-            max_prompt_tokens=settings.max_prompt_tokens, max_batch_rows=settings.max_batch_size,
+            base,
+            layers,
+            cache,
+            max_new_tokens=settings.max_new_tokens,
+            max_prompt_tokens=settings.max_prompt_tokens,
+            max_batch_rows=settings.max_batch_size,
         )
         self.scheduler = GenerationScheduler(
-            self.engine, max_wait_ms=settings.max_wait_ms, queue_rows=settings.queue_size,
+            self.engine,
+            max_wait_ms=settings.max_wait_ms,
+            queue_rows=settings.queue_size,
             metrics=metrics,
         )
 
@@ -160,12 +174,14 @@ class GenerationService:
     def warm_up(self) -> None:
         self.engine.warm_up()
 
-    async def complete(self, key: Key | None, inputs: list[Any],
-                       params: dict[str, Any]) -> list[GenOutput]:
+    async def complete(
+        self, key: Key | None, inputs: list[Any], params: dict[str, Any]
+    ) -> list[GenOutput]:
         """Generate for every input with one adapter (None: the bare base)."""
         if len(inputs) > self.settings.max_inputs_per_request:
             raise SwitchyardError(
-                413, "too_many_inputs",
+                413,
+                "too_many_inputs",
                 f"{len(inputs)} inputs > max_inputs_per_request "
                 f"{self.settings.max_inputs_per_request}",
                 param="inputs",
@@ -173,8 +189,9 @@ class GenerationService:
         job = self.engine.prepare(key, inputs, params)
         return await self._timed(job, label=key[0] if key else BASE_LABEL)
 
-    async def generate(self, key: Key | None, inputs: list[Any],
-                       params: dict[str, Any]) -> list[dict[str, Any]]:
+    async def generate(
+        self, key: Key | None, inputs: list[Any], params: dict[str, Any]
+    ) -> list[dict[str, Any]]:
         """Pipeline-shaped outputs: `{"generated_text": ...}` per input."""
         outputs = await self.complete(key, inputs, params)
         return [{"generated_text": out.text} for out in outputs]
@@ -188,7 +205,8 @@ class GenerationService:
         except TimeoutError as exc:
             status = "timeout"
             raise SwitchyardError(
-                504, "timeout",
+                504,
+                "timeout",
                 f"no answer within request_timeout_s {self.settings.request_timeout_s}",
             ) from exc
         except SwitchyardError as exc:

@@ -22,15 +22,20 @@ class Metrics:
             "switchyard_requests", "Inference requests", ["adapter", "status"], registry=r
         )
         self.latency = Histogram(
-            "switchyard_request_latency_seconds", "End-to-end inference latency",
-            ["adapter"], buckets=_LATENCY_BUCKETS, registry=r,
+            "switchyard_request_latency_seconds",
+            "End-to-end inference latency",
+            ["adapter"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.batch_rows = Histogram(
             "switchyard_batch_rows", "Rows per engine batch", buckets=_BATCH_BUCKETS, registry=r
         )
         self.batch_adapters = Histogram(
-            "switchyard_batch_adapters", "Distinct adapters per engine batch",
-            buckets=_BATCH_BUCKETS, registry=r,
+            "switchyard_batch_adapters",
+            "Distinct adapters per engine batch",
+            buckets=_BATCH_BUCKETS,
+            registry=r,
         )
         self.loads = Counter(
             "switchyard_adapter_loads", "Adapters made resident", ["adapter", "source"], registry=r

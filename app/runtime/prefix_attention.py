@@ -41,8 +41,9 @@ class PrefixRouter:
         self.batch: PrefixBatch | None = None
 
 
-def additive_mask(prefix_valid: torch.Tensor, token_mask: torch.Tensor,
-                  dtype: torch.dtype) -> torch.Tensor:
+def additive_mask(
+    prefix_valid: torch.Tensor, token_mask: torch.Tensor, dtype: torch.dtype
+) -> torch.Tensor:
     """[batch, 1, 1, prefix + tokens] from [batch, prefix] and [batch, tokens] 0/1 masks."""
     keep = torch.cat([prefix_valid.bool(), token_mask.bool()], dim=1)
     zero = torch.zeros((), dtype=dtype, device=keep.device)
@@ -56,8 +57,13 @@ class _PrefixSelfAttention(nn.Module):
     prefix_router: PrefixRouter
     prefix_layer: int
 
-    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                *args: Any, **kwargs: Any) -> Any:
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        *args: Any,
+        **kwargs: Any,
+    ) -> Any:
         batch = self.prefix_router.batch
         if batch is None:
             # Batches without prefix rows run the original code: bit-identical to the base.
@@ -79,7 +85,11 @@ def prefix_attention(module: Any, hidden: torch.Tensor, batch: PrefixBatch) -> K
     value = torch.cat([prefix_value.to(query.dtype), heads(module.value(hidden))], dim=2)
     dropout = float(module.dropout.p) if module.training else 0.0
     out = F.scaled_dot_product_attention(
-        query, key, value, attn_mask=batch.mask.to(query.dtype), dropout_p=dropout,
+        query,
+        key,
+        value,
+        attn_mask=batch.mask.to(query.dtype),
+        dropout_p=dropout,
         scale=float(getattr(module, "scaling", size**-0.5)),
     )
     return out.transpose(1, 2).reshape(rows, tokens, -1), None  # type: ignore[return-value]
@@ -94,8 +104,9 @@ def self_attentions(model: nn.Module) -> list[nn.Module]:
     for name, module in model.named_modules():
         if "cross" in type(module).__name__.lower() or "crossattention" in name:
             continue
-        if all(isinstance(getattr(module, a, None), nn.Module) for a in ("query", "key", "value")) \
-                and hasattr(module, "attention_head_size"):
+        if all(
+            isinstance(getattr(module, a, None), nn.Module) for a in ("query", "key", "value")
+        ) and hasattr(module, "attention_head_size"):
             found.append(module)
     return found
 

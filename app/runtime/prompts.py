@@ -16,8 +16,9 @@ from torch import nn
 class VirtualTable:
     """Variable-length per-slot tensors `[virtual, *item]`, stacked and padded on the device."""
 
-    def __init__(self, item_shape: tuple[int, ...], *, device: torch.device,
-                 dtype: torch.dtype) -> None:
+    def __init__(
+        self, item_shape: tuple[int, ...], *, device: torch.device, dtype: torch.dtype
+    ) -> None:
         self.item_shape = item_shape
         # Row 0 is the empty prompt: rows without virtual tokens gather it (zero length).
         self.data = torch.zeros(1, 0, *item_shape, device=device, dtype=dtype)

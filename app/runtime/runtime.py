@@ -53,8 +53,12 @@ class Runtime:
             is_pinned=registry.store.is_pinned,
         )
         self.engine = Engine(
-            base, self.layers, self.cache, max_tokens=input_token_limit(base, settings),
-            truncate=settings.truncate_inputs, max_batch_rows=settings.max_batch_size,
+            base,
+            self.layers,
+            self.cache,
+            max_tokens=input_token_limit(base, settings),
+            truncate=settings.truncate_inputs,
+            max_batch_rows=settings.max_batch_size,
         )
         self.batcher = Batcher(
             self.engine.run,
@@ -67,7 +71,8 @@ class Runtime:
         # Decoders also generate: prefill + KV-cache decoding with its own continuous batching.
         self.generation = (
             GenerationService(base, self.layers, self.cache, settings, metrics)
-            if base.kind == "decoder" else None
+            if base.kind == "decoder"
+            else None
         )
 
     def yield_to_requests(self) -> None:
@@ -105,8 +110,9 @@ class Runtime:
         else:
             self.engine.warm_up()
 
-    async def generate(self, name: str | None, version: int | None, inputs: list[Any],
-                       params: dict[str, Any]) -> list[dict[str, Any]]:
+    async def generate(
+        self, name: str | None, version: int | None, inputs: list[Any], params: dict[str, Any]
+    ) -> list[dict[str, Any]]:
         """`{"generated_text"}` per input with adapter (name, version), or the bare base."""
         if self.generation is None:
             raise bad_request("unsupported_task", "generation needs a decoder base", param="name")

@@ -66,7 +66,8 @@ def parse_params(raw: dict[str, Any], *, max_new_tokens: int) -> GenerationParam
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"]) or "parameters"
         raise bad_request(
-            "invalid_parameter", f"parameter {field!r}: {first['msg']}",
+            "invalid_parameter",
+            f"parameter {field!r}: {first['msg']}",
             param=f"parameters.{field}",
         ) from exc
     if "max_new_tokens" not in raw:

@@ -24,8 +24,11 @@ def decode(
         scores = _apply(logits, str(params.get("function_to_apply", "sigmoid"))).tolist()
         return [
             sorted(
-                ({"label": lab, "score": p} for lab, p in zip(labels, row, strict=True)
-                 if p >= threshold),
+                (
+                    {"label": lab, "score": p}
+                    for lab, p in zip(labels, row, strict=True)
+                    if p >= threshold
+                ),
                 key=lambda item: -float(item["score"]),
             )
             for row in scores
@@ -87,16 +90,26 @@ def check_params(params: dict[str, object]) -> None:
     """Reject bad `parameters` before the request joins a batch (400 naming the field)."""
     top_k = params.get("top_k", 1)
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-        raise bad_request("invalid_parameter", f"top_k {top_k!r} must be an integer >= 1 or null",
-                          param="parameters.top_k")
+        raise bad_request(
+            "invalid_parameter",
+            f"top_k {top_k!r} must be an integer >= 1 or null",
+            param="parameters.top_k",
+        )
     threshold = params.get("threshold", 0.5)
-    if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not (
-        0 <= threshold <= 1
+    if (
+        isinstance(threshold, bool)
+        or not isinstance(threshold, int | float)
+        or not (0 <= threshold <= 1)
     ):
-        raise bad_request("invalid_parameter", f"threshold {threshold!r} must be within [0, 1]",
-                          param="parameters.threshold")
+        raise bad_request(
+            "invalid_parameter",
+            f"threshold {threshold!r} must be within [0, 1]",
+            param="parameters.threshold",
+        )
     function = params.get("function_to_apply", "softmax")
     if function not in ("softmax", "sigmoid", "none"):
-        raise bad_request("invalid_parameter",
-                          f"function_to_apply {function!r} is not one of softmax, sigmoid, none",
-                          param="parameters.function_to_apply")
+        raise bad_request(
+            "invalid_parameter",
+            f"function_to_apply {function!r} is not one of softmax, sigmoid, none",
+            param="parameters.function_to_apply",
+        )

@@ -86,16 +86,18 @@ def _chat_example(
     """Every assistant turn is learned; system, user and tool turns are context only."""
     last = max((k for k, m in enumerate(messages) if m["role"] == "assistant"), default=-1)
     if last < 0:
-        raise bad_request("invalid_input", "messages need an assistant turn to learn from",
-                          param="messages")
+        raise bad_request(
+            "invalid_input", "messages need an assistant turn to learn from", param="messages"
+        )
     ids = _render_ids(tokenizer, messages[: last + 1], generation_prompt=False, param="messages")
     labels = [IGNORE] * len(ids)
     for k, message in enumerate(messages[: last + 1]):
         if message["role"] != "assistant":
             continue
         start = len(_render_ids(tokenizer, messages[:k], generation_prompt=True, param="messages"))
-        through = _render_ids(tokenizer, messages[: k + 1], generation_prompt=False,
-                              param="messages")
+        through = _render_ids(
+            tokenizer, messages[: k + 1], generation_prompt=False, param="messages"
+        )
         if ids[: len(through)] != through or start > len(through):
             # Templates that rewrite earlier turns (e.g. drop past reasoning) have no stable
             # prefix, so which tokens belong to which turn is undefined.
@@ -109,12 +111,16 @@ def _chat_example(
 
 
 def _render_ids(
-    tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]], *,
-    generation_prompt: bool, param: str,
+    tokenizer: PreTrainedTokenizerBase,
+    messages: list[dict[str, str]],
+    *,
+    generation_prompt: bool,
+    param: str,
 ) -> list[int]:
     if not getattr(tokenizer, "chat_template", None):
-        raise bad_request("no_chat_template", "this base has no chat template; send plain prompts",
-                          param=param)
+        raise bad_request(
+            "no_chat_template", "this base has no chat template; send plain prompts", param=param
+        )
     if not messages:
         return []
     text = tokenizer.apply_chat_template(

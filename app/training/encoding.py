@@ -31,16 +31,21 @@ class Example:
 
 
 def encode_rows(
-    rows: list[dict[str, Any]], tokenizer: PreTrainedTokenizerBase, *, task: str,
-    labels: list[str], max_length: int,
+    rows: list[dict[str, Any]],
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    task: str,
+    labels: list[str],
+    max_length: int,
 ) -> list[Example]:
     """Tokenize rows and encode their labels for `task`."""
     index = {label: i for i, label in enumerate(labels)}
     out = []
     for row in rows:
         if task == TOKEN_CLASSIFICATION:
-            enc = tokenizer(row["tokens"], is_split_into_words=True, truncation=True,
-                            max_length=max_length)
+            enc = tokenizer(
+                row["tokens"], is_split_into_words=True, truncation=True, max_length=max_length
+            )
             tags = [IGNORE] * len(enc["input_ids"])
             word_ids = enc.word_ids()
             for position in word_starts(word_ids):
@@ -63,8 +68,9 @@ def _label(row: dict[str, Any], task: str, index: dict[str, int]) -> Any:
     return index[str(row["label"])]
 
 
-def token_lengths(rows: list[dict[str, Any]], tokenizer: PreTrainedTokenizerBase,
-                  *, task: str) -> list[int]:
+def token_lengths(
+    rows: list[dict[str, Any]], tokenizer: PreTrainedTokenizerBase, *, task: str
+) -> list[int]:
     """Untruncated token counts of a sample of rows, to pick max_length from the data."""
     sample = rows[:2000]
     if task == TOKEN_CLASSIFICATION:
@@ -73,18 +79,27 @@ def token_lengths(rows: list[dict[str, Any]], tokenizer: PreTrainedTokenizerBase
 
 
 def batches(
-    examples: list[Example], *, batch_size: int, shuffle: bool, seed: int, task: str,
-    pad_id: int, device: torch.device, by_length: bool = False,
+    examples: list[Example],
+    *,
+    batch_size: int,
+    shuffle: bool,
+    seed: int,
+    task: str,
+    pad_id: int,
+    device: torch.device,
+    by_length: bool = False,
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Padded batches. Training (`shuffle`) draws seeded batches of similar lengths; `by_length`
     (for callers whose labels travel with the batch) sorts by length; else the input order."""
-    for chunk in batch_order(examples, batch_size=batch_size, shuffle=shuffle, seed=seed,
-                             by_length=by_length):
+    for chunk in batch_order(
+        examples, batch_size=batch_size, shuffle=shuffle, seed=seed, by_length=by_length
+    ):
         yield collate([examples[i] for i in chunk], task=task, pad_id=pad_id, device=device)
 
 
-def batch_order(examples: list[Example], *, batch_size: int, shuffle: bool, seed: int,
-                by_length: bool = False) -> list[list[int]]:
+def batch_order(
+    examples: list[Example], *, batch_size: int, shuffle: bool, seed: int, by_length: bool = False
+) -> list[list[int]]:
     """Indices of each batch. Padding to the longest row of a batch wastes most of the compute
     on short-text data (SST-2: 13 tokens on average, batches padded to 40-56), so rows are
     grouped by length: shuffled, cut into spans of 50 batches, sorted by length inside a span,
@@ -106,8 +121,9 @@ def batch_order(examples: list[Example], *, batch_size: int, shuffle: bool, seed
     return out
 
 
-def collate(chunk: list[Example], *, task: str, pad_id: int,
-            device: torch.device) -> dict[str, torch.Tensor]:
+def collate(
+    chunk: list[Example], *, task: str, pad_id: int, device: torch.device
+) -> dict[str, torch.Tensor]:
     """Pad a list of examples into model inputs plus `labels`."""
     width = max(len(e.input_ids) for e in chunk)
     ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)

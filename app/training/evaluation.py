@@ -22,16 +22,30 @@ def primary_metric(task: str) -> str:
 
 @torch.no_grad()
 def predict_logits(
-    model: nn.Module, examples: list[Example], *, task: str, pad_id: int, device: torch.device,
-    batch_size: int, pause: Callable[[], None] | None = None,
+    model: nn.Module,
+    examples: list[Example],
+    *,
+    task: str,
+    pad_id: int,
+    device: torch.device,
+    batch_size: int,
+    pause: Callable[[], None] | None = None,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """(logits, labels) per batch, batches of similar lengths, with the model in eval mode;
     `pause` runs before each batch (the trainer's Ticker: it may raise to cancel)."""
     model.eval()
     out = []
     # Labels travel with their batch, so batches may follow length (less padding to compute).
-    for batch in batches(examples, batch_size=batch_size, shuffle=False, seed=0, task=task,
-                         pad_id=pad_id, device=device, by_length=True):
+    for batch in batches(
+        examples,
+        batch_size=batch_size,
+        shuffle=False,
+        seed=0,
+        task=task,
+        pad_id=pad_id,
+        device=device,
+        by_length=True,
+    ):
         if pause is not None:
             pause()
         labels = batch.pop("labels")
@@ -40,14 +54,22 @@ def predict_logits(
 
 
 def evaluate(
-    model: nn.Module, examples: list[Example], *, task: str, labels: list[str], pad_id: int,
-    device: torch.device, batch_size: int, pause: Callable[[], None] | None = None,
+    model: nn.Module,
+    examples: list[Example],
+    *,
+    task: str,
+    labels: list[str],
+    pad_id: int,
+    device: torch.device,
+    batch_size: int,
+    pause: Callable[[], None] | None = None,
 ) -> dict[str, float]:
     """The task's metrics over `examples`."""
     if not examples:
         return {}
-    pairs = predict_logits(model, examples, task=task, pad_id=pad_id, device=device,
-                           batch_size=batch_size, pause=pause)
+    pairs = predict_logits(
+        model, examples, task=task, pad_id=pad_id, device=device, batch_size=batch_size, pause=pause
+    )
     return metrics_from_logits(pairs, task=task, labels=labels)
 
 

@@ -43,8 +43,14 @@ METRIC = "loss"  # validation loss on completion tokens: lower is better
 
 
 def train_generation(
-    plan: TrainingPlan, *, base: Base, reporter: TrainingReporter, cancel: CancelToken,
-    max_rank: int, max_tokens: int, pause: Pause | None = None,
+    plan: TrainingPlan,
+    *,
+    base: Base,
+    reporter: TrainingReporter,
+    cancel: CancelToken,
+    max_rank: int,
+    max_tokens: int,
+    pause: Pause | None = None,
 ) -> TrainingOutcome:
     """Train one generation adapter; return the PEFT files of its best evaluation."""
     if plan.method not in METHODS:
@@ -55,8 +61,9 @@ def train_generation(
         )
     hp = parse_hyperparameters(plan.hyperparameters, max_rank=max_rank, max_tokens=max_tokens)
     lengths = [example_length(base.tokenizer, row) for row in plan.train_rows[:2000]]
-    hp = fill_defaults(hp, method=plan.method, rows=len(plan.train_rows), lengths=lengths,
-                       max_tokens=max_tokens)
+    hp = fill_defaults(
+        hp, method=plan.method, rows=len(plan.train_rows), lengths=lengths, max_tokens=max_tokens
+    )
     torch.manual_seed(hp.seed)
     length = hp.max_length or max_tokens
     train = [example_ids(base.tokenizer, row, max_length=length) for row in plan.train_rows]
@@ -66,7 +73,10 @@ def train_generation(
     best_state = loop.run(train, val or train[:64])
     model.load_state_dict(best_state, strict=False)
     return TrainingOutcome(
-        files=_save(model), metrics=loop.best_metrics, history=loop.history, best=loop.best,
+        files=_save(model),
+        metrics=loop.best_metrics,
+        history=loop.history,
+        best=loop.best,
         hyperparameters=hp.model_dump(),
     )
 
@@ -76,18 +86,29 @@ def wrap(view: nn.Module, method: str, hp: Hyperparameters) -> PeftModel:
     config: LoraConfig | PrefixTuningConfig
     if method == "lora":
         config = LoraConfig(
-            task_type=TaskType.CAUSAL_LM, r=hp.rank, lora_alpha=hp.alpha or 2 * hp.rank,  # type: ignore[arg-type]
-            lora_dropout=hp.dropout, target_modules=hp.target_modules,
+            task_type=TaskType.CAUSAL_LM,
+            r=hp.rank,
+            lora_alpha=hp.alpha or 2 * hp.rank,  # type: ignore[arg-type]
+            lora_dropout=hp.dropout,
+            target_modules=hp.target_modules,
         )
     else:
         # No projection MLP: the registry and the runtime take the key/values as they are.
-        config = PrefixTuningConfig(task_type=TaskType.CAUSAL_LM,
-                                    num_virtual_tokens=hp.num_virtual_tokens)
+        config = PrefixTuningConfig(
+            task_type=TaskType.CAUSAL_LM, num_virtual_tokens=hp.num_virtual_tokens
+        )
     return get_peft_model(view, config)
 
 
-def batches(examples: list[Example], *, batch_size: int, shuffle: bool, seed: int, pad_id: int,
-            device: torch.device) -> Iterator[dict[str, torch.Tensor]]:
+def batches(
+    examples: list[Example],
+    *,
+    batch_size: int,
+    shuffle: bool,
+    seed: int,
+    pad_id: int,
+    device: torch.device,
+) -> Iterator[dict[str, torch.Tensor]]:
     """Right-padded batches with labels; padding carries no loss and is masked."""
     order = list(range(len(examples)))
     if shuffle:
@@ -115,8 +136,15 @@ def _save(model: PeftModel) -> dict[str, bytes]:
 class _Loop:
     """Epochs of AdamW with warm-up and linear decay; evaluation; best state; early stop."""
 
-    def __init__(self, base: Base, model: PeftModel, hp: Hyperparameters,
-                 reporter: TrainingReporter, cancel: CancelToken, pause: Pause | None) -> None:
+    def __init__(
+        self,
+        base: Base,
+        model: PeftModel,
+        hp: Hyperparameters,
+        reporter: TrainingReporter,
+        cancel: CancelToken,
+        pause: Pause | None,
+    ) -> None:
         self.base, self.model, self.hp = base, model, hp
         self.reporter, self.cancel, self.pause = reporter, cancel, pause
         self.pad_id = int(base.tokenizer.pad_token_id or 0)
@@ -133,8 +161,14 @@ class _Loop:
         eval_every = hp.eval_every_steps or per_epoch
         best_state, step, stale = self._trainable_state(), 0, 0
         for epoch in range(epochs):
-            for batch in batches(train, batch_size=hp.batch_size, shuffle=True,
-                                 seed=hp.seed + epoch, pad_id=self.pad_id, device=self.base.device):
+            for batch in batches(
+                train,
+                batch_size=hp.batch_size,
+                shuffle=True,
+                seed=hp.seed + epoch,
+                pad_id=self.pad_id,
+                device=self.base.device,
+            ):
                 self._between_steps()
                 loss = self._step(batch, optimizer, scheduler)
                 step += 1
@@ -166,8 +200,9 @@ class _Loop:
         self, total: int
     ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
         params = [p for p in self.model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=self.hp.learning_rate or 1e-3,
-                                      weight_decay=self.hp.weight_decay)
+        optimizer = torch.optim.AdamW(
+            params, lr=self.hp.learning_rate or 1e-3, weight_decay=self.hp.weight_decay
+        )
         warmup = max(1, int(self.hp.warmup_ratio * total))
 
         def schedule(step: int) -> float:
@@ -177,8 +212,12 @@ class _Loop:
 
         return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
-    def _step(self, batch: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
-              scheduler: torch.optim.lr_scheduler.LambdaLR) -> float:
+    def _step(
+        self,
+        batch: dict[str, torch.Tensor],
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LambdaLR,
+    ) -> float:
         self.model.train()
         loss = self.model(**batch).loss
         loss.backward()
@@ -192,41 +231,64 @@ class _Loop:
 
     def _evaluate(self, val: list[Example], *, step: int, epoch: float) -> bool:
         """Record loss and teacher-forced token accuracy on completion tokens; True if best."""
-        metrics = evaluate(self.model, val, pad_id=self.pad_id, device=self.base.device,
-                           batch_size=max(self.hp.batch_size, 32), pause=self.pause)
+        metrics = evaluate(
+            self.model,
+            val,
+            pad_id=self.pad_id,
+            device=self.base.device,
+            batch_size=max(self.hp.batch_size, 32),
+            pause=self.pause,
+        )
         entry = {"step": step, "epoch": round(epoch, 3), **metrics}
         self.history.append(entry)
         self.reporter.event("evaluation", entry)
         if self.best and metrics[METRIC] >= self.best["value"]:
             return False
-        self.best = {"step": step, "epoch": round(epoch, 3), "metric": METRIC,
-                     "value": metrics[METRIC]}
+        self.best = {
+            "step": step,
+            "epoch": round(epoch, 3),
+            "metric": METRIC,
+            "value": metrics[METRIC],
+        }
         self.best_metrics = metrics
         return True
 
     def _trainable_state(self) -> dict[str, torch.Tensor]:
         return {
             name: copy.deepcopy(param.detach())
-            for name, param in self.model.named_parameters() if param.requires_grad
+            for name, param in self.model.named_parameters()
+            if param.requires_grad
         }
 
 
 @torch.no_grad()
-def evaluate(model: PeftModel, examples: list[Example], *, pad_id: int, device: torch.device,
-             batch_size: int, pause: Pause | None = None) -> dict[str, float]:
+def evaluate(
+    model: PeftModel,
+    examples: list[Example],
+    *,
+    pad_id: int,
+    device: torch.device,
+    batch_size: int,
+    pause: Pause | None = None,
+) -> dict[str, float]:
     """Mean loss per completion token and the share of them the model predicts (argmax)."""
     model.eval()
     loss_sum, right, count = 0.0, 0, 0
-    for batch in batches(examples, batch_size=batch_size, shuffle=False, seed=0, pad_id=pad_id,
-                         device=device):
+    for batch in batches(
+        examples, batch_size=batch_size, shuffle=False, seed=0, pad_id=pad_id, device=device
+    ):
         if pause is not None:
             pause()
-        logits = model(input_ids=batch["input_ids"],
-                       attention_mask=batch["attention_mask"]).logits[:, :-1].float()
+        logits = (
+            model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            .logits[:, :-1]
+            .float()
+        )
         labels = batch["labels"][:, 1:]
         keep = labels != IGNORE
-        loss_sum += float(torch.nn.functional.cross_entropy(
-            logits[keep], labels[keep], reduction="sum"))
+        loss_sum += float(
+            torch.nn.functional.cross_entropy(logits[keep], labels[keep], reduction="sum")
+        )
         right += int((logits.argmax(dim=-1)[keep] == labels[keep]).sum())
         count += int(keep.sum())
     return {"loss": loss_sum / max(count, 1), "token_accuracy": right / max(count, 1)}

@@ -30,8 +30,9 @@ def no_tick() -> None:
     """A Tick that never cancels."""
 
 
-def fit_head(x: np.ndarray, y: np.ndarray, *, task: str, rows: int, c: float = 1.0,
-             tick: Tick = no_tick) -> Head:
+def fit_head(
+    x: np.ndarray, y: np.ndarray, *, task: str, rows: int, c: float = 1.0, tick: Tick = no_tick
+) -> Head:
     """(weight [rows, features], bias [rows]) of a linear head fitted on frozen features."""
     mean = x.mean(axis=0)
     scale = x.std(axis=0)
@@ -41,8 +42,15 @@ def fit_head(x: np.ndarray, y: np.ndarray, *, task: str, rows: int, c: float = 1
     return weight, bias - weight @ mean
 
 
-def choose_c(x: np.ndarray, y: np.ndarray, *, task: str, rows: int, grid: Sequence[float],
-             tick: Tick = no_tick) -> float:
+def choose_c(
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    task: str,
+    rows: int,
+    grid: Sequence[float],
+    tick: Tick = no_tick,
+) -> float:
     """The strength of `grid` that scores best on a seeded fifth of the rows held out."""
     order = list(range(len(x)))
     random.Random(_SPLIT_SEED).shuffle(order)

@@ -60,12 +60,14 @@ def parse_hyperparameters(
         ) from exc
     if hp.rank > max_rank:
         raise bad_request(
-            "invalid_hyperparameter", f"rank {hp.rank} > max_rank {max_rank}",
+            "invalid_hyperparameter",
+            f"rank {hp.rank} > max_rank {max_rank}",
             param="hyperparameters.rank",
         )
     if hp.max_length is not None and hp.max_length > max_tokens:
         raise bad_request(
-            "invalid_hyperparameter", f"max_length {hp.max_length} > max_input_tokens {max_tokens}",
+            "invalid_hyperparameter",
+            f"max_length {hp.max_length} > max_input_tokens {max_tokens}",
             param="hyperparameters.max_length",
         )
     return hp
@@ -83,8 +85,9 @@ _MAX_EPOCHS = 20
 _MAX_EVAL_INTERVAL = 300
 
 
-def fill_defaults(hp: Hyperparameters, *, method: str, rows: int, lengths: list[int],
-                  max_tokens: int) -> Hyperparameters:
+def fill_defaults(
+    hp: Hyperparameters, *, method: str, rows: int, lengths: list[int], max_tokens: int
+) -> Hyperparameters:
     """Resolve what the user left unset from the method and the data (see README, "Training
     defaults"); fields the user gave are never changed."""
     given = hp.model_fields_set

@@ -101,8 +101,15 @@ def _pause_hook(pause: Pause) -> Callable[[torch.Tensor], None]:
 class TrainLoop:
     """One run over an adapter model; `run` returns the trainable state of the best evaluation."""
 
-    def __init__(self, plan: TrainingPlan, base: Base, model: nn.Module, hp: Hyperparameters,
-                 reporter: TrainingReporter, tick: Ticker) -> None:
+    def __init__(
+        self,
+        plan: TrainingPlan,
+        base: Base,
+        model: nn.Module,
+        hp: Hyperparameters,
+        reporter: TrainingReporter,
+        tick: Ticker,
+    ) -> None:
         self.plan, self.base, self.model, self.hp = plan, base, model, hp
         self.reporter, self.tick = reporter, tick
         self.history: list[dict[str, Any]] = []
@@ -126,17 +133,25 @@ class TrainLoop:
             self._evaluate(val, step=0, epoch=0.0)
         step = 0
         for epoch in range(math.ceil(plan.total / plan.per_epoch)):
-            for batch in batches(train, batch_size=self.hp.batch_size, shuffle=True,
-                                 seed=self.hp.seed + epoch, task=self.plan.task,
-                                 pad_id=self.pad_id, device=self.base.device):
+            for batch in batches(
+                train,
+                batch_size=self.hp.batch_size,
+                shuffle=True,
+                seed=self.hp.seed + epoch,
+                task=self.plan.task,
+                pad_id=self.pad_id,
+                device=self.base.device,
+            ):
                 self.tick()
                 loss = self._step(batch, optimizer, scheduler, step + 1)
                 step += 1
-                self.reporter.progress(step=step, total_steps=plan.total,
-                                       epoch=step / plan.per_epoch)
+                self.reporter.progress(
+                    step=step, total_steps=plan.total, epoch=step / plan.per_epoch
+                )
                 if step % self.hp.log_every_steps == 0 or step == 1:
-                    self.reporter.event("loss", {"step": step, "loss": loss,
-                                                 "lr": scheduler.get_last_lr()[0]})
+                    self.reporter.event(
+                        "loss", {"step": step, "loss": loss, "lr": scheduler.get_last_lr()[0]}
+                    )
                 if step % plan.eval_every == 0 or step == plan.total:
                     if self._evaluate(val, step=step, epoch=step / plan.per_epoch):
                         best_state = self._trainable_state()
@@ -149,8 +164,13 @@ class TrainLoop:
     def _should_stop(self, step: int) -> bool:
         patience = self.hp.early_stopping_patience
         if patience and self._stale >= patience:
-            self.reporter.event("info", {"message": f"early stop at step {step}: {patience} "
-                                         f"evaluations without a better {self.metric}"})
+            self.reporter.event(
+                "info",
+                {
+                    "message": f"early stop at step {step}: {patience} "
+                    f"evaluations without a better {self.metric}"
+                },
+            )
             return True
         return False
 
@@ -164,8 +184,10 @@ class TrainLoop:
                 # PEFT's name for a trained copy of the head; it learns faster (LP-FT).
                 (head if "modules_to_save" in name else body).append(param)
         optimizer = torch.optim.AdamW(
-            [{"params": body, "lr": self.hp.learning_rate},
-             {"params": head, "lr": self.hp.head_learning_rate}],
+            [
+                {"params": body, "lr": self.hp.learning_rate},
+                {"params": head, "lr": self.hp.head_learning_rate},
+            ],
             weight_decay=self.hp.weight_decay,
         )
         warmup = max(1, int(self.hp.warmup_ratio * total))
@@ -177,8 +199,13 @@ class TrainLoop:
 
         return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
-    def _step(self, batch: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
-              scheduler: torch.optim.lr_scheduler.LambdaLR, step: int) -> float:
+    def _step(
+        self,
+        batch: dict[str, torch.Tensor],
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LambdaLR,
+        step: int,
+    ) -> float:
         """One optimizer step over the batch, in micro-batches of at most `token_budget`
         tokens whose gradients add up to the whole batch's (each loss weighted by its share of
         the batch's labelled rows or tokens)."""
@@ -207,10 +234,16 @@ class TrainLoop:
 
     def _evaluate(self, val: list[Example], *, step: int, epoch: float) -> bool:
         """Evaluate, log, and keep the best; True when this evaluation is the new best."""
-        metrics = evaluation.evaluate(self.model, val, task=self.plan.task,
-                                      labels=self.plan.labels, pad_id=self.pad_id,
-                                      device=self.base.device,
-                                      batch_size=max(self.hp.batch_size, 64), pause=self.tick)
+        metrics = evaluation.evaluate(
+            self.model,
+            val,
+            task=self.plan.task,
+            labels=self.plan.labels,
+            pad_id=self.pad_id,
+            device=self.base.device,
+            batch_size=max(self.hp.batch_size, 64),
+            pause=self.tick,
+        )
         entry = {"step": step, "epoch": round(epoch, 3), **metrics}
         self.history.append(entry)
         self.reporter.event("evaluation", entry)
@@ -227,7 +260,8 @@ class TrainLoop:
     def _trainable_state(self) -> State:
         return {
             name: copy.deepcopy(param.detach())
-            for name, param in self.model.named_parameters() if param.requires_grad
+            for name, param in self.model.named_parameters()
+            if param.requires_grad
         }
 
 
@@ -242,8 +276,9 @@ def release_memory() -> None:
             ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-def micro_batches(batch: dict[str, torch.Tensor],
-                  budget: int | None) -> list[dict[str, torch.Tensor]]:
+def micro_batches(
+    batch: dict[str, torch.Tensor], budget: int | None
+) -> list[dict[str, torch.Tensor]]:
     """Row slices of a padded batch with at most `budget` tokens each, cut to their own
     longest row. Activation memory grows with the tokens of a forward; on a CPU box the
     allocator keeps the peak of a step resident for the rest of the process, so the peak is
@@ -259,8 +294,9 @@ def micro_batches(batch: dict[str, torch.Tensor],
         longest = int(part["attention_mask"].sum(dim=1).max())
         # Cut only the per-token tensors (a multi-label target may be as wide by chance), and
         # make them contiguous: the models `.view()` their labels.
-        parts.append({k: v[:, :longest].contiguous() if _per_token(k, v) else v
-                      for k, v in part.items()})
+        parts.append(
+            {k: v[:, :longest].contiguous() if _per_token(k, v) else v for k, v in part.items()}
+        )
     return parts
 
 
@@ -280,7 +316,8 @@ def _weight(batch: dict[str, torch.Tensor]) -> int:
 
 def _diverged(step: int, hp: Hyperparameters) -> SwitchyardError:
     return SwitchyardError(
-        400, "training_diverged",
+        400,
+        "training_diverged",
         f"the loss became NaN or infinite at step {step}; lower learning_rate "
         f"(it was {hp.learning_rate:g}) or leave it unset for the default",
         param="hyperparameters.learning_rate",
@@ -289,7 +326,8 @@ def _diverged(step: int, hp: Hyperparameters) -> SwitchyardError:
 
 def _out_of_memory(hp: Hyperparameters) -> SwitchyardError:
     return SwitchyardError(
-        400, "out_of_memory",
+        400,
+        "out_of_memory",
         f"a training batch did not fit in memory; lower batch_size (it was {hp.batch_size}) "
         f"or max_length (it was {hp.max_length})",
         param="hyperparameters.batch_size",

@@ -56,9 +56,11 @@ def wrap(view: nn.Module, method: str, hp: Hyperparameters, task: str, base: Bas
     task_type = TaskType.TOKEN_CLS if task == TOKEN_CLASSIFICATION else TaskType.SEQ_CLS
     if method == "lora":
         config: Any = LoraConfig(
-            task_type=task_type, r=hp.rank,
+            task_type=task_type,
+            r=hp.rank,
             lora_alpha=hp.alpha or 2 * hp.rank,  # type: ignore[arg-type]
-            lora_dropout=hp.dropout, target_modules=hp.target_modules,
+            lora_dropout=hp.dropout,
+            target_modules=hp.target_modules,
             modules_to_save=["classifier"],
         )
         return get_peft_model(view, config)
@@ -68,12 +70,15 @@ def wrap(view: nn.Module, method: str, hp: Hyperparameters, task: str, base: Bas
         return _prompt(view, hp, task_type, base)
     if method == "prefix":
         if base.kind != "encoder":
-            raise bad_request("unsupported_method", "prefix tuning needs an encoder base",
-                              param="method")
-        return PrefixModel(view, virtual=hp.num_virtual_tokens, task_type=task_type.value,
-                           base_path=str(base.path))
-    raise bad_request("unsupported_method", f"method {method!r} cannot be trained on this base",
-                      param="method")
+            raise bad_request(
+                "unsupported_method", "prefix tuning needs an encoder base", param="method"
+            )
+        return PrefixModel(
+            view, virtual=hp.num_virtual_tokens, task_type=task_type.value, base_path=str(base.path)
+        )
+    raise bad_request(
+        "unsupported_method", f"method {method!r} cannot be trained on this base", param="method"
+    )
 
 
 def _ia3_config(hp: Hyperparameters, task_type: TaskType) -> IA3Config:
@@ -83,17 +88,23 @@ def _ia3_config(hp: Hyperparameters, task_type: TaskType) -> IA3Config:
     targets = [hp.target_modules] if isinstance(hp.target_modules, str) else hp.target_modules
     # Dense projections out of a block are IA3's feed-forward modules: scaled on their input.
     feedforward = [t for t in targets if t.split(".")[-1] == "dense"]
-    return IA3Config(task_type=task_type, target_modules=targets,
-                     feedforward_modules=feedforward, modules_to_save=["classifier"])
+    return IA3Config(
+        task_type=task_type,
+        target_modules=targets,
+        feedforward_modules=feedforward,
+        modules_to_save=["classifier"],
+    )
 
 
-def _prompt(view: nn.Module, hp: Hyperparameters, task_type: TaskType,
-            base: Base) -> PeftModel | PromptTokenModel:
+def _prompt(
+    view: nn.Module, hp: Hyperparameters, task_type: TaskType, base: Base
+) -> PeftModel | PromptTokenModel:
     virtual = hp.num_virtual_tokens
     config = PromptTuningConfig(task_type=task_type, num_virtual_tokens=virtual)
     model: Any = get_peft_model(view, config)
-    _init_prompt(model.prompt_encoder[model.active_adapter].embedding.weight, view, base,
-                 seed=hp.seed)
+    _init_prompt(
+        model.prompt_encoder[model.active_adapter].embedding.weight, view, base, seed=hp.seed
+    )
     return PromptTokenModel(model, virtual) if task_type == TaskType.TOKEN_CLS else model
 
 

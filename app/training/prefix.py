@@ -46,9 +46,11 @@ class PrefixModel(nn.Module):
         self.model: Any = view
         self.router = PrefixRouter()
         if not patch_self_attention(view, self.router):
-            raise bad_request("unsupported_method",
-                              "prefix tuning needs an encoder base with BERT-style attention",
-                              param="method")
+            raise bad_request(
+                "unsupported_method",
+                "prefix tuning needs an encoder base with BERT-style attention",
+                param="method",
+            )
         self.layers, self.heads, self.head_dim = attention_geometry(view)
         self.virtual = virtual
         self.task_type = task_type
@@ -67,8 +69,10 @@ class PrefixModel(nn.Module):
         captured: list[torch.Tensor] = []
         hooks = [
             getattr(module, part).register_forward_hook(
-                lambda _m, _a, out: captured.append(out[0].detach()))
-            for module in self_attentions(self.model) for part in ("key", "value")
+                lambda _m, _a, out: captured.append(out[0].detach())
+            )
+            for module in self_attentions(self.model)
+            for part in ("key", "value")
         ]
         try:
             backbone(input_ids=ids, attention_mask=torch.ones_like(ids))
@@ -78,9 +82,13 @@ class PrefixModel(nn.Module):
         # captured: key, value per layer, each [virtual, hidden]
         return torch.cat(captured, dim=-1).float().clone()
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                token_type_ids: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None) -> Any:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> Any:
         rows, tokens = input_ids.shape
         grid = self.prompt_embeddings.view(self.virtual, self.layers, 2, self.heads, self.head_dim)
 
@@ -95,9 +103,13 @@ class PrefixModel(nn.Module):
             positions = positions.clamp(max=int(limit) - 1)
         self.router.batch = PrefixBatch(kv=kv, mask=additive_mask(valid, attention_mask, dtype))
         try:
-            return self.model(input_ids=input_ids, attention_mask=attention_mask,
-                              token_type_ids=token_type_ids,
-                              position_ids=positions.expand(rows, -1), labels=labels)
+            return self.model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                token_type_ids=token_type_ids,
+                position_ids=positions.expand(rows, -1),
+                labels=labels,
+            )
         finally:
             self.router.batch = None
 
@@ -106,11 +118,17 @@ class PrefixModel(nn.Module):
         folder = Path(folder)
         hidden = self.heads * self.head_dim
         config = {
-            "peft_type": "PREFIX_TUNING", "task_type": self.task_type,
-            "num_virtual_tokens": self.virtual, "num_layers": self.layers, "token_dim": hidden,
-            "num_attention_heads": self.heads, "encoder_hidden_size": hidden,
-            "prefix_projection": False, "num_transformer_submodules": 1,
-            "modules_to_save": ["classifier"], "inference_mode": True,
+            "peft_type": "PREFIX_TUNING",
+            "task_type": self.task_type,
+            "num_virtual_tokens": self.virtual,
+            "num_layers": self.layers,
+            "token_dim": hidden,
+            "num_attention_heads": self.heads,
+            "encoder_hidden_size": hidden,
+            "prefix_projection": False,
+            "num_transformer_submodules": 1,
+            "modules_to_save": ["classifier"],
+            "inference_mode": True,
             "base_model_name_or_path": self.base_path,
         }
         (folder / "adapter_config.json").write_text(json.dumps(config, indent=2))

@@ -40,9 +40,17 @@ _PROBE_LAYERS = 4  # linear_probe also tries the last four layers concatenated
 
 
 @torch.no_grad()
-def sentence_features(backbone: nn.Module, examples: list[Example], *, layers: list[int] | None,
-                      pooling: str, task: str, device: torch.device, pad_id: int,
-                      tick: Tick = _no_tick) -> np.ndarray:
+def sentence_features(
+    backbone: nn.Module,
+    examples: list[Example],
+    *,
+    layers: list[int] | None,
+    pooling: str,
+    task: str,
+    device: torch.device,
+    pad_id: int,
+    tick: Tick = _no_tick,
+) -> np.ndarray:
     """[rows, features] in the order of `examples`: the pooler (layers None) or pooled hidden
     states of `layers`. Batches of similar lengths (less padding), put back in order."""
     from app.runtime.engine import pool
@@ -55,8 +63,11 @@ def sentence_features(backbone: nn.Module, examples: list[Example], *, layers: l
         batch.pop("labels")
         out = backbone(**batch, output_hidden_states=layers is not None)
         if layers is None:
-            pooled = out.pooler_output if getattr(out, "pooler_output", None) is not None else (
-                out.last_hidden_state[:, 0])
+            pooled = (
+                out.pooler_output
+                if getattr(out, "pooler_output", None) is not None
+                else (out.last_hidden_state[:, 0])
+            )
         else:
             mask = batch["attention_mask"].unsqueeze(-1).to(out.last_hidden_state.dtype)
             pooled = torch.cat([pool(out.hidden_states[i], mask, pooling) for i in layers], dim=-1)
@@ -68,38 +79,62 @@ def sentence_features(backbone: nn.Module, examples: list[Example], *, layers: l
 
 
 @torch.no_grad()
-def token_batches(backbone: nn.Module, examples: list[Example], *, device: torch.device,
-                  pad_id: int, layers: list[int] | None = None, tick: Tick = _no_tick,
-                  ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def token_batches(
+    backbone: nn.Module,
+    examples: list[Example],
+    *,
+    device: torch.device,
+    pad_id: int,
+    layers: list[int] | None = None,
+    tick: Tick = _no_tick,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per batch: per-token features [rows, tokens, features] (the last layer, or `layers`
     concatenated, as the served probe reads them) and the tags (IGNORE where unlabelled)."""
     backbone.eval()
     out = []
     for chunk in batch_order(examples, batch_size=64, shuffle=False, seed=0, by_length=True):
         tick()
-        batch = collate([examples[i] for i in chunk], task=TOKEN_CLASSIFICATION, pad_id=pad_id,
-                        device=device)
+        batch = collate(
+            [examples[i] for i in chunk], task=TOKEN_CLASSIFICATION, pad_id=pad_id, device=device
+        )
         tags = batch.pop("labels")
         result = backbone(**batch, output_hidden_states=layers is not None)
-        hidden = result.last_hidden_state if layers is None else torch.cat(
-            [result.hidden_states[layer] for layer in layers], dim=-1)
+        hidden = (
+            result.last_hidden_state
+            if layers is None
+            else torch.cat([result.hidden_states[layer] for layer in layers], dim=-1)
+        )
         out.append((hidden.float().cpu(), tags.cpu()))
     return out
 
 
-def token_features(backbone: nn.Module, examples: list[Example], *, device: torch.device,
-                   pad_id: int, layers: list[int] | None = None,
-                   tick: Tick = _no_tick) -> tuple[np.ndarray, np.ndarray]:
+def token_features(
+    backbone: nn.Module,
+    examples: list[Example],
+    *,
+    device: torch.device,
+    pad_id: int,
+    layers: list[int] | None = None,
+    tick: Tick = _no_tick,
+) -> tuple[np.ndarray, np.ndarray]:
     """Features at labelled (first sub-token) positions, with their tags."""
-    pairs = token_batches(backbone, examples, device=device, pad_id=pad_id, layers=layers,
-                          tick=tick)
+    pairs = token_batches(
+        backbone, examples, device=device, pad_id=pad_id, layers=layers, tick=tick
+    )
     xs = [hidden[tags != IGNORE] for hidden, tags in pairs]
     ys = [tags[tags != IGNORE] for _hidden, tags in pairs]
     return torch.cat(xs).numpy(), torch.cat(ys).numpy()
 
 
-def init_head(view: nn.Module, *, base: Base, task: str, examples: list[Example],
-              hp: Hyperparameters, tick: Tick = _no_tick) -> None:
+def init_head(
+    view: nn.Module,
+    *,
+    base: Base,
+    task: str,
+    examples: list[Example],
+    hp: Hyperparameters,
+    tick: Tick = _no_tick,
+) -> None:
     """LP-FT: start the task head from a probe fitted on frozen features (of a sample of at
     most a few thousand rows), its regularisation picked on a held-out fifth."""
     backbone = getattr(view, base.prefix)
@@ -110,8 +145,16 @@ def init_head(view: nn.Module, *, base: Base, task: str, examples: list[Example]
         x, y = token_features(backbone, sample, device=base.device, pad_id=pad, tick=tick)
     else:
         sample = _sample(examples, _INIT_ROWS, hp.seed)
-        x = sentence_features(backbone, sample, layers=None, pooling="cls", task=task,
-                              device=base.device, pad_id=pad, tick=tick)
+        x = sentence_features(
+            backbone,
+            sample,
+            layers=None,
+            pooling="cls",
+            task=task,
+            device=base.device,
+            pad_id=pad,
+            tick=tick,
+        )
         y = np.asarray([e.label for e in sample])
     if task != REGRESSION and task != MULTI_LABEL and len(np.unique(y)) < 2:
         return  # one class only: nothing to separate, keep the random head
@@ -129,15 +172,24 @@ def _sample(examples: list[Example], limit: int, seed: int) -> list[Example]:
     return random.Random(seed).sample(examples, limit)
 
 
-def train_probe(plan: TrainingPlan, *, base: Base, hp: Hyperparameters, train: list[Example],
-                val: list[Example], reporter: TrainingReporter, tick: Ticker) -> TrainingOutcome:
+def train_probe(
+    plan: TrainingPlan,
+    *,
+    base: Base,
+    hp: Hyperparameters,
+    train: list[Example],
+    val: list[Example],
+    reporter: TrainingReporter,
+    tick: Ticker,
+) -> TrainingOutcome:
     """`linear_probe`: frozen pooled (or per-token) features of some layers, the head picked on
     validation among regularisation strengths and, unless `layers` was given, two layer sets."""
     backbone = getattr(build_view(base, task=plan.task, num_labels=1), base.prefix)
     candidates = _layer_candidates(plan.task, hp, base)
     with yielding(backbone, tick):
-        x_train, y_train, score = _probe_data(plan, base, hp, candidates[-1], backbone, train,
-                                              val, tick)
+        x_train, y_train, score = _probe_data(
+            plan, base, hp, candidates[-1], backbone, train, val, tick
+        )
     width = x_train.shape[1] // len(candidates[-1])  # features per layer
     rows = 1 if plan.task == REGRESSION else len(plan.labels)
     metric = evaluation.primary_metric(plan.task)
@@ -145,7 +197,8 @@ def train_probe(plan: TrainingPlan, *, base: Base, hp: Hyperparameters, train: l
     history = []
     total = len(candidates) * len(_PROBE_C_GRID)
     for step, (layers, c) in enumerate(
-            ((layers, c) for layers in candidates for c in _PROBE_C_GRID), start=1):
+        ((layers, c) for layers in candidates for c in _PROBE_C_GRID), start=1
+    ):
         # Candidates are prefixes of the last one: their features are its first columns.
         x = x_train[:, : width * len(layers)]
         weight, bias = fit_head(x, y_train, task=plan.task, rows=rows, c=c, tick=tick)
@@ -156,8 +209,16 @@ def train_probe(plan: TrainingPlan, *, base: Base, hp: Hyperparameters, train: l
         reporter.progress(step=step, total_steps=total, epoch=float(step))
         value = metrics.get(metric, 0.0)
         if not best or value > best["value"]:
-            best = {"step": step, "metric": metric, "value": value, "weight": weight,
-                    "bias": bias, "metrics": metrics, "layers": layers, "C": c}
+            best = {
+                "step": step,
+                "metric": metric,
+                "value": value,
+                "weight": weight,
+                "bias": bias,
+                "metrics": metrics,
+                "layers": layers,
+                "C": c,
+            }
     hp.layers = best["layers"]
     return _probe_outcome(base, hp, best, history)
 
@@ -173,33 +234,55 @@ def _layer_candidates(task: str, hp: Hyperparameters, base: Base) -> list[list[i
     return [[-1], deep] if len(deep) > 1 else [[-1]]
 
 
-def _probe_outcome(base: Base, hp: Hyperparameters, best: dict[str, Any],
-                   history: list[dict[str, Any]]) -> TrainingOutcome:
-    config = {"peft_type": "LINEAR_PROBE", "layers": hp.layers, "pooling": hp.pooling,
-              "task_type": "FEATURE_EXTRACTION", "base_model_name_or_path": str(base.path)}
-    tensors = {"classifier.weight": torch.as_tensor(best.pop("weight"), dtype=torch.float32),
-               "classifier.bias": torch.as_tensor(best.pop("bias"), dtype=torch.float32)}
+def _probe_outcome(
+    base: Base, hp: Hyperparameters, best: dict[str, Any], history: list[dict[str, Any]]
+) -> TrainingOutcome:
+    config = {
+        "peft_type": "LINEAR_PROBE",
+        "layers": hp.layers,
+        "pooling": hp.pooling,
+        "task_type": "FEATURE_EXTRACTION",
+        "base_model_name_or_path": str(base.path),
+    }
+    tensors = {
+        "classifier.weight": torch.as_tensor(best.pop("weight"), dtype=torch.float32),
+        "classifier.bias": torch.as_tensor(best.pop("bias"), dtype=torch.float32),
+    }
     return TrainingOutcome(
-        files={"adapter_config.json": json.dumps(config, indent=2).encode(),
-               "adapter_model.safetensors": save_safetensors(tensors)},
-        metrics=best.pop("metrics"), history=history, best=best, hyperparameters=hp.model_dump(),
+        files={
+            "adapter_config.json": json.dumps(config, indent=2).encode(),
+            "adapter_model.safetensors": save_safetensors(tensors),
+        },
+        metrics=best.pop("metrics"),
+        history=history,
+        best=best,
+        hyperparameters=hp.model_dump(),
     )
 
 
 Scorer = Callable[[np.ndarray, np.ndarray], dict[str, float]]
 
 
-def _probe_data(plan: TrainingPlan, base: Base, hp: Hyperparameters, layers: list[int],
-                backbone: nn.Module, train: list[Example], val: list[Example],
-                tick: Tick) -> tuple[np.ndarray, np.ndarray, Scorer]:
+def _probe_data(
+    plan: TrainingPlan,
+    base: Base,
+    hp: Hyperparameters,
+    layers: list[int],
+    backbone: nn.Module,
+    train: list[Example],
+    val: list[Example],
+    tick: Tick,
+) -> tuple[np.ndarray, np.ndarray, Scorer]:
     """Training features of `layers` and targets, and how a head fitted on (the first columns
     of) them scores on validation."""
     pad = int(base.tokenizer.pad_token_id or 0)
     if plan.task == TOKEN_CLASSIFICATION:
-        x, y = token_features(backbone, train, device=base.device, pad_id=pad, layers=layers,
-                              tick=tick)
-        val_batches = token_batches(backbone, val, device=base.device, pad_id=pad,
-                                    layers=layers, tick=tick)
+        x, y = token_features(
+            backbone, train, device=base.device, pad_id=pad, layers=layers, tick=tick
+        )
+        val_batches = token_batches(
+            backbone, val, device=base.device, pad_id=pad, layers=layers, tick=tick
+        )
 
         def score_tokens(weight: np.ndarray, bias: np.ndarray) -> dict[str, float]:
             w = torch.as_tensor(weight, dtype=torch.float32)
@@ -208,16 +291,23 @@ def _probe_data(plan: TrainingPlan, base: Base, hp: Hyperparameters, layers: lis
             return evaluation.metrics_from_logits(pairs, task=plan.task, labels=plan.labels)
 
         return x, y, score_tokens
-    x_train, x_val = [sentence_features(backbone, ex, layers=layers, pooling=hp.pooling,
-                                        task=plan.task, device=base.device, pad_id=pad,
-                                        tick=tick)
-                      for ex in (train, val)]
+    x_train, x_val = [
+        sentence_features(
+            backbone,
+            ex,
+            layers=layers,
+            pooling=hp.pooling,
+            task=plan.task,
+            device=base.device,
+            pad_id=pad,
+            tick=tick,
+        )
+        for ex in (train, val)
+    ]
     gold = torch.as_tensor(np.asarray([e.label for e in val]))
 
     def score(weight: np.ndarray, bias: np.ndarray) -> dict[str, float]:
-        logits = torch.as_tensor(x_val[:, : weight.shape[1]] @ weight.T + bias,
-                                 dtype=torch.float32)
-        return evaluation.metrics_from_logits([(logits, gold)], task=plan.task,
-                                              labels=plan.labels)
+        logits = torch.as_tensor(x_val[:, : weight.shape[1]] @ weight.T + bias, dtype=torch.float32)
+        return evaluation.metrics_from_logits([(logits, gold)], task=plan.task, labels=plan.labels)
 
     return x_train, np.asarray([e.label for e in train]), score

@@ -114,8 +114,10 @@ def _unknown_columns(row: Any) -> str:
     if "text" in columns:
         others = [c for c in columns if c not in ("text", "text_pair")]
         hint = f"; rename the label column ({', '.join(others)}?)" if others else ""
-        return (f"no label column: the row has {columns}, a label goes in 'label' "
-                f"(or 'labels', a list, for multi-label){hint}")
+        return (
+            f"no label column: the row has {columns}, a label goes in 'label' "
+            f"(or 'labels', a list, for multi-label){hint}"
+        )
     return f"no known columns (the row has {columns[:10]}); expected {_SHAPES}"
 
 

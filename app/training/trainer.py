@@ -26,31 +26,58 @@ from app.training.view import build_view
 
 
 def train(
-    plan: TrainingPlan, *, base: Base, reporter: TrainingReporter, cancel: CancelToken,
-    max_rank: int, max_tokens: int, pause: Pause | None = None,
+    plan: TrainingPlan,
+    *,
+    base: Base,
+    reporter: TrainingReporter,
+    cancel: CancelToken,
+    max_rank: int,
+    max_tokens: int,
+    pause: Pause | None = None,
     checkpoint_activations: bool = False,
 ) -> TrainingOutcome:
     """Train one adapter and return the PEFT files of its best evaluation."""
     try:
-        return _train(plan, base=base, reporter=reporter, cancel=cancel, max_rank=max_rank,
-                      max_tokens=max_tokens, pause=pause,
-                      checkpoint_activations=checkpoint_activations)
+        return _train(
+            plan,
+            base=base,
+            reporter=reporter,
+            cancel=cancel,
+            max_rank=max_rank,
+            max_tokens=max_tokens,
+            pause=pause,
+            checkpoint_activations=checkpoint_activations,
+        )
     finally:
         release_memory()
 
 
 def _train(
-    plan: TrainingPlan, *, base: Base, reporter: TrainingReporter, cancel: CancelToken,
-    max_rank: int, max_tokens: int, pause: Pause | None = None,
+    plan: TrainingPlan,
+    *,
+    base: Base,
+    reporter: TrainingReporter,
+    cancel: CancelToken,
+    max_rank: int,
+    max_tokens: int,
+    pause: Pause | None = None,
     checkpoint_activations: bool = False,
 ) -> TrainingOutcome:
     if plan.task == GENERATION:  # causal-LM loss on completions: its own module
-        return train_generation(plan, base=base, reporter=reporter, cancel=cancel,
-                                max_rank=max_rank, max_tokens=max_tokens, pause=pause)
+        return train_generation(
+            plan,
+            base=base,
+            reporter=reporter,
+            cancel=cancel,
+            max_rank=max_rank,
+            max_tokens=max_tokens,
+            pause=pause,
+        )
     hp = parse_hyperparameters(plan.hyperparameters, max_rank=max_rank, max_tokens=max_tokens)
     lengths = token_lengths(plan.train_rows, base.tokenizer, task=plan.task)
-    hp = fill_defaults(hp, method=plan.method, rows=len(plan.train_rows), lengths=lengths,
-                       max_tokens=max_tokens)
+    hp = fill_defaults(
+        hp, method=plan.method, rows=len(plan.train_rows), lengths=lengths, max_tokens=max_tokens
+    )
     torch.manual_seed(hp.seed)
     tick = Ticker(cancel, pause)
     encode = lambda rows: encode_rows(  # noqa: E731
@@ -58,12 +85,15 @@ def _train(
     )
     train_ex, val_ex = encode(plan.train_rows), encode(plan.validation_rows)
     if plan.method == "linear_probe":
-        return probe.train_probe(plan, base=base, hp=hp, train=train_ex, val=val_ex,
-                                 reporter=reporter, tick=tick)
+        return probe.train_probe(
+            plan, base=base, hp=hp, train=train_ex, val=val_ex, reporter=reporter, tick=tick
+        )
     view = build_view(base, task=plan.task, num_labels=head_rows(plan.task, plan.labels))
     if hp.head_init == "probe":
-        reporter.event("info", {"message": f"fitting the head on frozen features of "
-                                           f"{len(train_ex)} rows (LP-FT)"})
+        reporter.event(
+            "info",
+            {"message": f"fitting the head on frozen features of {len(train_ex)} rows (LP-FT)"},
+        )
         with yielding(view, tick):
             probe.init_head(view, base=base, task=plan.task, examples=train_ex, hp=hp, tick=tick)
     model = _wrap(view, plan.method, hp, plan.task, base)
@@ -81,13 +111,15 @@ def _train(
         best_state = loop.run(train_ex, val_ex, evaluate_start=hp.head_init == "probe")
     model.load_state_dict(best_state, strict=False)
     return TrainingOutcome(
-        files=_save(model), metrics=loop.best_metrics, history=loop.history, best=loop.best,
+        files=_save(model),
+        metrics=loop.best_metrics,
+        history=loop.history,
+        best=loop.best,
         hyperparameters=hp.model_dump(),
     )
 
 
-def _wrap(view: nn.Module, method: str, hp: Hyperparameters, task: str,
-          base: Base) -> AdapterModel:
+def _wrap(view: nn.Module, method: str, hp: Hyperparameters, task: str, base: Base) -> AdapterModel:
     """The method's trainable model over the view: PEFT's, or ours for prefix tuning."""
     return methods.wrap(view, method, hp, task, base)
 

@@ -57,14 +57,17 @@ def _factory(base: Base, task: str) -> Any:
     if base.kind == "decoder":
         if task != GENERATION:
             raise bad_request(
-                "unsupported_task", f"task {task!r} needs an encoder base; this one is a decoder",
+                "unsupported_task",
+                f"task {task!r} needs an encoder base; this one is a decoder",
                 param="task",
             )
         return AutoModelForCausalLM
     if task == GENERATION:
         raise bad_request("unsupported_task", "generation needs a decoder base", param="task")
-    return AutoModelForTokenClassification if task == TOKEN_CLASSIFICATION else (
-        AutoModelForSequenceClassification
+    return (
+        AutoModelForTokenClassification
+        if task == TOKEN_CLASSIFICATION
+        else (AutoModelForSequenceClassification)
     )
 
 

@@ -47,10 +47,18 @@ class _OpenAIRequest(BaseModel):
         """Our generation parameters; greedy unless a temperature > 0 is given."""
         if self.n != 1 or self.stream:
             field = "n" if self.n != 1 else "stream"
-            raise bad_request("unsupported_parameter", f"{field!r} is not supported; use n=1 and "
-                              "stream=false", param=field)
-        given = {"max_new_tokens": self.max_tokens, "temperature": self.temperature,
-                 "top_p": self.top_p, "stop": self.stop, "seed": self.seed}
+            raise bad_request(
+                "unsupported_parameter",
+                f"{field!r} is not supported; use n=1 and stream=false",
+                param=field,
+            )
+        given = {
+            "max_new_tokens": self.max_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "stop": self.stop,
+            "seed": self.seed,
+        }
         return {k: v for k, v in given.items() if v is not None}
 
 
@@ -75,8 +83,9 @@ async def predict_base(body: PredictRequest, runtime: RuntimeDep) -> dict[str, A
 
 
 @router.post("/v1/completions")
-async def completions(body: CompletionRequest, registry: RegistryDep,
-                      runtime: RuntimeDep, principal: PrincipalDep) -> dict[str, Any]:
+async def completions(
+    body: CompletionRequest, registry: RegistryDep, runtime: RuntimeDep, principal: PrincipalDep
+) -> dict[str, Any]:
     """OpenAI text completions; `model` names the adapter."""
     key = _adapter_key(registry, body.model, principal)
     prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
@@ -89,8 +98,9 @@ async def completions(body: CompletionRequest, registry: RegistryDep,
 
 
 @router.post("/v1/chat/completions")
-async def chat_completions(body: ChatCompletionRequest, registry: RegistryDep,
-                           runtime: RuntimeDep, principal: PrincipalDep) -> dict[str, Any]:
+async def chat_completions(
+    body: ChatCompletionRequest, registry: RegistryDep, runtime: RuntimeDep, principal: PrincipalDep
+) -> dict[str, Any]:
     """OpenAI chat completions through the base's chat template; `model` names the adapter."""
     key = _adapter_key(registry, body.model, principal)
     params = body.parameters()
@@ -98,8 +108,12 @@ async def chat_completions(body: ChatCompletionRequest, registry: RegistryDep,
         params["max_new_tokens"] = body.max_completion_tokens
     outputs = await _service(runtime).complete(key, [{"messages": body.messages}], params)
     choices = [
-        {"index": 0, "message": {"role": "assistant", "content": out.text},
-         "finish_reason": out.finish_reason, "logprobs": None}
+        {
+            "index": 0,
+            "message": {"role": "assistant", "content": out.text},
+            "finish_reason": out.finish_reason,
+            "logprobs": None,
+        }
         for out in outputs
     ]
     return _envelope("chatcmpl", "chat.completion", key, choices, outputs)
@@ -119,14 +133,16 @@ def _adapter_key(registry: Registry, model: str | None, principal: Principal) ->
     meta = registry.meta(check_name(model))
     if meta.get("task") != GENERATION:
         raise bad_request(
-            "unsupported_task", f"adapter {model!r} is a {meta.get('task')} adapter, not "
-            "generation", param="model",
+            "unsupported_task",
+            f"adapter {model!r} is a {meta.get('task')} adapter, not generation",
+            param="model",
         )
     return (model, int(meta["version"]))
 
 
-def _envelope(prefix: str, kind: str, key: Key | None, choices: list[dict[str, Any]],
-              outputs: list[GenOutput]) -> dict[str, Any]:
+def _envelope(
+    prefix: str, kind: str, key: Key | None, choices: list[dict[str, Any]], outputs: list[GenOutput]
+) -> dict[str, Any]:
     prompt = sum(out.prompt_tokens for out in outputs)
     completion = sum(len(out.token_ids) for out in outputs)
     return {
@@ -135,6 +151,9 @@ def _envelope(prefix: str, kind: str, key: Key | None, choices: list[dict[str, A
         "created": int(time.time()),
         "model": key[0] if key else BASE_LABEL,
         "choices": choices,
-        "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
-                  "total_tokens": prompt + completion},
+        "usage": {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        },
     }

@@ -27,6 +27,7 @@ from app.errors import bad_request
 from app.tasks import GENERATION
 from app.tasks.generation import IGNORE, example_ids, example_length
 from app.training.hyperparameters import Hyperparameters, fill_defaults, parse_hyperparameters
+from app.training.loop import trim_heap
 from app.training.types import (
     CancelToken,
     TrainingCancelled,
@@ -227,6 +228,7 @@ class _Loop:
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+        trim_heap()  # what the step freed goes back to the OS, not kept until the job ends
         return float(loss.detach())
 
     def _evaluate(self, val: list[Example], *, step: int, epoch: float) -> bool:

@@ -13,6 +13,7 @@ from transformers import modeling_utils
 
 from app.base import BaseModel as Base
 from app.registry.store import WEIGHTS_FILE
+from app.training import loop
 from app.training.trainer import train
 from app.training.types import CancelToken
 from tests.unit.training.test_trainer import Recorder, make_plan
@@ -50,3 +51,15 @@ def test_the_base_is_left_without_checkpointing(tiny_base: Base) -> None:
     train(make_plan("lora", epochs=1), base=tiny_base, reporter=Recorder(), cancel=CancelToken(),
           max_rank=64, max_tokens=64, checkpoint_activations=True)
     assert not tiny_base.model.is_gradient_checkpointing
+
+
+def test_the_heap_is_trimmed_after_every_step(
+    tiny_base: Base, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a step freed goes back to the OS between steps (and once more at the end)."""
+    trims = []
+    monkeypatch.setattr(loop, "trim_heap", lambda: trims.append(1))
+    reporter = Recorder()
+    train(make_plan("lora", epochs=1), base=tiny_base, reporter=reporter, cancel=CancelToken(),
+          max_rank=64, max_tokens=64)
+    assert len(trims) >= max(reporter.steps) == 4

@@ -73,6 +73,7 @@ class Result:
     extra: dict[str, Any] = field(default_factory=dict)
     # Optimizer steps and evaluations only, from the job's event times (no probe, no set-up).
     train_per_epoch: float | None = None
+    command: str | None = None  # the bench command line that produced this result
 
     @property
     def per_epoch(self) -> float | None:
@@ -167,6 +168,7 @@ def run_dataset(server: LiveServer, key: str, args: argparse.Namespace, work: Pa
 
 
 def _report(result: Result, args: argparse.Namespace) -> None:
+    result.command = result.command or quality_eval.command_line()
     print(json.dumps(asdict(result) | {"per_epoch": result.per_epoch}), flush=True)
     if args.out:
         with open(args.out, "a", encoding="utf-8") as handle:

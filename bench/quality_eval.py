@@ -100,14 +100,20 @@ def train_seconds_per_epoch(server: LiveServer, job: dict[str, Any]) -> float | 
     return (last_t - first_t).total_seconds() / epochs if epochs > 0 else None
 
 
+def command_line() -> str:
+    """How this process was started, as a `python3 -m bench...` line."""
+    return "python3 -m bench." + " ".join(shlex.quote(a) for a in
+                                          [sys.argv[0].rsplit("/", 1)[-1][:-3], *sys.argv[1:]])
+
+
 def readme_section(table: str, args: argparse.Namespace, results: list[Any]) -> str:
-    """bench/README.md's section for this benchmark: command, machine, table, LoRA vs full FT."""
-    command = "python3 -m bench." + " ".join(shlex.quote(a) for a in
-                                             [sys.argv[0].rsplit("/", 1)[-1][:-3], *sys.argv[1:]])
+    """bench/README.md's section for this benchmark: commands, machine, table, LoRA vs full FT
+    (at equal rows). With --from-results the commands are those the results were made by."""
+    commands = list(dict.fromkeys(r.command for r in results if r.command)) or [command_line()]
     ratios = []
     for r in results:
         if r.method == "lora" and r.train_per_epoch:
-            ft = next((f for f in results if f.dataset == r.dataset
+            ft = next((f for f in results if f.dataset == r.dataset and f.rows == r.rows
                        and f.method == "full fine-tune" and f.train_per_epoch), None)
             if ft:
                 ratios.append(f"{r.dataset}: LoRA {r.train_per_epoch:.0f} s/epoch, full "
@@ -119,7 +125,7 @@ def readme_section(table: str, args: argparse.Namespace, results: list[Any]) -> 
         f"Run {time.strftime('%Y-%m-%d')} on {platform.machine()} "
         f"({args.__dict__.get('machine') or 'CPU only'}):",
         "",
-        "```", command, "```", "", table, "",
+        "```", *commands, "```", "", table, "",
         "Training time per epoch (optimizer steps and the evaluations between them; the "
         "job's set-up and LP-FT probe are in `job s`):", "",
         *[f"- {line}" for line in ratios],

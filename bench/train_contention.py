@@ -168,6 +168,9 @@ def report(server: LiveServer, sampler: RssSampler, work: Path, args: argparse.N
         print(f"RSS peak {phase:>8}: {peak / 2**20:5.0f} MiB = idle {idle_rss / 2**20:.0f} MiB "
               f"+{(peak - idle_rss) / 2**20:.0f} MiB ({(peak - idle_rss) / base_bytes:.2f}x the "
               f"base)")
+    held = statistics.median(sampler.samples["training"] or [int(idle_rss)])
+    print(f"RSS median training: {held / 2**20:.0f} MiB = idle +{(held - idle_rss) / 2**20:.0f} "
+          f"MiB ({(held - idle_rss) / base_bytes:.2f}x the base; the heap is trimmed each step)")
 
 
 def _p90(values: list[float]) -> float:

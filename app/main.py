@@ -111,6 +111,7 @@ def _start(app: FastAPI, settings: Settings, base: Base | None) -> None:
             max_rank=rank,
             max_tokens=tokens,
             checkpoint_activations=settings.checkpoint_activations,
+            micro_batch_tokens=settings.train_micro_batch_tokens,
         ),
         register_fn=registry.register,
         check_hyperparameters=functools.partial(

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 MIB = 1024 * 1024
-CONFIGS = [(512, False), (512, True), (128, False), (128, True)]
+CONFIGS = [(None, False), (None, True), (512, False), (512, True), (128, False), (128, True)]
 
 
 def rss() -> int:
@@ -30,14 +30,13 @@ def rss() -> int:
         return int(handle.read().split()[1]) * 4096
 
 
-def one_run(budget: int, recompute: bool, steps: int, rows: int) -> dict[str, Any]:
+def one_run(budget: int | None, recompute: bool, steps: int, rows: int) -> dict[str, Any]:
     """Train in this process; the measurements as a dict."""
     from app.base import load_base
     from app.config import Settings
-    from app.training import loop, trainer
+    from app.training import trainer
     from app.training.types import CancelToken, TrainingPlan
 
-    loop.CPU_TOKEN_BUDGET = budget  # the trainer reads it when a run starts
     base = load_base(Settings())
     data = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "sst2" / "train.jsonl"
     lines = data.read_text().splitlines()
@@ -59,7 +58,8 @@ def one_run(budget: int, recompute: bool, steps: int, rows: int) -> dict[str, An
     thread.start()
     reporter = _Steps()
     trainer.train(plan, base=base, reporter=reporter, cancel=CancelToken(), max_rank=64,
-                  max_tokens=512, checkpoint_activations=recompute)
+                  max_tokens=512, checkpoint_activations=recompute,
+                  micro_batch_tokens=budget)
     stop.set()
     thread.join()
     base_bytes = sum(p.numel() * p.element_size() for p in base.model.parameters())
@@ -95,13 +95,14 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         budget, recompute = args.child.split(",")
-        print(json.dumps(one_run(int(budget), recompute == "1", args.steps, args.rows)))
+        tokens = int(budget) if budget != "whole" else None
+        print(json.dumps(one_run(tokens, recompute == "1", args.steps, args.rows)))
         return
     results = []
     for budget, recompute in CONFIGS:
         out = subprocess.run(
             [sys.executable, "-m", "bench.train_memory", "--steps", str(args.steps), "--rows",
-             str(args.rows), "--child", f"{budget},{int(recompute)}"],
+             str(args.rows), "--child", f"{budget or 'whole'},{int(recompute)}"],
             check=True, capture_output=True, text=True,
         ).stdout.strip().splitlines()[-1]
         results.append(json.loads(out))
@@ -111,7 +112,7 @@ def main() -> None:
     print("| micro-batch tokens | recompute | RSS growth MiB | x base | s/step | x first |")
     print("| ---: | --- | ---: | ---: | ---: | ---: |")
     for r in results:
-        print(f"| {r['budget']} | {r['recompute']} | {r['growth_mib']:.0f} | "
+        print(f"| {r['budget'] or 'whole batch'} | {r['recompute']} | {r['growth_mib']:.0f} | "
               f"{r['growth_mib'] / r['base_mib']:.2f} | {r['s_per_step']:.3f} | "
               f"{r['s_per_step'] / first['s_per_step']:.2f} |")
 

@@ -35,6 +35,7 @@ def train(
     max_tokens: int,
     pause: Pause | None = None,
     checkpoint_activations: bool = False,
+    micro_batch_tokens: int | None = None,
 ) -> TrainingOutcome:
     """Train one adapter and return the PEFT files of its best evaluation."""
     try:
@@ -47,6 +48,7 @@ def train(
             max_tokens=max_tokens,
             pause=pause,
             checkpoint_activations=checkpoint_activations,
+            micro_batch_tokens=micro_batch_tokens,
         )
     finally:
         release_memory()
@@ -62,6 +64,7 @@ def _train(
     max_tokens: int,
     pause: Pause | None = None,
     checkpoint_activations: bool = False,
+    micro_batch_tokens: int | None = None,
 ) -> TrainingOutcome:
     if plan.task == GENERATION:  # causal-LM loss on completions: its own module
         return train_generation(
@@ -106,7 +109,7 @@ def _train(
         view.activation_checkpointing_enable(
             activation_checkpointing_kwargs={"use_reentrant": False}
         )
-    loop = TrainLoop(plan, base, model, hp, reporter, tick)
+    loop = TrainLoop(plan, base, model, hp, reporter, tick, token_budget=micro_batch_tokens)
     with yielding(model, tick):
         best_state = loop.run(train_ex, val_ex, evaluate_start=hp.head_init == "probe")
     model.load_state_dict(best_state, strict=False)

@@ -1,5 +1,6 @@
-"""Activation checkpointing changes memory, not arithmetic: every method trains to the same
-weights with and without it (dropout draws are replayed in the recomputation)."""
+"""Training's memory options: activation checkpointing changes memory, not arithmetic (every
+method trains to the same weights, dropout draws are replayed in the recomputation);
+micro-batches reach the loop when set; the heap is trimmed after every step."""
 
 from __future__ import annotations
 
@@ -63,3 +64,21 @@ def test_the_heap_is_trimmed_after_every_step(
     train(make_plan("lora", epochs=1), base=tiny_base, reporter=reporter, cancel=CancelToken(),
           max_rank=64, max_tokens=64)
     assert len(trims) >= max(reporter.steps) == 4
+
+
+@pytest.mark.parametrize("tokens", [None, 16])
+def test_micro_batch_tokens_reach_the_loop(
+    tiny_base: Base, monkeypatch: pytest.MonkeyPatch, tokens: int | None
+) -> None:
+    budgets = []
+    real = loop.micro_batches
+
+    def spy(batch: dict[str, torch.Tensor], budget: int | None) -> list[dict[str, torch.Tensor]]:
+        budgets.append(budget)
+        return real(batch, budget)
+
+    monkeypatch.setattr(loop, "micro_batches", spy)
+    outcome = train(make_plan("lora", epochs=1), base=tiny_base, reporter=Recorder(),
+                    cancel=CancelToken(), max_rank=64, max_tokens=64, micro_batch_tokens=tokens)
+    assert budgets and set(budgets) == {tokens}
+    assert outcome.best["step"] >= 0

@@ -99,6 +99,10 @@ def load_json(
         raise bad_request(
             "invalid_json", f"{what} is not valid JSON: {_describe(exc)}", param=param
         ) from exc
+    except ValueError as exc:  # an integer past Python's 4300-digit conversion limit
+        raise bad_request(
+            "invalid_json", f"{what} holds an integer longer than 4300 digits", param=param
+        ) from exc
     return check_tree(obj, param=param, max_depth=max_depth)
 
 

@@ -7,7 +7,6 @@ dtypes, sizes that match shapes), JSON rejects duplicate keys, and nothing here 
 
 from __future__ import annotations
 
-import json
 import math
 import struct
 from typing import Any
@@ -17,6 +16,7 @@ import torch
 from safetensors.torch import load as load_safetensors
 
 from app.errors import SwitchyardError, bad_request
+from app.untrusted import load_json
 
 # Dtypes an adapter may carry. Integer or bool tensors have no business in adapter weights.
 _DTYPE_SIZES = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8}
@@ -33,25 +33,9 @@ def too_large(what: str, size: int, limit: int, param: str) -> SwitchyardError:
 
 
 def parse_json_object(data: bytes, *, what: str, param: str) -> dict[str, Any]:
-    """Strict JSON: UTF-8, an object at the top, no duplicate keys, no NaN literals."""
-
-    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        obj = dict(pairs)
-        if len(obj) != len(pairs):
-            keys = [k for k, _ in pairs]
-            dupes = sorted({k for k in keys if keys.count(k) > 1})
-            raise bad_request("invalid_json", f"{what} repeats keys {dupes}", param=param)
-        return obj
-
-    def no_constants(token: str) -> Any:
-        raise bad_request("invalid_json", f"{what} contains {token}", param=param)
-
-    try:
-        obj = json.loads(
-            data.decode("utf-8"), object_pairs_hook=no_duplicates, parse_constant=no_constants
-        )
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise bad_request("invalid_json", f"{what} is not valid JSON: {exc}", param=param) from exc
+    """Strict JSON: UTF-8 text, an object at the top, no duplicate keys, no NaN literals,
+    bounded nesting (`app.untrusted.load_json`): every failure is a 400 naming `param`."""
+    obj = load_json(data, what=what, param=param, reject_duplicate_keys=True)
     if not isinstance(obj, dict):
         raise bad_request("invalid_json", f"{what} must be a JSON object", param=param)
     return obj

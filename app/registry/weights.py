@@ -10,13 +10,15 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from app.base import BaseModel as Base
 from app.errors import bad_request
+from app.registry.finite import as_float32, fold_lora_scale
+from app.registry.patterns import compile_patterns
 from app.tasks import TASKS, head_rows
 
 Method = Literal["lora", "prefix", "prompt", "ia3", "linear_probe"]
@@ -32,6 +34,11 @@ _CONFIG = "adapter_config.json"
 _WEIGHTS = "adapter_model.safetensors"
 
 
+# A LoRA scale: finite and positive (JSON's 1e999 parses to inf, and 10**400 has no float).
+Alpha = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+Rank = Annotated[int, Field(ge=1)]
+
+
 class _Strict(BaseModel):
     # PEFT adds fields every release, so unknown keys pass; the ones we act on are strict.
     model_config = ConfigDict(extra="allow", strict=True)
@@ -40,13 +47,13 @@ class _Strict(BaseModel):
 class LoraConfigSpec(_Strict):
     peft_type: Literal["LORA"]
     r: int = Field(ge=1)
-    lora_alpha: float | int = Field(gt=0)
+    lora_alpha: Alpha
     use_rslora: bool = False
     use_dora: Literal[False] = False
     fan_in_fan_out: Literal[False] = False
     bias: Literal["none"] = "none"
-    rank_pattern: dict[str, int] = Field(default_factory=dict)
-    alpha_pattern: dict[str, float | int] = Field(default_factory=dict)
+    rank_pattern: dict[str, Rank] = Field(default_factory=dict)
+    alpha_pattern: dict[str, Alpha] = Field(default_factory=dict)
     layer_replication: None = None
 
 
@@ -125,10 +132,11 @@ def build_weights(
             f"peft_type {peft_type!r} is not one of {sorted(PEFT_TYPES)}",
             param=_CONFIG,
         )
-    tensors = {_normalise_key(k): v for k, v in tensors.items()}
-    head_keys = {k for k in tensors if k.split(".")[0] in HEAD_MODULES}
-    body = {k: v for k, v in tensors.items() if k not in head_keys}
+    tensors = _normalised(tensors)
+    head_module, head = _split_head(tensors)
+    body = {k: v for k, v in tensors.items() if k.split(".")[0] not in HEAD_MODULES}
     weights = AdapterWeights(method=method, task=task, labels=labels, config=config)
+    runtime = base.dtype
     in_features = base.hidden_size
     if method == "lora":
         _parse_lora(_spec(LoraConfigSpec, config), body, base, weights, max_rank=max_rank)
@@ -138,13 +146,55 @@ def build_weights(
         _parse_ia3(_spec(IA3ConfigSpec, config), body, base, weights)
     elif method == "prompt":
         spec = _spec(PromptConfigSpec, config)
-        weights.prompt = _virtual(body, spec.num_virtual_tokens, base.hidden_size)
+        prompt = _virtual(body, spec.num_virtual_tokens, base.hidden_size)
+        weights.prompt = as_float32(
+            prompt, runtime_dtype=runtime, what="prompt_embeddings", param=_WEIGHTS
+        )
     else:
         spec = _spec(PrefixConfigSpec, config)
         weights.prefix = _parse_prefix(spec, body, base)
-    head = {k.split(".", 1)[1]: tensors[k] for k in head_keys}
-    weights.head = _check_head(head, task=task, labels=labels, in_features=in_features)
+    weights.head = _check_head(
+        head, module=head_module, task=task, labels=labels, in_features=in_features
+    )
     return weights
+
+
+def _normalised(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Keys without PEFT's wrappers; two keys naming one tensor are refused, not resolved by
+    whichever the file happened to list last."""
+    out: dict[str, torch.Tensor] = {}
+    original: dict[str, str] = {}
+    for key in sorted(tensors):
+        short = _normalise_key(key)
+        if short in original:
+            raise bad_request(
+                "duplicate_tensor",
+                f"tensors {original[short]!r} and {key!r} both name {short!r}",
+                param=_WEIGHTS,
+            )
+        original[short] = key
+        out[short] = tensors[key]
+    return out
+
+
+def _split_head(tensors: dict[str, torch.Tensor]) -> tuple[str, dict[str, torch.Tensor]]:
+    """The head's module name and its tensors by parameter name. Two head modules (both
+    `classifier.*` and `score.*`) are ambiguous: refused, naming a key of each, so the outcome
+    never depends on set or file order."""
+    modules = sorted({k.split(".")[0] for k in tensors} & set(HEAD_MODULES))
+    if len(modules) > 1:
+        keys = [min(k for k in tensors if k.split(".")[0] == m) for m in modules]
+        raise bad_request(
+            "invalid_head",
+            f"the adapter holds two heads, {keys[0]!r} and {keys[1]!r}; keep one",
+            param=_WEIGHTS,
+        )
+    if not modules:
+        return HEAD_MODULES[0], {}
+    module = modules[0]
+    return module, {
+        k.partition(".")[2]: v for k, v in sorted(tensors.items()) if k.split(".")[0] == module
+    }
 
 
 def _spec(model: type[_Strict], config: dict[str, Any]) -> Any:
@@ -188,8 +238,10 @@ def _parse_lora(
         pairs.setdefault(match[1], {})[match[2]] = tensor
     if not pairs:
         raise bad_request("empty_adapter", "the adapter holds no LoRA weights", param=_WEIGHTS)
+    ranks = compile_patterns("rank_pattern", spec.rank_pattern)
+    alphas = compile_patterns("alpha_pattern", spec.alpha_pattern)
     for module_key, ab in sorted(pairs.items()):
-        path = base.module_path(module_key)
+        path = _module_path(base, module_key, weights.lora)
         if path not in base.linear_shapes:
             raise bad_request(
                 "unknown_module",
@@ -201,21 +253,36 @@ def _parse_lora(
             raise bad_request(
                 "incomplete_lora", f"module {module_key!r} lacks lora_A or lora_B", param=_WEIGHTS
             )
-        weights.lora[path] = _lora_pair(spec, path, ab["A"], ab["B"], base, max_rank=max_rank)
+        rank = int(ranks.value_for(path, spec.r))
+        alpha = float(alphas.value_for(path, spec.lora_alpha))
+        weights.lora[path] = _lora_pair(
+            spec, path, ab, base, rank=rank, alpha=alpha, max_rank=max_rank
+        )
         weights.rank = max(weights.rank, ab["A"].shape[0])
+
+
+def _module_path(base: Base, key: str, seen: dict[str, Any]) -> str:
+    """The backbone path `key` targets; a second key for one path is refused, naming it."""
+    path = base.module_path(key)
+    if path in seen:
+        raise bad_request(
+            "duplicate_tensor", f"two tensor groups target module {path!r}", param=_WEIGHTS
+        )
+    return path
 
 
 def _lora_pair(
     spec: LoraConfigSpec,
     path: str,
-    a: torch.Tensor,
-    b: torch.Tensor,
+    ab: dict[str, torch.Tensor],
     base: Base,
     *,
+    rank: int,
+    alpha: float,
     max_rank: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    a, b = ab["A"], ab["B"]
     d_in, d_out = base.linear_shapes[path]
-    rank = _pattern_value(spec.rank_pattern, path, spec.r)
     if rank > max_rank:
         raise bad_request(
             "rank_too_large", f"rank {rank} of {path!r} > max_rank {max_rank}", param="r"
@@ -236,22 +303,19 @@ def _lora_pair(
             f"A ({rank}, {d_in}) and B ({d_out}, {rank})",
             param=_WEIGHTS,
         )
-    alpha = float(_pattern_value(spec.alpha_pattern, path, spec.lora_alpha))
     scale = alpha / math.sqrt(rank) if spec.use_rslora else alpha / rank
-    return a.to(torch.float32).contiguous(), (b.to(torch.float32) * scale).contiguous()
-
-
-def _pattern_value(patterns: dict[str, Any], path: str, default: Any) -> Any:
-    """PEFT's rule: a pattern key matches a module whose name ends with it."""
-    for key, value in patterns.items():
-        if re.match(rf"(.*\.)?({key})$", path):
-            return value
-    return default
+    runtime = base.dtype
+    a32 = as_float32(a, runtime_dtype=runtime, what=f"lora_A of {path!r}", param=_WEIGHTS)
+    b32 = fold_lora_scale(
+        b, scale, runtime_dtype=runtime, what=f"lora_B of {path!r}", config_param=_CONFIG
+    )
+    return a32, b32
 
 
 def _check_head(
     head: dict[str, torch.Tensor],
     *,
+    module: str,
     task: str,
     labels: list[str],
     in_features: int,
@@ -268,7 +332,7 @@ def _check_head(
     if weight is None or set(head) - {"weight", "bias"}:
         raise bad_request(
             "invalid_head",
-            f"task {task!r} needs a head 'classifier.weight' [{rows}, {width}] (+ bias); "
+            f"task {task!r} needs a head '{module}.weight' [{rows}, {width}] (+ bias); "
             f"found {sorted(head)}",
             param=_WEIGHTS,
         )
@@ -279,9 +343,13 @@ def _check_head(
             f"over {width} features",
             param=_WEIGHTS,
         )
-    out = {"weight": weight.to(torch.float32).contiguous()}
-    out["bias"] = (bias if bias is not None else torch.zeros(rows)).to(torch.float32).contiguous()
-    return out
+    # The head runs in float32 whatever the base's dtype (see the engine's decode).
+    f32 = torch.float32
+    bias = bias if bias is not None else torch.zeros(rows)
+    return {
+        "weight": as_float32(weight, runtime_dtype=f32, what=f"{module}.weight", param=_WEIGHTS),
+        "bias": as_float32(bias, runtime_dtype=f32, what=f"{module}.bias", param=_WEIGHTS),
+    }
 
 
 def _parse_probe(
@@ -322,7 +390,7 @@ def _virtual(body: dict[str, torch.Tensor], tokens: int, width: int) -> torch.Te
             f"prompt_embeddings {tuple(emb.shape)} != ({tokens}, {width}) for this base",
             param=_WEIGHTS,
         )
-    return emb.to(torch.float32).contiguous()
+    return emb
 
 
 def _parse_prefix(
@@ -333,7 +401,12 @@ def _parse_prefix(
     heads = int(getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads)
     head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
     layers = base.num_layers
-    emb = _virtual(body, spec.num_virtual_tokens, layers * 2 * heads * head_dim)
+    emb = as_float32(
+        _virtual(body, spec.num_virtual_tokens, layers * 2 * heads * head_dim),
+        runtime_dtype=base.dtype,
+        what="prompt_embeddings (prefix keys and values)",
+        param=_WEIGHTS,
+    )
     grid = emb.view(spec.num_virtual_tokens, layers * 2, heads, head_dim).permute(1, 2, 0, 3)
     return [(grid[2 * i].contiguous(), grid[2 * i + 1].contiguous()) for i in range(layers)]
 
@@ -346,7 +419,7 @@ def _parse_ia3(
             raise bad_request(
                 "unknown_tensor", f"tensor {key!r} is not an IA3 vector", param=_WEIGHTS
             )
-        path = base.module_path(key.removesuffix(".ia3_l"))
+        path = _module_path(base, key.removesuffix(".ia3_l"), weights.ia3)
         if path not in base.linear_shapes:
             raise bad_request(
                 "unknown_module",
@@ -365,6 +438,8 @@ def _parse_ia3(
                 f"(1, {d_in}) for a feed-forward module",
                 param=_WEIGHTS,
             )
-        weights.ia3[path] = tensor.reshape(-1).to(torch.float32).contiguous()
+        weights.ia3[path] = as_float32(
+            tensor.reshape(-1), runtime_dtype=base.dtype, what=f"tensor {key!r}", param=_WEIGHTS
+        )
     if not weights.ia3:
         raise bad_request("empty_adapter", "the adapter holds no IA3 vectors", param=_WEIGHTS)

@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from app.api.auth import KeyRing, require
 from app.api.errors import ERROR_RESPONSES, install_error_handlers
 from app.api.limits import BodyLimitMiddleware
-from app.api.routes import adapters, datasets, health, inference, openai, training_jobs
+from app.api.routes import adapters, datasets, health, inference, openai, training_jobs, ui
 from app.base import BaseModel as Base
 from app.base import load_base
 from app.config import Settings
@@ -75,6 +75,7 @@ def create_app(settings: Settings | None = None, *, base: Base | None = None) ->
 def _include_routers(app: FastAPI) -> None:
     """Each router behind the scope its callers need; health and adapters set theirs per route."""
     app.include_router(health.router)
+    app.include_router(ui.router)  # the page is public; its data calls carry the key
     app.include_router(adapters.router)
     # openai's fixed paths (/v1/adapters/_base/predict) must precede the inference patterns.
     for module in (openai, inference):

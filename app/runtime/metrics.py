@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from app.runtime.metrics_summary import MetricsSummary, MetricsWindow
+
 _LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
@@ -53,7 +55,12 @@ class Metrics:
         self.rejected = Counter(
             "switchyard_rejected", "Requests refused before running", ["reason"], registry=r
         )
+        self._window = MetricsWindow(r)
 
     def render(self) -> bytes:
         """The Prometheus text exposition."""
         return generate_latest(self.registry)
+
+    def summary(self) -> MetricsSummary:
+        """Requests/s and latency percentiles over the last minute, totals, resident bytes."""
+        return self._window.summary()

@@ -19,6 +19,7 @@ from app.base import BaseModel as Base
 from app.errors import bad_request
 from app.registry.finite import as_float32, fold_lora_scale
 from app.registry.patterns import compile_patterns
+from app.registry.probe_format import ProbeSpec, check_probe_body, is_probe_in_lora
 from app.tasks import TASKS, head_rows
 
 Method = Literal["lora", "prefix", "prompt", "ia3", "linear_probe"]
@@ -74,10 +75,9 @@ class IA3ConfigSpec(_Strict):
     fan_in_fan_out: Literal[False] = False
 
 
-class ProbeConfigSpec(_Strict):
+class ProbeConfigSpec(ProbeSpec):
+    # How probes were stored before they loaded in PEFT (see app.registry.probe_format).
     peft_type: Literal["LINEAR_PROBE"]
-    layers: list[int] = Field(min_length=1, max_length=64)
-    pooling: Literal["mean", "cls", "max"] = "mean"
 
 
 @dataclass
@@ -125,11 +125,11 @@ def build_weights(
             "invalid_task", f"task {task!r} is not one of {sorted(TASKS)}", param="task"
         )
     peft_type = config.get("peft_type")
-    method = PEFT_TYPES.get(str(peft_type))
+    method = "linear_probe" if is_probe_in_lora(config) else PEFT_TYPES.get(str(peft_type))
     if method is None:
         raise bad_request(
             "unsupported_method",
-            f"peft_type {peft_type!r} is not one of {sorted(PEFT_TYPES)}",
+            f"peft_type {str(peft_type)[:40]!r} is not one of {sorted(PEFT_TYPES)}",
             param=_CONFIG,
         )
     tensors = _normalised(tensors)
@@ -141,7 +141,7 @@ def build_weights(
     if method == "lora":
         _parse_lora(_spec(LoraConfigSpec, config), body, base, weights, max_rank=max_rank)
     elif method == "linear_probe":
-        in_features *= _parse_probe(_spec(ProbeConfigSpec, config), body, base, weights)
+        in_features *= _parse_probe(_probe_spec(config), body, base, weights)
     elif method == "ia3":
         _parse_ia3(_spec(IA3ConfigSpec, config), body, base, weights)
     elif method == "prompt":
@@ -197,7 +197,12 @@ def _split_head(tensors: dict[str, torch.Tensor]) -> tuple[str, dict[str, torch.
     }
 
 
-def _spec(model: type[_Strict], config: dict[str, Any]) -> Any:
+def _probe_spec(config: dict[str, Any]) -> ProbeSpec:
+    spec: ProbeSpec = _spec(ProbeSpec if is_probe_in_lora(config) else ProbeConfigSpec, config)
+    return spec
+
+
+def _spec(model: type[BaseModel], config: dict[str, Any]) -> Any:
     try:
         return model.model_validate(config)
     except ValidationError as exc:
@@ -353,15 +358,10 @@ def _check_head(
 
 
 def _parse_probe(
-    spec: ProbeConfigSpec, body: dict[str, torch.Tensor], base: Base, weights: AdapterWeights
+    spec: ProbeSpec, body: dict[str, torch.Tensor], base: Base, weights: AdapterWeights
 ) -> int:
     """Check a probe's layers; returns how many layers its head concatenates."""
-    if body:
-        raise bad_request(
-            "unknown_tensor",
-            f"a linear probe holds only its head; found {sorted(body)[:5]}",
-            param=_WEIGHTS,
-        )
+    check_probe_body(body)
     for layer in spec.layers:
         if not -base.num_layers - 1 <= layer <= base.num_layers:
             raise bad_request(

@@ -6,17 +6,16 @@ never from the serving modules, whose routing state belongs to the engine's thre
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from app.base import BaseModel as Base
+from app.registry.probe_format import probe_files
 from app.tasks import MULTI_LABEL, REGRESSION, TOKEN_CLASSIFICATION
 from app.training import evaluation
 from app.training.encoding import IGNORE, Example, batch_order, collate
@@ -237,22 +236,16 @@ def _layer_candidates(task: str, hp: Hyperparameters, base: Base) -> list[list[i
 def _probe_outcome(
     base: Base, hp: Hyperparameters, best: dict[str, Any], history: list[dict[str, Any]]
 ) -> TrainingOutcome:
-    config = {
-        "peft_type": "LINEAR_PROBE",
-        "layers": hp.layers,
-        "pooling": hp.pooling,
-        "task_type": "FEATURE_EXTRACTION",
-        "base_model_name_or_path": str(base.path),
-    }
-    tensors = {
-        "classifier.weight": torch.as_tensor(best.pop("weight"), dtype=torch.float32),
-        "classifier.bias": torch.as_tensor(best.pop("bias"), dtype=torch.float32),
-    }
+    # Saved so that plain PEFT loads it (see app.registry.probe_format).
+    files = probe_files(
+        base,
+        layers=hp.layers,
+        pooling=hp.pooling,
+        weight=torch.as_tensor(best.pop("weight"), dtype=torch.float32),
+        bias=torch.as_tensor(best.pop("bias"), dtype=torch.float32),
+    )
     return TrainingOutcome(
-        files={
-            "adapter_config.json": json.dumps(config, indent=2).encode(),
-            "adapter_model.safetensors": save_safetensors(tensors),
-        },
+        files=files,
         metrics=best.pop("metrics"),
         history=history,
         best=best,

@@ -152,7 +152,9 @@ def test_linear_probe_trains_on_tokens_and_serves_its_head(
     engine = runtime.engine
     served = engine.run([Job(key=("p", 1), task=TOKEN, rows=engine.prepare(texts, task=TOKEN),
                              raw=True)])[0].outputs or []
-    head = load(outcome.files[WEIGHTS_FILE])
+    # PEFT-loadable probe files keep the head under PEFT's prefix (app.registry.probe_format)
+    head = {k.removeprefix("base_model.model."): v
+            for k, v in load(outcome.files[WEIGHTS_FILE]).items()}
     plain = BertModel.from_pretrained(tiny_base.path).eval()
     with torch.inference_mode():
         for text, got in zip(texts, served, strict=True):

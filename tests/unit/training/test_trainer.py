@@ -221,7 +221,8 @@ def test_linear_probe_picks_layers_and_strength_on_validation(tiny_base: Base) -
     chosen = outcome.hyperparameters["layers"]
     assert tuple(chosen) in tried and outcome.best["layers"] == chosen
     assert json.loads(outcome.files[CONFIG_FILE])["layers"] == chosen
-    assert load(outcome.files[WEIGHTS_FILE])["classifier.weight"].shape == (2, 32 * len(chosen))
+    head = load(outcome.files[WEIGHTS_FILE])["base_model.model.classifier.weight"]
+    assert head.shape == (2, 32 * len(chosen))
 
 
 @pytest.mark.parametrize(

@@ -66,7 +66,9 @@ def extract_adapter(data: bytes, folder: Path) -> list[Path]:
 
 def rows_jsonl(rows: Iterable[Mapping[str, Any]]) -> bytes:
     """Rows as a JSONL file (one object a line), as the datasets endpoint takes it."""
-    lines = [json.dumps(dict(row), ensure_ascii=False, allow_nan=False) for row in rows]
+    # ASCII escapes: a raw U+2028 or U+0085 in a text would be a line break to a reader that
+    # splits lines the way str.splitlines() does.
+    lines = [json.dumps(dict(row), allow_nan=False) for row in rows]
     if not lines:
         raise ValueError("rows is empty: a dataset needs at least one row")
     return ("\n".join(lines) + "\n").encode("utf-8")

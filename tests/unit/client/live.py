@@ -81,3 +81,5 @@ TINY_HP = {
     "head_init": "random",
     "early_stopping_patience": None,
 }
+# Long enough to still run when the test cancels it.
+LONG_HP = {**TINY_HP, "max_steps": 5000, "epochs": 100}

@@ -34,7 +34,7 @@ from app.client import (
 from app.config import Settings
 from app.runtime.engine import Engine, Job, JobResult
 from tests.conftest import peft_adapter
-from tests.unit.client.live import TINY_HP, job_rows, live_service, tiny_base
+from tests.unit.client.live import LONG_HP, TINY_HP, job_rows, live_service, tiny_base
 from tests.unit.peft_reference import as_vector, peft_logits, peft_model
 
 LABELS = ["neg", "pos"]
@@ -55,7 +55,9 @@ def make_settings(root: Path, **overrides: Any) -> Settings:
 
 @pytest.fixture(scope="module")
 def url(
-    tiny_bert_dir: Path, tokenizer: PreTrainedTokenizerBase, tmp_path_factory: pytest.TempPathFactory
+    tiny_bert_dir: Path,
+    tokenizer: PreTrainedTokenizerBase,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[str]:
     settings = make_settings(tmp_path_factory.mktemp("svc"))
     with live_service(settings, tiny_base(tiny_bert_dir, tokenizer)) as address:
@@ -86,13 +88,21 @@ def test_info_health_and_metrics(sy: Client) -> None:
 
 # ---------------------------------------------------------------- adapters
 def test_upload_predict_and_download_round_trip(
-    sy: Client, raw: httpx.Client, folder: Path, tiny_bert_dir: Path,
-    tokenizer: PreTrainedTokenizerBase, tmp_path: Path,
+    sy: Client,
+    raw: httpx.Client,
+    folder: Path,
+    tiny_bert_dir: Path,
+    tokenizer: PreTrainedTokenizerBase,
+    tmp_path: Path,
 ) -> None:
     created = sy.upload_adapter("rt", folder, labels=LABELS)
     assert isinstance(created, AdapterVersion)
     assert (created.version, created.method, created.task, created.labels) == (
-        1, "lora", "classification", LABELS)
+        1,
+        "lora",
+        "classification",
+        LABELS,
+    )
     assert created.lineage["source"] == "upload"
     listed = {a.name: a for a in sy.list_adapters()}
     assert listed["rt"].latest_version == 1 and listed["rt"].size_bytes > 0
@@ -102,8 +112,9 @@ def test_upload_predict_and_download_round_trip(
     assert details.model_dump(exclude_none=True) == raw.get("/v1/adapters/rt").json()
 
     prediction = sy.predict("rt", TEXTS, parameters={"top_k": None})
-    wire = raw.post("/v1/adapters/rt/predict", json={"inputs": TEXTS,
-                                                     "parameters": {"top_k": None}}).json()
+    wire = raw.post(
+        "/v1/adapters/rt/predict", json={"inputs": TEXTS, "parameters": {"top_k": None}}
+    ).json()
     assert prediction.model_dump() == wire and prediction.version == 1
     assert sy.predict("rt", TEXTS, version=1).outputs[0][0]["label"] in LABELS
 
@@ -115,7 +126,8 @@ def test_upload_predict_and_download_round_trip(
     assert all(torch.equal(pulled[k], original[k]) for k in original)
     # The pulled folder loads with plain PEFT and computes what the service served.
     reference = torch.softmax(
-        peft_logits(peft_model(tiny_bert_dir, tmp_path / "pulled", 2), tokenizer, TEXTS), dim=-1)
+        peft_logits(peft_model(tiny_bert_dir, tmp_path / "pulled", 2), tokenizer, TEXTS), dim=-1
+    )
     served = torch.stack([as_vector(o, LABELS) for o in prediction.outputs])
     assert torch.allclose(served, reference, atol=1e-4)
 
@@ -136,13 +148,16 @@ def test_predict_many_pin_unpin_and_delete(sy: Client, folder: Path) -> None:
     with pytest.raises(NotFoundError) as caught:
         sy.get_adapter("pb")
     assert (caught.value.status, caught.value.code, caught.value.param) == (
-        404, "adapter_not_found", "name")
+        404,
+        "adapter_not_found",
+        "name",
+    )
     assert "pb" in caught.value.message
 
 
 def test_upload_errors(sy: Client, folder: Path, tmp_path: Path) -> None:
     (tmp_path / "adapter_config.json").write_bytes((folder / "adapter_config.json").read_bytes())
-    with pytest.raises(FileNotFoundError, match="adapter_model.safetensors"):
+    with pytest.raises(FileNotFoundError, match=r"adapter_model\.safetensors"):
         sy.upload_adapter("half", tmp_path)  # refused before anything is sent
     with pytest.raises(BadRequestError) as caught:
         sy.upload_adapter("Bad Name", folder, labels=LABELS)
@@ -211,8 +226,7 @@ def test_train_follow_and_inspect(sy: Client) -> None:
 
 
 def test_cancel_inline_examples_job(sy: Client) -> None:
-    long_hp = {**TINY_HP, "max_steps": 5000, "epochs": 100}
-    job = sy.create_job("never", examples=job_rows(), hyperparameters=long_hp)
+    job = sy.create_job("never", examples=job_rows(), hyperparameters=LONG_HP)
     assert sy.cancel_job(job.id).status == "cancelled"
     final = sy.wait_job(job.id)
     assert final.status == "cancelled" and final.result is None
@@ -239,8 +253,10 @@ def test_embeddings(sy: Client, raw: httpx.Client) -> None:
     assert vector.shape == (32,) and abs(float(vector.norm()) - 1.0) < 1e-4
     assert out.usage.prompt_tokens > 0
     cls = sy.embed("a cat", pooling="cls", normalize=False, layers=[-2])
-    wire = raw.post("/v1/embeddings", json={"input": "a cat", "pooling": "cls",
-                                            "normalize": False, "layers": [-2]}).json()
+    wire = raw.post(
+        "/v1/embeddings",
+        json={"input": "a cat", "pooling": "cls", "normalize": False, "layers": [-2]},
+    ).json()
     assert cls.data[0].embedding == wire["data"][0]["embedding"]
     with pytest.raises(BadRequestError) as caught:
         sy.embed("x", layers=[99])
@@ -260,7 +276,10 @@ def test_schema_errors_are_422_with_the_field(sy: Client, folder: Path) -> None:
     with pytest.raises(UnprocessableEntityError) as caught:
         sy.predict("schema", [])
     assert (caught.value.status, caught.value.code, caught.value.param) == (
-        422, "invalid_request", "inputs")
+        422,
+        "invalid_request",
+        "inputs",
+    )
 
 
 # ---------------------------------------------------------------- retries
@@ -278,8 +297,11 @@ class SlowEngine:
 
 
 def test_429_is_retried_after_retry_after(
-    monkeypatch: pytest.MonkeyPatch, folder: Path, tiny_bert_dir: Path,
-    tokenizer: PreTrainedTokenizerBase, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    folder: Path,
+    tiny_bert_dir: Path,
+    tokenizer: PreTrainedTokenizerBase,
+    tmp_path: Path,
 ) -> None:
     SlowEngine(monkeypatch, 0.15)
     settings = make_settings(tmp_path, queue_size=2, max_batch_size=1)

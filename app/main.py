@@ -13,7 +13,18 @@ from starlette.concurrency import run_in_threadpool
 from app.api.auth import KeyRing, require
 from app.api.errors import ERROR_RESPONSES, install_error_handlers
 from app.api.limits import BodyLimitMiddleware
-from app.api.routes import adapters, datasets, health, inference, openai, training_jobs, ui
+from app.api.routes import (
+    adapters,
+    datasets,
+    files,
+    fine_tuning,
+    health,
+    inference,
+    models,
+    openai,
+    training_jobs,
+    ui,
+)
 from app.base import BaseModel as Base
 from app.base import load_base
 from app.config import Settings
@@ -78,9 +89,9 @@ def _include_routers(app: FastAPI) -> None:
     app.include_router(ui.router)  # the page is public; its data calls carry the key
     app.include_router(adapters.router)
     # openai's fixed paths (/v1/adapters/_base/predict) must precede the inference patterns.
-    for module in (openai, inference):
+    for module in (openai, inference, models):
         app.include_router(module.router, dependencies=[Depends(require("predict"))])
-    for module in (datasets, training_jobs):
+    for module in (datasets, training_jobs, fine_tuning, files):
         app.include_router(module.router, dependencies=[Depends(require("train"))])
 
 

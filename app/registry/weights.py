@@ -18,9 +18,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from app.base import BaseModel as Base
 from app.errors import bad_request
 from app.registry.finite import as_float32, fold_lora_scale
+from app.registry.heads import HEAD_MODULES, check_head, normalise_key, normalised, split_head
 from app.registry.patterns import compile_patterns
 from app.registry.probe_format import ProbeSpec, check_probe_body, is_probe_in_lora
-from app.tasks import TASKS, head_rows
+from app.tasks import TASKS
 
 Method = Literal["lora", "prefix", "prompt", "ia3", "linear_probe"]
 PEFT_TYPES: dict[str, Method] = {
@@ -30,7 +31,8 @@ PEFT_TYPES: dict[str, Method] = {
     "IA3": "ia3",
     "LINEAR_PROBE": "linear_probe",
 }
-HEAD_MODULES = ("classifier", "score")
+# Older callers (tests/unit/method_adapters.py) import the key rule from here.
+_normalise_key = normalise_key
 _CONFIG = "adapter_config.json"
 _WEIGHTS = "adapter_model.safetensors"
 
@@ -132,8 +134,8 @@ def build_weights(
             f"peft_type {str(peft_type)[:40]!r} is not one of {sorted(PEFT_TYPES)}",
             param=_CONFIG,
         )
-    tensors = _normalised(tensors)
-    head_module, head = _split_head(tensors)
+    tensors = normalised(tensors)
+    head_module, head = split_head(tensors)
     body = {k: v for k, v in tensors.items() if k.split(".")[0] not in HEAD_MODULES}
     weights = AdapterWeights(method=method, task=task, labels=labels, config=config)
     runtime = base.dtype
@@ -153,48 +155,10 @@ def build_weights(
     else:
         spec = _spec(PrefixConfigSpec, config)
         weights.prefix = _parse_prefix(spec, body, base)
-    weights.head = _check_head(
+    weights.head = check_head(
         head, module=head_module, task=task, labels=labels, in_features=in_features
     )
     return weights
-
-
-def _normalised(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Keys without PEFT's wrappers; two keys naming one tensor are refused, not resolved by
-    whichever the file happened to list last."""
-    out: dict[str, torch.Tensor] = {}
-    original: dict[str, str] = {}
-    for key in sorted(tensors):
-        short = _normalise_key(key)
-        if short in original:
-            raise bad_request(
-                "duplicate_tensor",
-                f"tensors {original[short]!r} and {key!r} both name {short!r}",
-                param=_WEIGHTS,
-            )
-        original[short] = key
-        out[short] = tensors[key]
-    return out
-
-
-def _split_head(tensors: dict[str, torch.Tensor]) -> tuple[str, dict[str, torch.Tensor]]:
-    """The head's module name and its tensors by parameter name. Two head modules (both
-    `classifier.*` and `score.*`) are ambiguous: refused, naming a key of each, so the outcome
-    never depends on set or file order."""
-    modules = sorted({k.split(".")[0] for k in tensors} & set(HEAD_MODULES))
-    if len(modules) > 1:
-        keys = [min(k for k in tensors if k.split(".")[0] == m) for m in modules]
-        raise bad_request(
-            "invalid_head",
-            f"the adapter holds two heads, {keys[0]!r} and {keys[1]!r}; keep one",
-            param=_WEIGHTS,
-        )
-    if not modules:
-        return HEAD_MODULES[0], {}
-    module = modules[0]
-    return module, {
-        k.partition(".")[2]: v for k, v in sorted(tensors.items()) if k.split(".")[0] == module
-    }
 
 
 def _probe_spec(config: dict[str, Any]) -> ProbeSpec:
@@ -213,14 +177,6 @@ def _spec(model: type[BaseModel], config: dict[str, Any]) -> Any:
             f"adapter_config.json field {where!r}: {first['msg']}",
             param=_CONFIG,
         ) from exc
-
-
-def _normalise_key(key: str) -> str:
-    """Strip PEFT's wrappers: `base_model.model.` for tuners, `base_model.` for prompt methods."""
-    for prefix in ("base_model.model.", "base_model."):
-        if key.startswith(prefix):
-            return key[len(prefix) :]
-    return key
 
 
 def _parse_lora(
@@ -315,46 +271,6 @@ def _lora_pair(
         b, scale, runtime_dtype=runtime, what=f"lora_B of {path!r}", config_param=_CONFIG
     )
     return a32, b32
-
-
-def _check_head(
-    head: dict[str, torch.Tensor],
-    *,
-    module: str,
-    task: str,
-    labels: list[str],
-    in_features: int,
-) -> dict[str, torch.Tensor]:
-    rows = head_rows(task, labels)
-    if rows == 0:
-        if head:
-            raise bad_request(
-                "unexpected_head", f"task {task!r} takes no head but one was given", param=_WEIGHTS
-            )
-        return {}
-    width = in_features
-    weight, bias = head.get("weight"), head.get("bias")
-    if weight is None or set(head) - {"weight", "bias"}:
-        raise bad_request(
-            "invalid_head",
-            f"task {task!r} needs a head '{module}.weight' [{rows}, {width}] (+ bias); "
-            f"found {sorted(head)}",
-            param=_WEIGHTS,
-        )
-    if tuple(weight.shape) != (rows, width) or (bias is not None and tuple(bias.shape) != (rows,)):
-        raise bad_request(
-            "shape_mismatch",
-            f"head weight {tuple(weight.shape)} does not fit {rows} outputs of task {task!r} "
-            f"over {width} features",
-            param=_WEIGHTS,
-        )
-    # The head runs in float32 whatever the base's dtype (see the engine's decode).
-    f32 = torch.float32
-    bias = bias if bias is not None else torch.zeros(rows)
-    return {
-        "weight": as_float32(weight, runtime_dtype=f32, what=f"{module}.weight", param=_WEIGHTS),
-        "bias": as_float32(bias, runtime_dtype=f32, what=f"{module}.bias", param=_WEIGHTS),
-    }
 
 
 def _parse_probe(

@@ -14,7 +14,7 @@ import inspect
 import threading
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -61,6 +61,16 @@ class GenOutput:
     prompt_tokens: int
 
 
+class RowListener(Protocol):
+    """Told of a job's rows as they decode (streaming); called on the engine's thread."""
+
+    def token(self, index: int, generated: list[int]) -> None:
+        """Row `index` has generated `generated` so far and goes on."""
+
+    def finish(self, index: int, output: GenOutput) -> None:
+        """Row `index` has finished with `output`."""
+
+
 @dataclass
 class GenJob:
     """One request's rows for one adapter (`key` None: the bare base), same parameters."""
@@ -72,6 +82,7 @@ class GenJob:
     outputs: list[GenOutput | None] = field(default_factory=list)
     error: SwitchyardError | None = None
     cancelled: bool = False  # set by the caller's side when it stops waiting
+    listener: RowListener | None = None  # streaming: told of each token as it decodes
     resident: Resident | None = None
     prefix: Prefix | None = None
     admitted: int = 0  # rows prefilled so far
@@ -332,6 +343,8 @@ class GenerationEngine:
                 return self._finish(row, "stop", text[:cut])
         if len(row.generated) >= params.max_new_tokens or row.positions >= self.max_positions:
             return self._finish(row, "length")
+        if row.job.listener is not None:
+            row.job.listener.token(row.index, row.generated)
         return True
 
     def _finish(self, row: _Row, reason: str, text: str | None = None) -> bool:
@@ -339,12 +352,15 @@ class GenerationEngine:
         text = self._decode(row.generated) if text is None else text
         if job.params.return_full_text and job.texts[row.index] is not None:
             text = str(job.texts[row.index]) + text
-        job.outputs[row.index] = GenOutput(
+        output = GenOutput(
             text=text,
             token_ids=list(row.generated),
             finish_reason=reason,
             prompt_tokens=len(job.prompts[row.index]),
         )
+        job.outputs[row.index] = output
+        if job.listener is not None:
+            job.listener.finish(row.index, output)
         job.done += 1
         if job.done == len(job.prompts):
             self._end(job)

@@ -23,6 +23,7 @@ from app.runtime.cache import AdapterCache, Key
 from app.runtime.generation import GenerationEngine, GenJob, GenOutput
 from app.runtime.layers import LayerSet
 from app.runtime.metrics import Metrics
+from app.runtime.streaming import GenerationStream
 
 log = logging.getLogger(__name__)
 BASE_LABEL = "_base"  # metrics label (and reserved adapter name) of the bare base
@@ -72,6 +73,11 @@ class GenerationScheduler:
 
     async def submit(self, job: GenJob) -> list[GenOutput]:
         """Queue a job and wait for its outputs; 429 when queue_size rows are waiting."""
+        return await self.enqueue(job)
+
+    def enqueue(self, job: GenJob) -> asyncio.Future[list[GenOutput]]:
+        """Queue a job now (429 when queue_size rows are waiting); the future of its outputs.
+        Cancelling the future cancels the job."""
         rows = len(job.prompts)
         if self._rows + rows > self.queue_rows:
             self.metrics.rejected.labels(reason="queue_full").inc()
@@ -88,7 +94,7 @@ class GenerationScheduler:
         self._futures[id(job)] = future
         self._rows += rows
         self._queue.put_nowait(job)
-        return await future
+        return future
 
     async def _worker(self) -> None:
         loop = asyncio.get_running_loop()
@@ -178,6 +184,36 @@ class GenerationService:
         self, key: Key | None, inputs: list[Any], params: dict[str, Any]
     ) -> list[GenOutput]:
         """Generate for every input with one adapter (None: the bare base)."""
+        job = self._prepare(key, inputs, params)
+        return await self._timed(job, label=key[0] if key else BASE_LABEL)
+
+    def stream(
+        self, key: Key | None, inputs: list[Any], params: dict[str, Any]
+    ) -> GenerationStream:
+        """Queue a job whose text comes as it decodes; 4xx (429 included) before anything is
+        sent. Must be called on the event loop; iterate the stream's `events()`."""
+        job = self._prepare(key, inputs, params)
+        label, start = key[0] if key else BASE_LABEL, time.perf_counter()
+
+        def measure(status: str) -> None:
+            self.metrics.requests.labels(adapter=label, status=status).inc()
+            self.metrics.latency.labels(adapter=label).observe(time.perf_counter() - start)
+
+        tokenizer = self.engine.base.tokenizer
+        stream = GenerationStream(
+            job,
+            decode=lambda ids: str(tokenizer.decode(ids, skip_special_tokens=True)),
+            timeout_s=self.settings.request_timeout_s,
+            on_end=measure,
+        )
+        try:
+            stream.attach(self.scheduler.enqueue(job))
+        except SwitchyardError as exc:
+            measure(exc.code)
+            raise
+        return stream
+
+    def _prepare(self, key: Key | None, inputs: list[Any], params: dict[str, Any]) -> GenJob:
         if len(inputs) > self.settings.max_inputs_per_request:
             raise SwitchyardError(
                 413,
@@ -186,8 +222,7 @@ class GenerationService:
                 f"{self.settings.max_inputs_per_request}",
                 param="inputs",
             )
-        job = self.engine.prepare(key, inputs, params)
-        return await self._timed(job, label=key[0] if key else BASE_LABEL)
+        return self.engine.prepare(key, inputs, params)
 
     async def generate(
         self, key: Key | None, inputs: list[Any], params: dict[str, Any]

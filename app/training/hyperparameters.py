@@ -85,6 +85,11 @@ _MAX_EPOCHS = 20
 _MAX_EVAL_INTERVAL = 300
 
 
+def default_learning_rate(method: str) -> float:
+    """The learning rate a job of `method` trains at unless it is given one."""
+    return _LEARNING_RATE.get(method, 1e-3)
+
+
 def fill_defaults(
     hp: Hyperparameters, *, method: str, rows: int, lengths: list[int], max_tokens: int
 ) -> Hyperparameters:
@@ -92,7 +97,7 @@ def fill_defaults(
     defaults"); fields the user gave are never changed."""
     given = hp.model_fields_set
     if hp.learning_rate is None:
-        hp.learning_rate = _LEARNING_RATE.get(method, 1e-3)
+        hp.learning_rate = default_learning_rate(method)
     if hp.head_learning_rate is None:
         # A new head learns slowly at the adapter's rate (DESIGN.md, quality notes).
         hp.head_learning_rate = max(3 * hp.learning_rate, 3e-3)

@@ -10,10 +10,18 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.deps import PrincipalDep, RegistryDep, RuntimeDep, SettingsDep
+from app.api.embedding_format import (
+    EncodingFormat,
+    check_dimensions,
+    embedding_texts,
+    format_vectors,
+)
+from app.api.openai_schemas import EmbeddingList
 from app.config import Settings
 from app.errors import SwitchyardError, bad_request
 from app.registry.store import check_name
 from app.runtime.engine import Job
+from app.runtime.generation_service import BASE_LABEL
 from app.runtime.runtime import Runtime
 from app.tasks import EMBEDDINGS, GENERATION, classification
 
@@ -39,9 +47,13 @@ class EmbeddingsRequest(BaseModel):
     """OpenAI-style embeddings, with optional adapter, layers and pooling."""
 
     model_config = ConfigDict(extra="forbid")
-    input: str | list[str]
+    # Token-id arrays pass the schema so that the route can refuse them with a clear 400.
+    input: str | list[str] | list[int] | list[list[int]]
     adapter: str | None = None
     model: str | None = None  # OpenAI clients send it; an adapter name when it is not the base
+    encoding_format: EncodingFormat = "float"
+    dimensions: int | None = Field(None, ge=1)
+    user: str | None = None  # OpenAI's end-user id; accepted, unused
     layers: list[int] = Field(default_factory=lambda: [-1], min_length=1, max_length=64)
     pooling: str = Field("mean", pattern="^(mean|cls|max)$")
     normalize: bool = True
@@ -133,7 +145,7 @@ async def _run_group(
     return [result.outputs or [] for result in results]
 
 
-@router.post("/v1/embeddings")
+@router.post("/v1/embeddings", response_model=EmbeddingList)
 async def embeddings(
     body: EmbeddingsRequest,
     registry: RegistryDep,
@@ -142,8 +154,10 @@ async def embeddings(
     principal: PrincipalDep,
 ) -> dict[str, Any]:
     """Pooled hidden states of the base, or of the base with an adapter's LoRA applied."""
-    texts = [body.input] if isinstance(body.input, str) else body.input
-    adapter = body.adapter or (body.model if body.model not in (None, runtime.base.name) else None)
+    texts = embedding_texts(body.input)
+    base_ids = (None, runtime.base.name, BASE_LABEL)
+    adapter = body.adapter or (body.model if body.model not in base_ids else None)
+    check_dimensions(body.dimensions, runtime.base.hidden_size)
     key = None
     if adapter is not None:
         principal.check_adapter(adapter)
@@ -162,9 +176,12 @@ async def embeddings(
     )
     return {
         "object": "list",
-        "data": [
-            {"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)
-        ],
+        "data": format_vectors(
+            vectors,
+            dimensions=body.dimensions,
+            normalize=body.normalize,
+            encoding_format=body.encoding_format,
+        ),
         "model": adapter or runtime.base.name,
         "usage": {
             "prompt_tokens": sum(len(r.input_ids) for r in rows),

@@ -13,12 +13,14 @@ import time
 import uuid
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.auth import Principal
 from app.api.deps import PrincipalDep, RegistryDep, RuntimeDep
+from app.api.openai_schemas import ChatCompletion, Completion
 from app.api.routes.inference import PredictRequest
+from app.api.routes.openai_streaming import STREAM_RESPONSES, StreamOptions, stream_response
 from app.errors import bad_request
 from app.registry.catalog import Registry
 from app.registry.store import check_name
@@ -42,16 +44,12 @@ class _OpenAIRequest(BaseModel):
     seed: int | None = None
     n: int = Field(1, ge=1)
     stream: bool = False
+    stream_options: StreamOptions | None = None
 
     def parameters(self) -> dict[str, Any]:
         """Our generation parameters; greedy unless a temperature > 0 is given."""
-        if self.n != 1 or self.stream:
-            field = "n" if self.n != 1 else "stream"
-            raise bad_request(
-                "unsupported_parameter",
-                f"{field!r} is not supported; use n=1 and stream=false",
-                param=field,
-            )
+        if self.n != 1:
+            raise bad_request("unsupported_parameter", "'n' is not supported; use n=1", param="n")
         given = {
             "max_new_tokens": self.max_tokens,
             "temperature": self.temperature,
@@ -82,13 +80,15 @@ async def predict_base(body: PredictRequest, runtime: RuntimeDep) -> dict[str, A
     return {"adapter": BASE_LABEL, "version": None, "outputs": outputs}
 
 
-@router.post("/v1/completions")
+@router.post("/v1/completions", response_model=Completion, responses=STREAM_RESPONSES)
 async def completions(
     body: CompletionRequest, registry: RegistryDep, runtime: RuntimeDep, principal: PrincipalDep
-) -> dict[str, Any]:
-    """OpenAI text completions; `model` names the adapter."""
+) -> dict[str, Any] | Response:
+    """OpenAI text completions; `model` names the adapter; `stream` sends SSE chunks."""
     key = _adapter_key(registry, body.model, principal)
     prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+    if body.stream:
+        return _stream(runtime, key, list(prompts), body, chat=False)
     outputs = await _service(runtime).complete(key, list(prompts), body.parameters())
     choices = [
         {"index": i, "text": out.text, "finish_reason": out.finish_reason, "logprobs": None}
@@ -97,15 +97,17 @@ async def completions(
     return _envelope("cmpl", "text_completion", key, choices, outputs)
 
 
-@router.post("/v1/chat/completions")
+@router.post("/v1/chat/completions", response_model=ChatCompletion, responses=STREAM_RESPONSES)
 async def chat_completions(
     body: ChatCompletionRequest, registry: RegistryDep, runtime: RuntimeDep, principal: PrincipalDep
-) -> dict[str, Any]:
+) -> dict[str, Any] | Response:
     """OpenAI chat completions through the base's chat template; `model` names the adapter."""
     key = _adapter_key(registry, body.model, principal)
     params = body.parameters()
     if body.max_completion_tokens is not None:
         params["max_new_tokens"] = body.max_completion_tokens
+    if body.stream:
+        return _stream(runtime, key, [{"messages": body.messages}], body, chat=True, params=params)
     outputs = await _service(runtime).complete(key, [{"messages": body.messages}], params)
     choices = [
         {
@@ -117,6 +119,22 @@ async def chat_completions(
         for out in outputs
     ]
     return _envelope("chatcmpl", "chat.completion", key, choices, outputs)
+
+
+def _stream(
+    runtime: Runtime,
+    key: Key | None,
+    inputs: list[Any],
+    body: _OpenAIRequest,
+    *,
+    chat: bool,
+    params: dict[str, Any] | None = None,
+) -> Response:
+    """Queue the job now (4xx before the response starts), then send its chunks."""
+    stream = _service(runtime).stream(key, inputs, params or body.parameters())
+    usage = body.stream_options is not None and body.stream_options.include_usage
+    model = key[0] if key else BASE_LABEL
+    return stream_response(stream, model=model, chat=chat, include_usage=usage)
 
 
 def _service(runtime: Runtime) -> GenerationService:

@@ -9,7 +9,8 @@ requests.
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from app.base import BaseModel as Base
 from app.config import Settings
@@ -23,6 +24,19 @@ from app.registry.store import (
 )
 from app.registry.validate import parse_json_object, parse_safetensors, too_large
 from app.registry.weights import AdapterWeights, build_weights
+
+
+class Residency(Protocol):
+    """What the registry needs of the runtime's cache (`AdapterCache` is one)."""
+
+    def retire(self, name: str, versions: list[int], hide: Callable[[], object]) -> None:
+        """Run `hide` with no load in progress, then forget `versions` of `name`."""
+
+    def set_pinned(self, name: str, pinned: bool) -> None:
+        """Pin or unpin the resident versions of `name`."""
+
+    def warm(self, name: str, version: int) -> None:
+        """Load a version onto the device (a pin keeps it there)."""
 
 
 class Registry:
@@ -82,18 +96,20 @@ class Registry:
 
     # ---------------------------------------------------------------- reading
     def load_weights(self, name: str, version: int) -> AdapterWeights:
-        """Read and re-check a stored version for the runtime."""
+        """Read and re-check a stored version for the runtime.
+
+        A version deleted before (or while) it is read is a 404, not corruption: the request
+        that resolved it before the DELETE simply came too late.
+        """
+        self.store.resolve(name, version)
         meta = self.store.read_meta(name, version)
+        config_bytes = self.store.read_file(name, version, CONFIG_FILE)
+        weights_bytes = self.store.read_file(name, version, WEIGHTS_FILE)
         try:
-            config = parse_json_object(
-                self.store.read_file(name, version, CONFIG_FILE),
-                what=CONFIG_FILE,
-                param=CONFIG_FILE,
-            )
-            tensors = parse_safetensors(self.store.read_file(name, version, WEIGHTS_FILE))
+            config = parse_json_object(config_bytes, what=CONFIG_FILE, param=CONFIG_FILE)
             return build_weights(
                 config,
-                tensors,
+                parse_safetensors(weights_bytes),
                 self.base,
                 task=meta["task"],
                 labels=list(meta.get("labels", [])),
@@ -132,12 +148,46 @@ class Registry:
         """All versions with their metadata."""
         versions = []
         for version in self.store.versions(name):
-            meta = self.store.read_meta(name, version)
-            meta["size_bytes"] = self.store.size_bytes(name, version)
+            try:
+                meta = self.store.read_meta(name, version)
+                meta["size_bytes"] = self.store.size_bytes(name, version)
+            except SwitchyardError as exc:
+                if exc.status != 404:
+                    raise
+                continue  # deleted while we read the others
             versions.append(meta)
         if not versions:
             self.store.resolve(name)  # raises the 404
         return {**self.summary(name), "versions": versions}
+
+    # ---------------------------------------------------------------- store and cache
+    def delete(self, name: str, version: int | None, *, residency: Residency) -> list[int]:
+        """Delete one version or all; returns the versions removed.
+
+        Under the name's lock, so concurrent deletes serialise: exactly one gets the versions,
+        the others a 404. The files leave sight inside `residency.retire`, which no load can
+        interleave with; batches holding a copy keep it until they release it.
+        """
+        check_name(name)
+        with self.store.name_lock(name):
+            if version is not None:
+                versions = [self.store.resolve(name, version)]
+            else:
+                versions = self.store.versions(name) or [self.store.resolve(name)]  # 404
+            residency.retire(name, versions, lambda: self.store.hide(name, version))
+            self.store.purge(name)
+        return versions
+
+    def set_pinned(self, name: str, pinned: bool, *, residency: Residency) -> int:
+        """Pin (and load) or unpin the latest version; returns it. 404 when there is none."""
+        check_name(name)
+        with self.store.name_lock(name):
+            version = self.store.resolve(name)
+            self.store.set_pinned(name, pinned)
+            residency.set_pinned(name, pinned)
+            if pinned:
+                residency.warm(name, version)
+        return version
 
     def meta(self, name: str, version: int | None = None) -> dict[str, Any]:
         """switchyard.json of a version (latest when None), with its number."""

@@ -108,6 +108,27 @@ class AdapterCache:
                         self._free(resident)
             self._update_gauges()
 
+    def retire(self, name: str, versions: list[int], hide: Callable[[], object]) -> None:
+        """Delete ordering: run `hide` (the store's renames) with no load in progress, then
+        drop `versions` of `name`.
+
+        Loads run under this lock too, so none reads a version while it leaves the store, and
+        none can commit a copy after the drop; a later load finds the version gone (a 404).
+        Residents in use are freed at their last release: in-flight batches keep their copy.
+        The drop happens even when `hide` fails part-way: forgetting a version that is still
+        stored only costs a reload.
+        """
+        with self._lock:
+            try:
+                hide()
+            finally:
+                for version in versions:
+                    self.drop(name, version)
+
+    def warm(self, name: str, version: int) -> None:
+        """Load (name, version) onto the device now, as a PATCH pin does."""
+        self.release(self.acquire(name, version))
+
     def set_pinned(self, name: str, pinned: bool) -> None:
         """Pin the newest resident version of `name` (unpinning older ones), or unpin all."""
         with self._lock:

@@ -37,6 +37,7 @@ class Runtime:
         self, base: Base, registry: Registry, settings: Settings, metrics: Metrics
     ) -> None:
         self.base = base
+        self.registry = registry
         self.metrics = metrics
         layer_set = DecoderLayerSet if base.kind == "decoder" else LayerSet
         self.layers = layer_set(base.model, serving_layer_paths(base))
@@ -74,6 +75,14 @@ class Runtime:
             if base.kind == "decoder"
             else None
         )
+
+    def delete_adapter(self, name: str, version: int | None = None) -> list[int]:
+        """Delete one version or all from the store and the cache; the versions removed."""
+        return self.registry.delete(name, version, residency=self.cache)
+
+    def pin_adapter(self, name: str, pinned: bool) -> int:
+        """Pin (loading it) or unpin the latest version of `name`; returns that version."""
+        return self.registry.set_pinned(name, pinned, residency=self.cache)
 
     def yield_to_requests(self) -> None:
         """Called by trainers between steps: wait (bounded) while requests are queued.

@@ -163,8 +163,8 @@ def test_delete_one_version_then_all(client: TestClient, refs: dict[str, Ref]) -
     assert_error(client.get("/v1/adapters/sst2"), 404, "adapter_not_found")
     assert_error(client.post("/v1/adapters/sst2/predict", json={"inputs": ["x"]}),
                  404, "adapter_not_found")
-    # the same name and version number again, other weights: no stale copy is served
-    assert put(client, refs["sst2v2"], name="sst2").json()["version"] == 1
+    # the same name again, other weights: a new number (never reused), no stale copy served
+    assert put(client, refs["sst2v2"], name="sst2").json()["version"] == 3
     fresh = predict(client, "sst2", TEXTS, ALL)["outputs"]
     assert (served(fresh, refs["sst2v2"].labels) - refs["sst2v2"].probs(TEXTS)).abs().max() < 1e-5
 
@@ -175,17 +175,17 @@ def test_delete_racing_a_batch_leaves_no_stale_copy(
     put(client, refs["sst2"])
     cache = client.app.state.runtime.cache  # type: ignore[attr-defined]
     store = client.app.state.registry.store  # type: ignore[attr-defined]
-    real_delete = store.delete
+    real_hide = store.hide
 
     def delete_while_a_batch_runs(name: str, version: int | None = None) -> list[int]:
         cache.release(cache.acquire(name, 1))  # a request queued before the DELETE
-        return real_delete(name, version)  # type: ignore[no-any-return]
+        return real_hide(name, version)  # type: ignore[no-any-return]
 
-    monkeypatch.setattr(store, "delete", delete_while_a_batch_runs)
+    monkeypatch.setattr(store, "hide", delete_while_a_batch_runs)
     assert client.delete("/v1/adapters/sst2").status_code == 200
     monkeypatch.undo()
     assert cache.residency("sst2", 1) == "disk"
-    assert put(client, refs["sst2v2"], name="sst2").json()["version"] == 1
+    assert put(client, refs["sst2v2"], name="sst2").json()["version"] == 2  # never reused
     fresh = predict(client, "sst2", TEXTS, ALL)["outputs"]
     assert (served(fresh, refs["sst2v2"].labels) - refs["sst2v2"].probs(TEXTS)).abs().max() < 1e-5
 

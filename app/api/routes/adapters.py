@@ -155,14 +155,13 @@ async def download_adapter(
 
 @router.delete("/{name}", dependencies=_MANAGE)
 async def delete_adapter(
-    name: str, registry: RegistryDep, runtime: RuntimeDep, version: int | None = None
+    name: str, runtime: RuntimeDep, version: int | None = None
 ) -> dict[str, Any]:
-    """Remove all versions (or one); in-flight batches keep their copy until they finish."""
-    registry.store.resolve(check_name(name), version)
-    removed = await run_in_threadpool(registry.store.delete, name, version)
-    # After the files are gone: a batch that loaded the adapter meanwhile cannot leave a copy
-    # behind that a re-upload under the same version number would then be served from.
-    runtime.cache.drop(name, version)
+    """Remove all versions (or one); in-flight batches keep their copy until they finish.
+
+    Concurrent deletes of one name: one gets the versions, the others a 404.
+    """
+    removed = await run_in_threadpool(runtime.delete_adapter, check_name(name), version)
     return {"name": name, "deleted_versions": removed}
 
 
@@ -171,10 +170,5 @@ async def patch_adapter(
     name: str, body: PinRequest, registry: RegistryDep, runtime: RuntimeDep
 ) -> dict[str, Any]:
     """`{"pinned": true}` keeps the latest version resident on the device."""
-    version = registry.store.resolve(check_name(name))
-    registry.store.set_pinned(name, body.pinned)
-    runtime.cache.set_pinned(name, body.pinned)
-    if body.pinned:
-        resident = await run_in_threadpool(runtime.cache.acquire, name, version)
-        runtime.cache.release(resident)
+    version = await run_in_threadpool(runtime.pin_adapter, check_name(name), body.pinned)
     return {**registry.summary(name), "resident": runtime.cache.residency(name, version)}

@@ -76,4 +76,3 @@ def encoder_service(base: Base, settings: Settings, files: dict[str, bytes]) -> 
         )
     with live_service(settings, base) as url:
         yield url
-

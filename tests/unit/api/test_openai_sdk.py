@@ -18,7 +18,6 @@ import pytest
 import torch
 from transformers import LlamaForCausalLM, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from app.base import BaseModel as Base
 from app.config import Settings
 from app.runtime.generation import GenerationEngine, GenJob
 from tests.conftest import peft_adapter
@@ -70,12 +69,19 @@ def decoder(
 
 @pytest.fixture(scope="module")
 def encoder(
-    tiny_bert_dir: Path, tokenizer: PreTrainedTokenizerBase, tmp_path_factory: pytest.TempPathFactory
+    tiny_bert_dir: Path,
+    tokenizer: PreTrainedTokenizerBase,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[str]:
     tmp = tmp_path_factory.mktemp("encoder")
     files = peft_adapter(tiny_bert_dir, r=4, out=tmp / "adapter")
-    settings = Settings(store=tmp / "store", database_url=f"sqlite:///{tmp}/db.sqlite",
-                        max_wait_ms=1.0, api_keys=KEYS, _env_file=None)
+    settings = Settings(
+        store=tmp / "store",
+        database_url=f"sqlite:///{tmp}/db.sqlite",
+        max_wait_ms=1.0,
+        api_keys=KEYS,
+        _env_file=None,
+    )
     with encoder_service(tiny_base(tiny_bert_dir, tokenizer), settings, files) as url:
         yield url
 
@@ -120,7 +126,8 @@ def test_unknown_model_is_not_found_in_our_error_shape(decoder: str) -> None:
         with pytest.raises(openai.NotFoundError) as err:
             sdk(decoder).models.retrieve(model_id)
         assert err.value.body == {
-            "code": "model_not_found", "message": f"no model with id {model_id!r}",
+            "code": "model_not_found",
+            "message": f"no model with id {model_id!r}",
             "param": "model",
         }
 
@@ -152,8 +159,11 @@ def test_embeddings_float_and_base64_agree(encoder: str) -> None:
         assert len(f.embedding) == 32
         assert np.allclose(f.embedding, p.embedding, atol=1e-6)
         assert math.isclose(float(np.linalg.norm(f.embedding)), 1.0, rel_tol=1e-5)
-    raw = httpx.post(f"{encoder}/v1/embeddings", headers={"Authorization": f"Bearer {ADMIN}"},
-                     json={"input": "hello", "encoding_format": "base64"}).json()
+    raw = httpx.post(
+        f"{encoder}/v1/embeddings",
+        headers={"Authorization": f"Bearer {ADMIN}"},
+        json={"input": "hello", "encoding_format": "base64"},
+    ).json()
     decoded = np.frombuffer(__import__("base64").b64decode(raw["data"][0]["embedding"]), "<f4")
     assert np.allclose(decoded, floats.data[2].embedding, atol=1e-7)
     single = client.embeddings.create(model="tiny-bert", input="hello", encoding_format="float")
@@ -169,7 +179,9 @@ def test_embeddings_dimensions_truncate_and_renormalize(encoder: str) -> None:
     assert np.allclose(short.data[0].embedding, head / np.linalg.norm(head), atol=1e-6)
     with pytest.raises(openai.BadRequestError) as err:
         client.embeddings.create(model="_base", input="hello", dimensions=33)
-    assert err.value.code == "invalid_dimensions" and "33 > the embedding width 32" in str(err.value)
+    assert err.value.code == "invalid_dimensions" and "33 > the embedding width 32" in str(
+        err.value
+    )
 
 
 def test_embeddings_with_an_adapter_and_refused_inputs(encoder: str) -> None:
@@ -191,16 +203,25 @@ def test_embeddings_with_an_adapter_and_refused_inputs(encoder: str) -> None:
 def test_streamed_completion_adds_up_to_the_plain_one(decoder: str) -> None:
     client = sdk(decoder)
     for stop in (None, ["o"]):
-        plain = client.completions.create(model="_base", prompt="hello world", max_tokens=16,
-                                          stop=stop)
-        chunks = list(client.completions.create(
-            model="_base", prompt="hello world", max_tokens=16, stop=stop, stream=True,
-            stream_options={"include_usage": True},
-        ))
+        plain = client.completions.create(
+            model="_base", prompt="hello world", max_tokens=16, stop=stop
+        )
+        chunks = list(
+            client.completions.create(
+                model="_base",
+                prompt="hello world",
+                max_tokens=16,
+                stop=stop,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+        )
         text_chunks = [c for c in chunks if c.choices]
         assert all(c.object == "text_completion" and c.id == chunks[0].id for c in chunks)
         assert "".join(c.choices[0].text for c in text_chunks) == plain.choices[0].text
-        assert [c.choices[0].finish_reason for c in text_chunks][-1] == plain.choices[0].finish_reason
+        assert [c.choices[0].finish_reason for c in text_chunks][-1] == plain.choices[
+            0
+        ].finish_reason
         assert all(c.choices[0].finish_reason is None for c in text_chunks[:-1])
         assert chunks[-1].choices == [] and chunks[-1].usage == plain.usage
     assert len(text_chunks) > 2  # text came token by token, not as one block
@@ -210,8 +231,9 @@ def test_streamed_chat_adds_up_to_the_plain_one(decoder: str) -> None:
     client = sdk(decoder)
     messages: Any = [{"role": "user", "content": "name: alice, age:"}]
     plain = client.chat.completions.create(model="words", messages=messages, max_tokens=12)
-    chunks = list(client.chat.completions.create(model="words", messages=messages, max_tokens=12,
-                                                 stream=True))
+    chunks = list(
+        client.chat.completions.create(model="words", messages=messages, max_tokens=12, stream=True)
+    )
     assert all(c.object == "chat.completion.chunk" and c.model == "words" for c in chunks)
     assert chunks[0].choices[0].delta.role == "assistant"
     content = "".join(c.choices[0].delta.content or "" for c in chunks)
@@ -256,12 +278,15 @@ def test_bad_requests_are_bad_request_errors(decoder: str) -> None:
         client.completions.create(model="_base", prompt="hi", max_tokens=10_000, stream=True)
     assert err.value.code == "max_new_tokens_too_large"  # checked before the stream starts
     with pytest.raises(openai.NotFoundError):
-        client.chat.completions.create(model="missing", messages=[{"role": "user",
-                                                                   "content": "hi"}])
+        client.chat.completions.create(
+            model="missing", messages=[{"role": "user", "content": "hi"}]
+        )
 
 
 def test_a_full_queue_is_a_rate_limit_error(
-    model: LlamaForCausalLM, tok: PreTrainedTokenizerFast, tmp_path: Path,
+    model: LlamaForCausalLM,
+    tok: PreTrainedTokenizerFast,
+    tmp_path: Path,
     slow_engine: threading.Event,
 ) -> None:
     """queue_size 1: while one streamed row decodes (slowed down), a second request is a 429."""

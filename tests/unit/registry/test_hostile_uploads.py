@@ -304,6 +304,19 @@ CASES = {
         lambda g: form(g, labels=None, extra={META: b'{"task": "classification", '
                                                     b'"labels": ["same", "same"]}'}),
         400, "invalid_labels"),
+    # ---- issue 13: user regexes, derived overflow, nesting, text, ambiguous heads
+    "config-invalid-regex": Case(with_config(rank_pattern={"(": 8}), 400, "invalid_config"),
+    "config-backreference-regex": Case(with_config(alpha_pattern={r"(q)\1": 1}),
+                                       400, "invalid_config"),
+    "config-alpha-1e308": Case(with_config(lora_alpha=1e308), 400, "invalid_adapter_config"),
+    "config-deep-nesting": Case(lambda g: form(g, config=b'{"a": ' * 100 + b"1" + b"}" * 100),
+                                400, "invalid_json"),
+    "config-lone-surrogate": Case(with_config(note="\ud800"), 400, "invalid_text"),
+    "two-heads": Case(lambda g: form(g, weights=with_tensors(g, lambda t: t.__setitem__(
+        "base_model.model.score.weight", torch.zeros(2, 32)))), 400, "invalid_head"),
+    "f64-beyond-float32": Case(
+        lambda g: form(g, weights=with_tensors(g, as_dtype(B_KEY, torch.float64, 1e300))),
+        400, "non_finite_weights"),
     # ---- sizes and missing parts
     "over-upload-limit": Case(lambda g: form(g), 413, "payload_too_large",
                               {"max_upload_bytes": 4096}),

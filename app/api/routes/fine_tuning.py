@@ -43,9 +43,10 @@ class HyperparametersIn(BaseModel):
     """OpenAI's hyperparameters; "auto" leaves our data-driven default."""
 
     model_config = ConfigDict(extra="forbid")
-    n_epochs: int | Literal["auto"] | None = Field(None, ge=1, le=100)
-    batch_size: int | Literal["auto"] | None = Field(None, ge=1, le=512)
-    learning_rate_multiplier: float | Literal["auto"] | None = Field(None, gt=0, le=100)
+    # The bounds sit on the number, not the union: "auto" has no order.
+    n_epochs: Annotated[int, Field(ge=1, le=100)] | Literal["auto"] | None = None
+    batch_size: Annotated[int, Field(ge=1, le=512)] | Literal["auto"] | None = None
+    learning_rate_multiplier: Annotated[float, Field(gt=0, le=100)] | Literal["auto"] | None = None
 
 
 class SupervisedIn(BaseModel):

@@ -90,7 +90,9 @@ def wait_terminal(client: openai.OpenAI, job_id: str, timeout: float = 60) -> Fi
         time.sleep(0.1)
 
 
-def start(client: openai.OpenAI, suffix: str, **extra: Any) -> FineTuningJob:
+def start(
+    client: openai.OpenAI, suffix: str, hyperparameters: Any = None, **extra: Any
+) -> FineTuningJob:
     train = client.files.create(file=("train.jsonl", chat_rows(WORDS[:12])), purpose="fine-tune")
     valid = client.files.create(file=("valid.jsonl", chat_rows(WORDS[12:])), purpose="fine-tune")
     assert train.object == "file" and train.purpose == "fine-tune" and train.bytes > 0
@@ -100,7 +102,7 @@ def start(client: openai.OpenAI, suffix: str, **extra: Any) -> FineTuningJob:
         training_file=train.id,
         validation_file=valid.id,
         suffix=suffix,
-        hyperparameters={"n_epochs": 2, "batch_size": 4},
+        hyperparameters=hyperparameters or {"n_epochs": 2, "batch_size": 4},
         extra_body={**EXTRA, **extra},
     )
 
@@ -145,7 +147,11 @@ def test_events_page_newest_first_over_the_whole_log(decoder: str) -> None:
 
 def test_cancel_and_the_typed_errors(decoder: str) -> None:
     client = sdk(decoder)
-    job = start(client, "ft-cancel", switchyard={"hyperparameters": {"max_steps": 500}})
+    # "auto" passes (regression: the bounds of n_epochs once applied to "auto" itself, a 500).
+    auto = {"n_epochs": "auto", "batch_size": "auto", "learning_rate_multiplier": 2.0}
+    job = start(client, "ft-cancel", auto, switchyard={"hyperparameters": {"max_steps": 500}})
+    assert job.hyperparameters.n_epochs == "auto"
+    assert job.hyperparameters.learning_rate_multiplier == 2.0  # twice LoRA's 1e-3
     assert client.fine_tuning.jobs.cancel(job.id).status == "cancelled"
     assert wait_terminal(client, job.id).status == "cancelled"
     with pytest.raises(openai.NotFoundError) as err:
@@ -161,6 +167,11 @@ def test_cancel_and_the_typed_errors(decoder: str) -> None:
     assert err.value.code == "unsupported_method"
     with pytest.raises(openai.NotFoundError):
         client.fine_tuning.jobs.create(model="_base", training_file="ds_missing")
+    with pytest.raises(openai.UnprocessableEntityError) as err:
+        client.fine_tuning.jobs.create(
+            model="_base", training_file=job.training_file or "", hyperparameters={"n_epochs": 0}
+        )
+    assert err.value.code == "invalid_request"
     with pytest.raises(openai.BadRequestError) as err:
         client.files.create(file=("x.jsonl", b'{"text": "a"}\n'), purpose="batch")
     assert err.value.code == "unsupported_purpose"

@@ -34,6 +34,13 @@ class Settings(BaseSettings):
     # --- where things live
     store: Path = Path("./adapters")
     database_url: str | None = None
+    database_busy_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        le=600,
+        description="how long a catalog write waits for another writer's lock (SQLite) or a "
+        "connection (PostgreSQL) before the request is a 503 database_unavailable",
+    )
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
 

@@ -3,22 +3,43 @@
 SQLite inside the store by default, any SQLAlchemy URL (Postgres when several replicas share
 one catalog) otherwise. Tables are created at start; the models are typed SQLAlchemy 2.x
 declarative classes so that mypy checks every column access.
+
+A catalog that is locked (SQLite held by another writer past the busy timeout) or unreachable
+(a PostgreSQL server down) is not a bug: every session maps the driver's connection-level
+errors, in this one place, to a 503 `database_unavailable` with `Retry-After`, and the next
+session simply tries again, so the service recovers by itself once the database is back. A
+database that is down at start only delays creating the tables until the first session.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import importlib.util
+import logging
+import math
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import JSON, DateTime, Engine, ForeignKey, Index, String, create_engine, event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.pool import StaticPool
 
 from app.config import Settings
+from app.errors import SwitchyardError
+
+log = logging.getLogger(__name__)
+
+# Seconds a client should wait before trying again: a lock is usually gone within one, a
+# server that went away takes longer to come back (and each try costs a connect timeout).
+RETRY_AFTER_LOCKED_S = 1
+RETRY_AFTER_UNREACHABLE_S = 5
+DEFAULT_BUSY_TIMEOUT_S = 5.0
 
 JSONDict = dict[str, Any]
 JSONList = list[Any]
@@ -107,24 +128,67 @@ class JobEvent(Model):
     data: Mapped[JSONDict] = mapped_column(default=dict)
 
 
+class DatabaseUnavailable(SwitchyardError):
+    """503 `database_unavailable`: the catalog is locked or unreachable; retry after a while."""
+
+    def __init__(self, detail: str, retry_after_s: int) -> None:
+        super().__init__(
+            503,
+            "database_unavailable",
+            f"the catalog database is {detail}; retry in {retry_after_s} s",
+            headers={"Retry-After": str(retry_after_s)},
+        )
+
+
+def unavailable(exc: BaseException) -> DatabaseUnavailable | None:
+    """The 503 for a connection-level database error (locked, refused, dropped, pool
+    exhausted); None for anything else (a constraint or a bad statement is a bug)."""
+    connection_level = isinstance(
+        exc, OperationalError | InterfaceError | DisconnectionError | PoolTimeoutError
+    ) or (isinstance(exc, DBAPIError) and exc.connection_invalidated)
+    if not connection_level:
+        return None
+    # The driver's text names hosts and files: it goes to the log, never to the client.
+    text = str(getattr(exc, "orig", None) or exc).lower()
+    if "locked" in text or "busy" in text:
+        return DatabaseUnavailable("locked by another writer", RETRY_AFTER_LOCKED_S)
+    return DatabaseUnavailable("unavailable", RETRY_AFTER_UNREACHABLE_S)
+
+
 class Database:
     """An engine and its session factory for one catalog URL."""
 
-    def __init__(self, url: str, *, echo: bool = False) -> None:
+    def __init__(
+        self, url: str, *, echo: bool = False, busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S
+    ) -> None:
         self.url = url
-        self.engine = _make_engine(url, echo=echo)
+        self.engine = _make_engine(url, echo=echo, busy_timeout_s=busy_timeout_s)
         # Objects stay readable after commit: services return plain dicts built from them.
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._tables_ready = False
+        self._tables_lock = threading.Lock()
 
     @contextmanager
     def session(self) -> Iterator[Session]:
-        """A session that commits on success and rolls back on any exception."""
-        with self.sessions() as session, session.begin():
-            yield session
+        """A session that commits on success and rolls back on any exception; a locked or
+        unreachable database raises `DatabaseUnavailable` (chained to the driver's error)."""
+        with _mapped_errors():
+            self._ensure_tables()
+            with self.sessions() as session, session.begin():
+                yield session
 
     def create_all(self) -> None:
         """Create missing tables; existing ones are left as they are."""
-        Model.metadata.create_all(self.engine)
+        with _mapped_errors():
+            Model.metadata.create_all(self.engine)
+        self._tables_ready = True
+
+    def _ensure_tables(self) -> None:
+        if self._tables_ready:
+            return
+        with self._tables_lock:
+            if not self._tables_ready:
+                self.create_all()
 
     def dispose(self) -> None:
         """Close pooled connections (at shutdown, or between tests)."""
@@ -132,36 +196,75 @@ class Database:
 
 
 def open_database(settings: Settings) -> Database:
-    """The catalog of `settings`, tables created."""
-    database = Database(settings.resolved_database_url)
-    database.create_all()
+    """The catalog of `settings`, tables created (at the first session if it is down now)."""
+    database = Database(
+        settings.resolved_database_url, busy_timeout_s=settings.database_busy_timeout_s
+    )
+    try:
+        database.create_all()
+    except DatabaseUnavailable as exc:
+        # Inference needs no catalog: start anyway; catalog routes answer 503 until it is back.
+        log.warning(
+            "catalog database unavailable at start (%s); tables are created later", exc.__cause__
+        )
     return database
 
 
-def _make_engine(url: str, *, echo: bool) -> Engine:
-    parsed = make_url(url)
+@contextmanager
+def _mapped_errors() -> Iterator[None]:
+    try:
+        yield
+    except (DBAPIError, DisconnectionError, PoolTimeoutError) as exc:
+        mapped = unavailable(exc)
+        if mapped is None:
+            raise
+        log.warning(
+            "catalog database unavailable: %s: %s",
+            type(exc).__name__,
+            exc.orig if isinstance(exc, DBAPIError) else exc,
+        )
+        raise mapped from exc
+
+
+def _make_engine(url: str, *, echo: bool, busy_timeout_s: float) -> Engine:
+    parsed = _with_installed_driver(make_url(url))
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(url, echo=echo, pool_pre_ping=True)
-    # Worker threads, request threads and the event stream all share the engine.
-    connect_args = {"check_same_thread": False, "timeout": 30}
+        connect_args: dict[str, Any] = {}
+        if parsed.get_driver_name() in ("psycopg", "psycopg2"):
+            # A server that drops packets would otherwise hold each request for minutes.
+            connect_args["connect_timeout"] = max(2, math.ceil(busy_timeout_s))
+        return create_engine(parsed, echo=echo, pool_pre_ping=True, connect_args=connect_args)
+    # Worker threads, request threads and the event stream all share the engine. A writer
+    # waits this long for another's lock, then the request is a 503 rather than a hang.
+    connect_args = {"check_same_thread": False, "timeout": busy_timeout_s}
     if parsed.database in (None, "", ":memory:"):
         # One shared connection, or every session would see its own empty database.
         engine = create_engine(url, echo=echo, connect_args=connect_args, poolclass=StaticPool)
     else:
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, echo=echo, connect_args=connect_args)
-    event.listen(engine, "connect", _sqlite_pragmas)
+    busy_ms = int(busy_timeout_s * 1000)
+    event.listen(engine, "connect", lambda conn, _record: _sqlite_pragmas(conn, busy_ms))
     return engine
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+def _with_installed_driver(url: URL) -> URL:
+    """`postgresql://` means psycopg2 to SQLAlchemy; use psycopg 3 when only it is installed."""
+    if url.drivername != "postgresql" or importlib.util.find_spec("psycopg2") is not None:
+        return url
+    if importlib.util.find_spec("psycopg") is None:
+        return url
+    return url.set(drivername="postgresql+psycopg")
+
+
+def _sqlite_pragmas(dbapi_connection: Any, busy_ms: int) -> None:
     # WAL lets the event stream read while a worker writes; NORMAL sync is safe under WAL;
     # foreign keys make deleting a job delete its events.
     cursor = dbapi_connection.cursor()
     try:
+        cursor.execute(f"PRAGMA busy_timeout={busy_ms}")  # first: WAL itself takes a lock
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=30000")
     finally:
         cursor.close()

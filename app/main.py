@@ -34,7 +34,7 @@ from app.registry.store import AdapterStore
 from app.runtime.metrics import Metrics
 from app.runtime.runtime import Runtime
 from app.training.datasets import DatasetService
-from app.training.hyperparameters import parse_hyperparameters
+from app.training.preflight import preflight
 from app.training.jobs import JobManager
 from app.training.trainer import train
 
@@ -126,7 +126,5 @@ def _start(app: FastAPI, settings: Settings, base: Base | None) -> None:
             micro_batch_tokens=settings.train_micro_batch_tokens,
         ),
         register_fn=registry.register,
-        check_hyperparameters=functools.partial(
-            parse_hyperparameters, max_rank=rank, max_tokens=tokens
-        ),
+        check_plan=functools.partial(preflight, base=base, max_rank=rank, max_tokens=tokens),
     )

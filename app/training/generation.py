@@ -23,11 +23,11 @@ from peft import LoraConfig, PeftModel, PrefixTuningConfig, TaskType, get_peft_m
 from torch import nn
 
 from app.base import BaseModel as Base
-from app.errors import bad_request
 from app.tasks import GENERATION
 from app.tasks.generation import IGNORE, example_ids, example_length
-from app.training.hyperparameters import Hyperparameters, fill_defaults, parse_hyperparameters
+from app.training.hyperparameters import Hyperparameters, fill_defaults
 from app.training.loop import trim_heap
+from app.training.preflight import GENERATION_METHODS, preflight
 from app.training.types import (
     CancelToken,
     TrainingCancelled,
@@ -39,7 +39,7 @@ from app.training.view import build_view
 
 Pause = Callable[[], None]
 Example = tuple[list[int], list[int]]  # (input_ids, labels)
-METHODS = ("lora", "prefix")
+METHODS = GENERATION_METHODS
 METRIC = "loss"  # validation loss on completion tokens: lower is better
 
 
@@ -54,22 +54,22 @@ def train_generation(
     pause: Pause | None = None,
 ) -> TrainingOutcome:
     """Train one generation adapter; return the PEFT files of its best evaluation."""
-    if plan.method not in METHODS:
-        raise bad_request(
-            "unsupported_method",
-            f"method {plan.method!r} cannot train task generation; use one of {list(METHODS)}",
-            param="method",
-        )
-    hp = parse_hyperparameters(plan.hyperparameters, max_rank=max_rank, max_tokens=max_tokens)
+    # The submit-time dry run again (task, method, hyperparameters, targets): same checks.
+    setup = preflight(plan, base=base, max_rank=max_rank, max_tokens=max_tokens)
     lengths = [example_length(base.tokenizer, row) for row in plan.train_rows[:2000]]
     hp = fill_defaults(
-        hp, method=plan.method, rows=len(plan.train_rows), lengths=lengths, max_tokens=max_tokens
+        setup.hp,
+        method=plan.method,
+        rows=len(plan.train_rows),
+        lengths=lengths,
+        max_tokens=setup.max_length_cap,
     )
     torch.manual_seed(hp.seed)
     length = hp.max_length or max_tokens
     train = [example_ids(base.tokenizer, row, max_length=length) for row in plan.train_rows]
     val = [example_ids(base.tokenizer, row, max_length=length) for row in plan.validation_rows]
-    model = wrap(build_view(base, task=GENERATION, num_labels=0), plan.method, hp)
+    view = build_view(base, task=GENERATION, num_labels=0)
+    model = wrap(view, plan.method, hp, targets=setup.targets)
     loop = _Loop(base, model, hp, reporter, cancel, pause)
     best_state = loop.run(train, val or train[:64])
     model.load_state_dict(best_state, strict=False)
@@ -82,8 +82,11 @@ def train_generation(
     )
 
 
-def wrap(view: nn.Module, method: str, hp: Hyperparameters) -> PeftModel:
-    """PEFT's causal-LM model for the method, over the shared view."""
+def wrap(
+    view: nn.Module, method: str, hp: Hyperparameters, *, targets: list[str] | None = None
+) -> PeftModel:
+    """PEFT's causal-LM model for the method, over the shared view; `targets` as resolved
+    by the dry run (app/training/targets.py)."""
     config: LoraConfig | PrefixTuningConfig
     if method == "lora":
         config = LoraConfig(
@@ -91,7 +94,7 @@ def wrap(view: nn.Module, method: str, hp: Hyperparameters) -> PeftModel:
             r=hp.rank,
             lora_alpha=hp.alpha or 2 * hp.rank,  # type: ignore[arg-type]
             lora_dropout=hp.dropout,
-            target_modules=hp.target_modules,
+            target_modules=targets if targets is not None else hp.target_modules,
         )
     else:
         # No projection MLP: the registry and the runtime take the key/values as they are.

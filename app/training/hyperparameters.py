@@ -10,38 +10,55 @@ max_length the token lengths of the rows. README.md, "Training defaults", explai
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from app.errors import bad_request
+
+# Bounds of what a job may ask for. Past these a value is a typo or an attack, never a recipe:
+# a seed must fit every generator it seeds (NumPy's are 32-bit), and the LoRA scale
+# alpha / rank multiplies every update (PEFT's default is 2; common recipes stay under 64).
+MAX_SEED = 2**32 - 1
+MAX_LORA_SCALE = 256.0
+MAX_STEPS = 10_000_000
+MAX_TARGETS = 1024
+TargetName = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 
 
 class Hyperparameters(BaseModel):
     """Every knob a training job accepts; None means 'pick from the data'."""
 
-    model_config = ConfigDict(extra="forbid")
+    # Strict: `true` is not 1 and "3" is not 3, JSON's numbers are taken as they are typed,
+    # and NaN or infinity is never a setting.
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
     epochs: int | None = Field(None, ge=1, le=100)
     batch_size: int = Field(32, ge=1, le=512)
     learning_rate: float | None = Field(None, gt=0, le=1)
     head_learning_rate: float | None = Field(None, gt=0, le=10)
     weight_decay: float = Field(0.01, ge=0, le=1)
     warmup_ratio: float = Field(0.06, ge=0, lt=1)
-    rank: int = Field(8, ge=1)
-    alpha: float | None = Field(None, gt=0)
+    rank: int = Field(8, ge=1, le=1024)
+    alpha: float | None = Field(None, gt=0, le=1024 * MAX_LORA_SCALE)
     dropout: float = Field(0.05, ge=0, lt=1)
-    target_modules: str | list[str] = "all-linear"
+    # A string is a regular expression over whole module names, a list matches name suffixes
+    # (PEFT's rules); app/training/targets.py resolves either against the base.
+    target_modules: (
+        TargetName | Annotated[list[TargetName], Field(min_length=1, max_length=MAX_TARGETS)]
+    ) = "all-linear"
     num_virtual_tokens: int = Field(20, ge=1, le=256)
-    max_length: int | None = Field(None, ge=8)
-    seed: int = 0
-    early_stopping_patience: int | None = Field(2, ge=1)
-    eval_every_steps: int | None = Field(None, ge=1)
-    log_every_steps: int = Field(10, ge=1)
+    max_length: int | None = Field(None, ge=8, le=1_000_000)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
+    early_stopping_patience: int | None = Field(2, ge=1, le=10_000)
+    eval_every_steps: int | None = Field(None, ge=1, le=MAX_STEPS)
+    log_every_steps: int = Field(10, ge=1, le=MAX_STEPS)
     head_init: Literal["probe", "random"] = "probe"
     # linear_probe picks its layers on validation unless given (see probe.py).
-    layers: list[int] = Field(default_factory=lambda: [-1], min_length=1, max_length=16)
+    layers: list[Annotated[int, Field(ge=-1024, le=1024)]] = Field(
+        default_factory=lambda: [-1], min_length=1, max_length=16
+    )
     pooling: Literal["mean", "cls", "max"] = "mean"
-    max_steps: int | None = Field(None, ge=1)
+    max_steps: int | None = Field(None, ge=1, le=MAX_STEPS)
 
 
 def parse_hyperparameters(
@@ -51,13 +68,7 @@ def parse_hyperparameters(
     try:
         hp = Hyperparameters.model_validate(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"])
-        raise bad_request(
-            "invalid_hyperparameter",
-            f"hyperparameter {field!r}: {first['msg']} (got {first.get('input')!r})",
-            param=f"hyperparameters.{field}",
-        ) from exc
+        raise _invalid(exc) from exc
     if hp.rank > max_rank:
         raise bad_request(
             "invalid_hyperparameter",
@@ -70,7 +81,33 @@ def parse_hyperparameters(
             f"max_length {hp.max_length} > max_input_tokens {max_tokens}",
             param="hyperparameters.max_length",
         )
+    if hp.alpha is not None and hp.alpha / hp.rank > MAX_LORA_SCALE:
+        # What the adapter computes is alpha / rank times B: bound that, not alpha alone.
+        raise bad_request(
+            "invalid_hyperparameter",
+            f"alpha {hp.alpha:g} / rank {hp.rank} = LoRA scale {hp.alpha / hp.rank:g} "
+            f"> limit {MAX_LORA_SCALE:g}",
+            param="hyperparameters.alpha",
+        )
     return hp
+
+
+def _invalid(exc: ValidationError) -> Exception:
+    """The first schema error as a 400 naming the field (not pydantic's union branch)."""
+    errors = exc.errors()
+    # Of a union's branches, the one whose type fit says more ("at least 1 item") than the
+    # others' type mismatches ("should be a valid string").
+    first = next((e for e in errors if not e["type"].endswith("_type")), errors[0])
+    loc = [str(p) for p in first["loc"]]
+    field = loc[0] if loc else "hyperparameters"
+    shown = repr(first.get("input"))
+    shown = shown if len(shown) <= 80 else shown[:77] + "..."
+    where = ".".join([field, *(p for p in loc[1:] if p.isdigit())])
+    return bad_request(
+        "invalid_hyperparameter",
+        f"hyperparameter {where!r}: {first['msg']} (got {shown})",
+        param=f"hyperparameters.{field}",
+    )
 
 
 # Per method: the learning rate, and the fewest optimizer steps a run should take. New

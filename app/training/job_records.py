@@ -8,6 +8,7 @@ and a reader that sees a terminal status also sees the event that says so.
 from __future__ import annotations
 
 import builtins
+import logging
 import math
 import time
 from collections.abc import Sequence
@@ -15,8 +16,10 @@ from typing import Any, cast
 
 from sqlalchemy import CursorResult, select, update
 
-from app.db import Database, JobEvent, TrainingJob, iso, utcnow
+from app.db import Database, DatabaseUnavailable, JobEvent, TrainingJob, iso, utcnow
 from app.errors import SwitchyardError, not_found
+
+log = logging.getLogger(__name__)
 
 QUEUED, VALIDATING, RUNNING = "queued", "validating", "running"
 SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
@@ -163,7 +166,11 @@ class JobRecords:
 
 
 class JobReporter:
-    """The trainer's callbacks for one job: progress (throttled) and events, into the catalog."""
+    """The trainer's callbacks for one job: progress (throttled) and events, into the catalog.
+
+    A catalog outage while training loses a log line, not the run: the write is skipped (the
+    job's metrics and progress are written again when it finishes).
+    """
 
     def __init__(self, records: JobRecords, job_id: str, interval_s: float) -> None:
         self._records = records
@@ -193,11 +200,19 @@ class JobReporter:
         # Throttled: a write per step would make SQLite the bottleneck of a fast trainer.
         if now - self._written >= self._interval_s or step >= total_steps:
             self._written = now
-            self._records.set_progress(self._job_id, self._latest)
+            try:
+                self._records.set_progress(self._job_id, self._latest)
+            except DatabaseUnavailable:
+                log.warning(
+                    "job %s: progress not written, the catalog is unavailable", self._job_id
+                )
 
     def event(self, kind: str, data: dict[str, Any]) -> None:
         """Append to the job's log ("loss", "evaluation", "info")."""
-        self._records.add_event(self._job_id, kind, data)
+        try:
+            self._records.add_event(self._job_id, kind, data)
+        except DatabaseUnavailable:
+            log.warning("job %s: %s event lost, the catalog is unavailable", self._job_id, kind)
 
     def final(self) -> dict[str, Any]:
         """Progress of a finished job."""

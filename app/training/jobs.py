@@ -19,8 +19,10 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import asdict
 from typing import Any
 
+import torch
+
 from app.config import Settings
-from app.db import Database, TrainingJob
+from app.db import Database, DatabaseUnavailable, TrainingJob
 from app.errors import SwitchyardError, bad_request
 from app.registry.store import CONFIG_FILE, WEIGHTS_FILE
 from app.training.datasets import DatasetService
@@ -55,17 +57,23 @@ from app.training.types import (
 log = logging.getLogger(__name__)
 
 HyperparameterCheck = Callable[[dict[str, Any]], object]
+PlanCheck = Callable[[TrainingPlan], object]
 RESTART_MESSAGE = "the service restarted while this job was running; submit it again"
 SHUTDOWN_MESSAGE = "the service shut down while this job was running; submit it again"
 _STREAM_BATCH = 500  # events per poll of a stream
+# A job's last write (succeeded, failed) waits out a catalog outage this long: giving up leaves
+# the job `running` until the next start marks it interrupted.
+_FINAL_WRITE_TRIES = 8
+_FINAL_WRITE_BACKOFF_S = 0.25
 
 
 class JobManager:
     """The training queue: create, run, cancel and watch jobs; worker threads do the training.
 
     `train_fn` is the trainer (`app.training.trainer.train` bound to the base; tests pass a
-    fake), `register_fn` stores the result (`Registry.register`). `check_hyperparameters`,
-    when given, is called at submission so bad hyperparameters are a 400, not a failed job.
+    fake), `register_fn` stores the result (`Registry.register`). `check_hyperparameters` and
+    `check_plan` (the trainer's dry run, `app.training.preflight.preflight` bound to the base),
+    when given, run at submission so that a user's mistake is a 400, not a failed job.
     """
 
     def __init__(
@@ -77,6 +85,7 @@ class JobManager:
         train_fn: TrainFn,
         register_fn: RegisterFn,
         check_hyperparameters: HyperparameterCheck | None = None,
+        check_plan: PlanCheck | None = None,
         poll_interval_s: float = 1.0,
         progress_interval_s: float = 0.5,
         cancel_wait_s: float = 5.0,
@@ -87,6 +96,7 @@ class JobManager:
         self._train_fn = train_fn
         self._register_fn = register_fn
         self._check_hyperparameters = check_hyperparameters
+        self._check_plan = check_plan
         self._poll_interval_s = poll_interval_s
         self._progress_interval_s = progress_interval_s
         self._cancel_wait_s = cancel_wait_s
@@ -95,6 +105,7 @@ class JobManager:
         self._wake = threading.Condition()
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._interrupt_pending = False  # the restart sweep, if the catalog was down at start
 
     # ---------------------------------------------------------------- the API
     def create(self, body: Mapping[str, Any]) -> dict[str, Any]:
@@ -103,6 +114,8 @@ class JobManager:
         if self._check_hyperparameters is not None:
             self._check_hyperparameters(request.hyperparameters)
         prepared = self._prepare(request)
+        if self._check_plan is not None:
+            self._check_plan(prepared.plan)
         record = TrainingJob(
             id=f"job_{secrets.token_hex(12)}",
             adapter=request.adapter,
@@ -188,8 +201,8 @@ class JobManager:
         """Fail jobs a previous process left running, then start the workers."""
         if self._threads:
             return
-        for job_id in self.records.interrupt(RESTART_MESSAGE):
-            log.warning("training job %s was interrupted by a restart", job_id)
+        self._interrupt_pending = True
+        self._sweep_interrupted()
         self._stopping.clear()
         for index in range(self.settings.max_concurrent_jobs):
             thread = threading.Thread(
@@ -215,12 +228,37 @@ class JobManager:
         self._threads = [t for t in self._threads if t.is_alive()]
 
     # ---------------------------------------------------------------- workers
+    def _sweep_interrupted(self) -> None:
+        """Fail the jobs a previous process left running; retried by the workers while the
+        catalog is down (before they claim anything: a claimed job is not a leftover)."""
+        try:
+            with self._lock:
+                if not self._interrupt_pending:
+                    return
+                interrupted = self.records.interrupt(RESTART_MESSAGE)
+                self._interrupt_pending = False
+        except DatabaseUnavailable:
+            log.warning("catalog database unavailable: interrupted jobs are marked later")
+            return
+        for job_id in interrupted:
+            log.warning("training job %s was interrupted by a restart", job_id)
+
+    def _claim(self) -> TrainingJob | None:
+        self._sweep_interrupted()
+        with self._lock:
+            if self._stopping.is_set() or self._interrupt_pending:
+                return None
+            try:
+                record = self.records.claim_next()
+            except DatabaseUnavailable:
+                return None  # wait a poll interval and try again: the outage may be over
+            if record is not None:
+                self._tokens[record.id] = CancelToken()
+            return record
+
     def _work(self) -> None:
         while not self._stopping.is_set():
-            with self._lock:
-                record = None if self._stopping.is_set() else self.records.claim_next()
-                if record is not None:
-                    self._tokens[record.id] = CancelToken()
+            record = self._claim()
             if record is None:
                 with self._wake:
                     self._wake.wait(self._poll_interval_s)
@@ -250,10 +288,9 @@ class JobManager:
         except Exception as exc:
             self._fail(record.id, token, exc)
             return
-        self.records.transition(
+        self._final_write(
             record.id,
             SUCCEEDED,
-            expect=ACTIVE,
             result={"adapter": record.adapter, "version": version},
             metrics=outcome.history or self.records.get(record.id).metrics,
             best={**outcome.best, "metrics": outcome.metrics},
@@ -265,16 +302,22 @@ class JobManager:
     def _fail(self, job_id: str, token: CancelToken, exc: Exception) -> None:
         if token.cancelled and token.reason == "shutdown":
             error = {"code": "interrupted", "message": SHUTDOWN_MESSAGE, "param": None}
-            self.records.transition(job_id, FAILED, expect=ACTIVE, error=error)
+            self._final_write(job_id, FAILED, error=error)
         elif token.cancelled or isinstance(exc, TrainingCancelled):
-            self.records.transition(job_id, CANCELLED, expect=ACTIVE)
-        elif isinstance(exc, SwitchyardError):
-            self.records.transition(job_id, FAILED, expect=ACTIVE, error=error_json(exc))
+            self._final_write(job_id, CANCELLED)
         else:
-            log.exception("training job %s failed", job_id, exc_info=exc)
-            message = f"training failed unexpectedly: {type(exc).__name__}: {exc}"[:1000]
-            error = {"code": "internal_error", "message": message, "param": None}
-            self.records.transition(job_id, FAILED, expect=ACTIVE, error=error)
+            self._final_write(job_id, FAILED, error=failure(exc, job_id))
+
+    def _final_write(self, job_id: str, status: str, **fields: Any) -> None:
+        """The job's terminal transition, tried again through a short catalog outage."""
+        for attempt in range(_FINAL_WRITE_TRIES):
+            try:
+                self.records.transition(job_id, status, expect=ACTIVE, **fields)
+                return
+            except DatabaseUnavailable:
+                if attempt == _FINAL_WRITE_TRIES - 1:
+                    raise
+                time.sleep(_FINAL_WRITE_BACKOFF_S * 2**attempt)
 
     def _register(self, record: TrainingJob, plan: TrainingPlan, outcome: TrainingOutcome) -> int:
         missing = [f for f in (CONFIG_FILE, WEIGHTS_FILE) if f not in outcome.files]
@@ -317,6 +360,19 @@ class JobManager:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and self.records.status(job_id) not in TERMINAL:
             time.sleep(0.02)
+
+
+def failure(exc: Exception, job_id: str) -> dict[str, Any]:
+    """A failed job's `error`: the code of a SwitchyardError (a user's value, a refusal, an
+    outage), `out_of_memory` for memory, and `internal_error` only for what is left: a bug."""
+    if isinstance(exc, SwitchyardError):
+        return error_json(exc)
+    if isinstance(exc, MemoryError | torch.OutOfMemoryError):
+        message = "training ran out of memory; lower batch_size or max_length"
+        return {"code": "out_of_memory", "message": message, "param": "hyperparameters.batch_size"}
+    log.exception("training job %s failed", job_id, exc_info=exc)
+    message = f"training failed unexpectedly: {type(exc).__name__}: {exc}"[:1000]
+    return {"code": "internal_error", "message": message, "param": None}
 
 
 def _raise_if_cancelled(token: CancelToken) -> None:

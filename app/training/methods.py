@@ -51,8 +51,21 @@ class PromptTokenModel(nn.Module):
 AdapterModel = PeftModel | PrefixModel | PromptTokenModel
 
 
-def wrap(view: nn.Module, method: str, hp: Hyperparameters, task: str, base: Base) -> AdapterModel:
-    """The trainable model of `method` over `view` (its head already initialised)."""
+def wrap(
+    view: nn.Module,
+    method: str,
+    hp: Hyperparameters,
+    task: str,
+    base: Base,
+    *,
+    targets: list[str] | None = None,
+) -> AdapterModel:
+    """The trainable model of `method` over `view` (its head already initialised).
+
+    `targets` are the view's module names that `hp.target_modules` resolved to
+    (app/training/targets.py); PEFT gets them rather than the user's pattern, so it never runs
+    a user's regular expression itself.
+    """
     task_type = TaskType.TOKEN_CLS if task == TOKEN_CLASSIFICATION else TaskType.SEQ_CLS
     if method == "lora":
         config: Any = LoraConfig(
@@ -60,12 +73,12 @@ def wrap(view: nn.Module, method: str, hp: Hyperparameters, task: str, base: Bas
             r=hp.rank,
             lora_alpha=hp.alpha or 2 * hp.rank,  # type: ignore[arg-type]
             lora_dropout=hp.dropout,
-            target_modules=hp.target_modules,
+            target_modules=targets if targets is not None else hp.target_modules,
             modules_to_save=["classifier"],
         )
         return get_peft_model(view, config)
     if method == "ia3":
-        return get_peft_model(view, _ia3_config(hp, task_type))
+        return get_peft_model(view, _ia3_config(hp, task_type, targets))
     if method == "prompt":
         return _prompt(view, hp, task_type, base)
     if method == "prefix":
@@ -81,11 +94,11 @@ def wrap(view: nn.Module, method: str, hp: Hyperparameters, task: str, base: Bas
     )
 
 
-def _ia3_config(hp: Hyperparameters, task_type: TaskType) -> IA3Config:
+def _ia3_config(hp: Hyperparameters, task_type: TaskType, resolved: list[str] | None) -> IA3Config:
     """PEFT's IA3 defaults for the architecture, unless the user names the modules."""
-    if hp.target_modules == "all-linear":
+    if resolved is None and hp.target_modules == "all-linear":
         return IA3Config(task_type=task_type, modules_to_save=["classifier"])
-    targets = [hp.target_modules] if isinstance(hp.target_modules, str) else hp.target_modules
+    targets = resolved if resolved is not None else _as_list(hp.target_modules)
     # Dense projections out of a block are IA3's feed-forward modules: scaled on their input.
     feedforward = [t for t in targets if t.split(".")[-1] == "dense"]
     return IA3Config(
@@ -94,6 +107,10 @@ def _ia3_config(hp: Hyperparameters, task_type: TaskType) -> IA3Config:
         feedforward_modules=feedforward,
         modules_to_save=["classifier"],
     )
+
+
+def _as_list(target_modules: str | list[str]) -> list[str]:
+    return [target_modules] if isinstance(target_modules, str) else target_modules
 
 
 def _prompt(

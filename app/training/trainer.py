@@ -11,16 +11,16 @@ import tempfile
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from app.base import BaseModel as Base
 from app.tasks import GENERATION, head_rows
 from app.training import methods, probe
 from app.training.encoding import encode_rows, token_lengths
 from app.training.generation import train_generation
-from app.training.hyperparameters import Hyperparameters, fill_defaults, parse_hyperparameters
+from app.training.hyperparameters import fill_defaults
 from app.training.loop import Pause, Ticker, TrainLoop, release_memory, yielding
 from app.training.methods import AdapterModel
+from app.training.preflight import preflight
 from app.training.types import CancelToken, TrainingOutcome, TrainingPlan, TrainingReporter
 from app.training.view import build_view
 
@@ -76,10 +76,15 @@ def _train(
             max_tokens=max_tokens,
             pause=pause,
         )
-    hp = parse_hyperparameters(plan.hyperparameters, max_rank=max_rank, max_tokens=max_tokens)
+    # The submit-time dry run again, on the same base: the same checks, the same targets.
+    setup = preflight(plan, base=base, max_rank=max_rank, max_tokens=max_tokens)
     lengths = token_lengths(plan.train_rows, base.tokenizer, task=plan.task)
     hp = fill_defaults(
-        hp, method=plan.method, rows=len(plan.train_rows), lengths=lengths, max_tokens=max_tokens
+        setup.hp,
+        method=plan.method,
+        rows=len(plan.train_rows),
+        lengths=lengths,
+        max_tokens=setup.max_length_cap,
     )
     torch.manual_seed(hp.seed)
     tick = Ticker(cancel, pause)
@@ -99,7 +104,7 @@ def _train(
         )
         with yielding(view, tick):
             probe.init_head(view, base=base, task=plan.task, examples=train_ex, hp=hp, tick=tick)
-    model = _wrap(view, plan.method, hp, plan.task, base)
+    model = methods.wrap(view, plan.method, hp, plan.task, base, targets=setup.targets)
     if checkpoint_activations and plan.method != "prefix":
         # Keep only each layer's input and recompute the rest in the backward pass: the
         # activation peak becomes one layer's instead of all of them (bench/README.md,
@@ -120,11 +125,6 @@ def _train(
         best=loop.best,
         hyperparameters=hp.model_dump(),
     )
-
-
-def _wrap(view: nn.Module, method: str, hp: Hyperparameters, task: str, base: Base) -> AdapterModel:
-    """The method's trainable model over the view: PEFT's, or ours for prefix tuning."""
-    return methods.wrap(view, method, hp, task, base)
 
 
 def _save(model: AdapterModel) -> dict[str, bytes]:

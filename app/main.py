@@ -34,8 +34,8 @@ from app.registry.store import AdapterStore
 from app.runtime.metrics import Metrics
 from app.runtime.runtime import Runtime
 from app.training.datasets import DatasetService
-from app.training.preflight import preflight
 from app.training.jobs import JobManager
+from app.training.preflight import preflight
 from app.training.trainer import train
 
 log = logging.getLogger(__name__)

@@ -260,3 +260,125 @@ def test_zip_holds_the_peft_files(store: AdapterStore, tmp_path: Path) -> None:
         for name, data in FILES.items():
             assert archive.read(name) == data
         assert archive.read(META_FILE) == store.read_file("sst2", 1, META_FILE)
+
+
+# ---------------------------------------------------------------- version numbers are never reused
+def test_numbers_survive_deleting_every_version_and_a_restart(store: AdapterStore) -> None:
+    """Regression (issue 13 item 8): deleting every version restarted the count at 1."""
+    for _ in range(3):
+        store.write_version("sst2", FILES, {})
+    store.delete("sst2", 3)
+    assert store.write_version("sst2", FILES, {}) == 4  # the deleted latest is not renumbered
+    assert store.delete("sst2") == [1, 2, 4]
+    assert store.names() == [] and store.high_water("sst2") == 4
+    assert store.write_version("sst2", FILES, {}) == 5
+    store.delete("sst2")
+    restarted = AdapterStore(store.root)
+    assert restarted.write_version("sst2", FILES, {}) == 6
+    assert restarted.write_version("other", FILES, {}) == 1  # marks are per name
+    assert (store.root / ".high-water" / "sst2").read_text() == "6\n"
+
+
+def test_an_old_store_without_marks_counts_from_its_versions(store: AdapterStore) -> None:
+    store.write_version("sst2", FILES, {})
+    store.write_version("sst2", FILES, {})
+    (store.root / ".high-water" / "sst2").unlink()
+    assert store.high_water("sst2") == 2
+    assert store.write_version("sst2", FILES, {}) == 3
+
+
+def test_an_unreadable_mark_refuses_to_guess(store: AdapterStore) -> None:
+    store.write_version("sst2", FILES, {})
+    (store.root / ".high-water" / "sst2").write_text("not a number")
+    with pytest.raises(SwitchyardError) as info:
+        store.write_version("sst2", FILES, {})
+    assert (info.value.status, info.value.code) == (503, "store_corrupted")
+    assert str(store.root) not in info.value.message
+    assert store.versions("sst2") == [1]
+    assert not [p for p in (store.root / "sst2").iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_sweep_removes_an_interrupted_mark(store: AdapterStore) -> None:
+    store.write_version("sst2", FILES, {})
+    half = store.root / ".high-water" / ".tmp-abc-sst2"
+    half.write_text("9")
+    assert store.sweep() == [str(half)]
+    assert store.high_water("sst2") == 1
+
+
+# ---------------------------------------------------------------- races
+def test_concurrent_deletes_one_wins_the_others_404(store: AdapterStore) -> None:
+    """Regression (issue 13 item 6): three DELETEs of one name gave two 500s."""
+    for _ in range(3):
+        store.write_version("sst2", FILES, {})
+    barrier = threading.Barrier(6)
+    results: list[list[int] | str] = []
+
+    def delete() -> None:
+        barrier.wait()
+        try:
+            results.append(store.delete("sst2"))
+        except SwitchyardError as exc:
+            results.append(f"{exc.status} {exc.code}")
+
+    threads = [threading.Thread(target=delete) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(map(str, results)) == ["404 adapter_not_found"] * 5 + ["[1, 2, 3]"]
+    assert not (store.root / "sst2").exists()
+
+
+def test_uploads_racing_deletes_never_lose_or_reuse(store: AdapterStore) -> None:
+    seen: list[int] = []
+    errors: list[BaseException] = []
+
+    def upload() -> None:
+        for _ in range(10):
+            seen.append(store.write_version("sst2", FILES, {}))
+
+    def delete() -> None:
+        for _ in range(10):
+            try:
+                store.delete("sst2")
+            except SwitchyardError as exc:
+                if exc.status != 404:
+                    errors.append(exc)
+
+    threads = [threading.Thread(target=f) for f in (upload, upload, delete)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert sorted(seen) == list(range(1, 21))  # twenty writes, twenty distinct numbers
+    assert store.high_water("sst2") == 20
+    assert store.sweep() == []
+
+
+def test_reading_a_deleted_version_is_404_without_paths(store: AdapterStore) -> None:
+    store.write_version("sst2", FILES, {})
+    store.write_version("sst2", FILES, {})
+    store.delete("sst2", 1)
+    for read in (
+        lambda: store.read_meta("sst2", 1),
+        lambda: store.read_file("sst2", 1, WEIGHTS_FILE),
+        lambda: store.size_bytes("sst2", 1),
+        lambda: store.zip_version("sst2", 1),
+    ):
+        with pytest.raises(SwitchyardError) as info:
+            read()
+        assert (info.value.status, info.value.code) == (404, "version_not_found")
+    (store.root / "sst2" / "2" / CONFIG_FILE).unlink()  # really missing from a whole version
+    with pytest.raises(SwitchyardError) as info:
+        store.read_file("sst2", 2, CONFIG_FILE)
+    assert (info.value.status, info.value.code) == (503, "adapter_corrupted")
+    assert str(store.root) not in info.value.message
+
+
+def test_pinning_a_deleted_adapter_is_404(store: AdapterStore) -> None:
+    with pytest.raises(SwitchyardError) as info:
+        store.set_pinned("ghost", True)
+    assert info.value.status == 404
+    assert not (store.root / "ghost").exists()

@@ -3,6 +3,7 @@ failed loads leave no trace, and a drop under use frees at the last release."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 
 import pytest
@@ -11,7 +12,7 @@ from torch import nn
 
 from app.errors import SwitchyardError
 from app.registry.weights import AdapterWeights
-from app.runtime.cache import AdapterCache, CacheLimits
+from app.runtime.cache import AdapterCache, CacheLimits, Resident
 from app.runtime.layers import LayerSet
 from app.runtime.metrics import Metrics
 
@@ -264,3 +265,64 @@ def test_cpu_device_keeps_lora_only_in_the_slot_and_evicts_it_whole() -> None:
     assert torch.equal(layer.lora_a[back.slot, :1], expected[0])
     assert torch.equal(layer.lora_b[back.slot, :, :1], expected[1])
     cache.release(back)
+
+
+# ---------------------------------------------------------------- retire (delete ordering)
+def test_retire_hides_with_no_load_in_progress_and_keeps_in_flight_copies() -> None:
+    """A load that started before the DELETE finishes first; one after it finds nothing."""
+    cache, loader, _metrics, layers = build()
+    gone: set[tuple[str, int]] = set()
+    loading, hidden = threading.Event(), threading.Event()
+    real_call = Loader.__call__
+
+    def slow_loader(self: Loader, name: str, version: int) -> AdapterWeights:
+        if (name, version) in gone:
+            raise SwitchyardError(404, "version_not_found", f"{name} v{version} is gone")
+        loading.set()
+        hidden.wait(0.2)  # the hide must wait for this load, not interleave with it
+        assert not hidden.is_set()
+        return real_call(self, name, version)
+
+    cache.loader = slow_loader.__get__(loader)
+    in_flight = cache.acquire("a", 1)  # a batch holds v1
+    result: dict[str, object] = {}
+
+    def load_v2() -> None:
+        result["v2"] = cache.acquire("a", 2)
+
+    thread = threading.Thread(target=load_v2)
+    thread.start()
+    loading.wait(5)
+    cache.retire("a", [1, 2], lambda: (gone.update({("a", 1), ("a", 2)}), hidden.set()))
+    thread.join()
+    assert where(cache, "a") == ["disk"] and cache.residency("a", 2) == "disk"
+    v2 = result["v2"]
+    assert isinstance(v2, Resident) and v2.dropped  # its holder keeps it until release
+    assert layers.layers["0"].lora_a[in_flight.slot].any()  # in flight: still readable
+    cache.release(in_flight)
+    cache.release(v2)
+    assert cache.stats()["device_adapters"] == 0 and not layers.layers["0"].lora_a.any()
+    with pytest.raises(SwitchyardError) as info:
+        cache.acquire("a", 1)
+    assert info.value.status == 404
+
+
+def test_retire_drops_even_when_the_hide_fails() -> None:
+    cache, _loader, _metrics, _layers = build()
+    use(cache, "a")
+
+    def broken_hide() -> None:
+        raise OSError("rename failed")
+
+    with pytest.raises(OSError):
+        cache.retire("a", [1], broken_hide)
+    assert where(cache, "a") == ["disk"]
+    use(cache, "a")  # still stored: it simply loads again
+    assert where(cache, "a") == ["device"]
+
+
+def test_warm_loads_without_holding() -> None:
+    cache, loader, _metrics, _layers = build()
+    cache.warm("a", 1)
+    assert where(cache, "a") == ["device"] and loader.calls == [("a", 1)]
+    assert all(r.refs == 0 for r in cache._device.values())

@@ -58,6 +58,9 @@ def _serve(args: argparse.Namespace) -> int:
         port=settings.port,
         log_level=args.log_level,
         timeout_graceful_shutdown=int(settings.shutdown_timeout_s),
+        # Idle keep-alive connections are closed after this (uvicorn's knob; a slow body is
+        # bounded by the body-limit middleware's read deadline).
+        timeout_keep_alive=max(1, round(settings.keep_alive_timeout_s)),
     )
 
     class DrainingServer(uvicorn.Server):

@@ -53,6 +53,12 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     max_dataset_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     max_multipart_parts: int = Field(16, ge=1)
+    body_read_timeout_s: float = Field(
+        60.0, gt=0, le=3600, description="a request body must arrive whole within this (else 408)"
+    )
+    keep_alive_timeout_s: float = Field(
+        5.0, gt=0, le=300, description="an idle keep-alive connection is closed after this"
+    )
 
     # --- inference limits
     max_inputs_per_request: int = Field(256, ge=1)

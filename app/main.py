@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.api.auth import KeyRing, require
 from app.api.errors import ERROR_RESPONSES, install_error_handlers
+from app.api.json_route import install_untrusted
 from app.api.limits import BodyLimitMiddleware
 from app.api.routes import (
     adapters,
@@ -74,11 +75,13 @@ def create_app(settings: Settings | None = None, *, base: Base | None = None) ->
     app.state.keys = KeyRing(settings)
     install_error_handlers(app)
     _include_routers(app)
+    install_untrusted(app)  # every JSON body and query through app.untrusted
     app.add_middleware(
         BodyLimitMiddleware,
         body_bytes=settings.max_body_bytes,
         upload_bytes=max(settings.max_upload_bytes, settings.max_dataset_bytes),
         max_parts=settings.max_multipart_parts,
+        read_timeout_s=settings.body_read_timeout_s,
     )
     return app
 

@@ -69,6 +69,8 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _schema(_request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
         loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
+        if first.get("type") == "json_invalid":
+            loc = []  # its loc is a character offset, not a field
         param = ".".join(loc) or None
         message = f"{param}: {first.get('msg')}" if param else str(first.get("msg"))
         return error_response(SwitchyardError(422, "invalid_request", message, param=param))

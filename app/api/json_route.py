@@ -2,12 +2,15 @@
 
 FastAPI parses a JSON body with plain `json.loads`, which accepts what the service cannot hold
 (`"\\ud800"`, nesting past any recursive code's stack, `NaN`) and reports a decode error with a
-character offset as its `param`. `UntrustedRoute` (the "custom APIRoute class" pattern: every
-router is built with `route_class=UntrustedRoute`) parses the body once through
+character offset as its `param`. `UntrustedRoute` (FastAPI's "custom APIRoute class" pattern;
+`install_untrusted` makes every route of the app one, whichever router added it) parses the
+body once through
 `app.untrusted.load_json` and leaves the result where `Request.json()` caches it, so FastAPI
-validates the checked tree and never parses the body itself. A refusal is a 400 in the error
-shape whose `param` names the field (or is null for the body as a whole), raised before any
-dependency or endpoint runs, so nothing is stored first.
+validates the checked tree and never parses the body itself. A refusal is in the error shape
+(400 `invalid_text` for text that is not text; 422 `invalid_request` for a body that is not a
+JSON document: malformed, NaN, repeated keys, nested too deep), its `param` names the field or
+is null for the body as a whole, and it comes before any dependency or endpoint runs, so
+nothing is stored first.
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ import email.message
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from fastapi import Request, Response
+from fastapi import FastAPI, Request, Response
 from fastapi.routing import APIRoute
+from starlette.routing import BaseRoute
 
 from app.errors import SwitchyardError
 from app.untrusted import check_text, load_json
@@ -38,6 +42,28 @@ class UntrustedRoute(APIRoute):
             return await handler(request)
 
         return checked
+
+
+def install_untrusted(app: FastAPI) -> int:
+    """Make every APIRoute of `app`, in every included router, an UntrustedRoute.
+
+    One call in `create_app`, so a router added later is covered without remembering a
+    `route_class` argument. FastAPI builds an included route's handler from the route's
+    `get_route_handler` when the route is first matched, so this runs before any request.
+    UntrustedRoute adds no state, so changing the class of a built APIRoute is safe. Returns
+    how many routes were changed.
+    """
+    changed = 0
+    pending: list[BaseRoute] = list(app.router.routes)
+    while pending:
+        route = pending.pop()
+        nested = getattr(route, "original_router", None)  # an included router
+        if nested is not None:
+            pending.extend(nested.routes)
+        elif isinstance(route, APIRoute) and not isinstance(route, UntrustedRoute):
+            route.__class__ = UntrustedRoute
+            changed += 1
+    return changed
 
 
 async def check_request(request: Request) -> None:
@@ -63,6 +89,10 @@ async def check_request(request: Request) -> None:
         )
     except SwitchyardError as exc:
         exc.param = field_of(exc.param)
+        if exc.code == "invalid_json":
+            # A body that is not a JSON document stays what FastAPI made it: 422 invalid_request
+            # (API.md's "422 schema"), now with line and column and no offset as its param.
+            exc.status, exc.code = 422, "invalid_request"
         raise
 
 

@@ -5,10 +5,17 @@ and cut off at the limit, so a client cannot make the server buffer more than it
 Multipart uploads to the upload routes get the upload limit, everything else the (smaller)
 body limit. Multipart bodies are also cut off past `max_parts` parts (counted by their
 delimiters as they stream in), before any route's form parser spools them.
+
+The whole body must also arrive within `body_read_timeout_s` of the request's start: a client
+that trickles bytes (slowloris) would otherwise hold a connection and a worker's buffers for
+as long as it likes. Past the deadline the request is a 408. The deadline covers only the
+body: once it is complete, later `receive` calls (a stream waiting for the client to go away)
+pass through untouched.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from starlette.exceptions import HTTPException
@@ -21,12 +28,19 @@ class BodyLimitMiddleware:
     """Pure ASGI middleware: 413 in API.md's error shape for oversized bodies."""
 
     def __init__(
-        self, app: ASGIApp, *, body_bytes: int, upload_bytes: int, max_parts: int = 16
+        self,
+        app: ASGIApp,
+        *,
+        body_bytes: int,
+        upload_bytes: int,
+        max_parts: int = 16,
+        read_timeout_s: float = 60.0,
     ) -> None:
         self.app = app
         self.body_bytes = body_bytes
         self.upload_bytes = upload_bytes
         self.max_parts = max_parts
+        self.read_timeout_s = read_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -50,10 +64,11 @@ class BodyLimitMiddleware:
         started = False
         boundary = _boundary(headers.get(b"content-type", b""))
         parts = _PartCounter(boundary, self.max_parts) if boundary else None
+        timed = _Deadline(self.read_timeout_s, receive)
 
         async def limited_receive() -> Message:
             nonlocal received
-            message = await receive()
+            message = await timed.receive()
             if message["type"] == "http.request":
                 chunk = message.get("body", b"")
                 received += len(chunk)
@@ -77,12 +92,39 @@ class BodyLimitMiddleware:
 
 
 class LimitExceeded(HTTPException):
-    """A 413 with its own error code. An HTTPException, because FastAPI turns any other error
-    raised while it reads a body into a 400; this one passes through its handlers as is."""
+    """A 413 (or `status`) with its own error code. An HTTPException, because FastAPI turns any
+    other error raised while it reads a body into a 400; this one passes through its handlers
+    as is."""
 
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(413, message)
+    def __init__(self, code: str, message: str, *, status: int = 413) -> None:
+        super().__init__(status, message)
         self.code = code
+
+
+class _Deadline:
+    """`receive`, bounded in total time until the last body chunk has arrived."""
+
+    def __init__(self, timeout_s: float, receive: Receive) -> None:
+        self.timeout_s = timeout_s
+        self._receive = receive
+        self._deadline = asyncio.get_running_loop().time() + timeout_s
+        self._complete = False
+
+    async def receive(self) -> Message:
+        if self._complete:
+            return await self._receive()
+        left = self._deadline - asyncio.get_running_loop().time()
+        try:
+            message = await asyncio.wait_for(self._receive(), timeout=max(left, 0.0))
+        except TimeoutError:
+            raise LimitExceeded(
+                "body_timeout",
+                f"the request body did not arrive within body_read_timeout_s {self.timeout_s}",
+                status=408,
+            ) from None
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            self._complete = True
+        return message
 
 
 class _TooLarge(LimitExceeded):
@@ -130,7 +172,7 @@ async def _reject(send: Send, exc: LimitExceeded) -> None:
     await send(
         {
             "type": "http.response.start",
-            "status": 413,
+            "status": exc.status_code,
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),

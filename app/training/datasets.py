@@ -33,6 +33,7 @@ from app.training.rows import (
     label_counts,
     validate_rows,
 )
+from app.untrusted import check_text, check_tree, load_json
 
 __all__ = ["DatasetService", "InvalidDatasetError", "ParsedFile", "parse_file", "validate_rows"]
 
@@ -91,15 +92,15 @@ def detect_format(filename: str, text: str) -> str:
 
 def _parse_jsonl(text: str) -> ParsedFile:
     parsed = ParsedFile("jsonl")
-    for number, line in enumerate(text.splitlines(), start=1):
+    # Only \n ends a JSONL line: str.splitlines would also split at U+2028 and other breaks
+    # that JSON allows raw inside a string, cutting a valid row in two.
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue  # blank lines (a trailing newline, say) are not rows
         try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            parsed.errors.append(
-                RowError(number, f"not valid JSON: {exc.msg} at column {exc.colno}")
-            )
+            row = load_json(line, what="the row", param="file")
+        except SwitchyardError as exc:
+            parsed.errors.append(RowError(number, exc.message))
             continue
         if not isinstance(row, dict):
             parsed.errors.append(
@@ -112,7 +113,9 @@ def _parse_jsonl(text: str) -> ParsedFile:
 
 def _parse_csv(text: str) -> ParsedFile:
     parsed = ParsedFile("csv")
-    reader = csv.reader(io.StringIO(text, newline=""))
+    # strict: a quote left open at the end of the file is an error, not the rest of the file
+    # silently merged into one cell.
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     try:
         header = [name.strip() for name in next(reader, [])]
     except csv.Error as exc:
@@ -135,7 +138,10 @@ def _parse_csv(text: str) -> ParsedFile:
             break
         end = reader.line_num
         if record and any(cell.strip() for cell in record):
-            _add_csv_record(parsed, header, record, start)
+            try:
+                _add_csv_record(parsed, header, record, start)
+            except SwitchyardError as exc:
+                parsed.errors.append(RowError(start, exc.message))
     _numeric_labels(parsed.rows)
     return parsed
 
@@ -146,17 +152,14 @@ def _add_csv_record(parsed: ParsedFile, header: list[str], record: list[str], li
         return
     # An empty cell is an absent value, so an optional text_pair column may be left blank.
     row: dict[str, Any] = {h: v for h, v in zip(header, record, strict=False) if v != ""}
+    check_tree(row, param="the row")
     for column in JSON_COLUMNS:
         if column in row:
             try:
-                row[column] = json.loads(row[column])
-            except json.JSONDecodeError:
-                parsed.errors.append(
-                    RowError(
-                        line,
-                        f'{column} must be a JSON list like ["a", "b"], got {row[column][:40]!r}',
-                    )
-                )
+                row[column] = load_json(row[column], what=f"cell {column}", param="file")
+            except SwitchyardError as exc:
+                hint = f'{column} must be a JSON list like ["a", "b"], got {row[column][:40]!r}'
+                parsed.errors.append(RowError(line, f"{hint}: {exc.message}"))
                 return
     parsed.add(line, row)
 
@@ -199,6 +202,7 @@ class DatasetService:
                 f"dataset is {len(data)} bytes > limit {limit}",
                 param="file",
             )
+        check_text(filename or "", param="file")
         filename = Path(filename or "dataset").name[:_MAX_NAME] or "dataset"
         name = _check_name(name, default=Path(filename).stem or filename)
         parsed = parse_file(filename, data)
@@ -248,10 +252,12 @@ class DatasetService:
             with open(record.path, encoding="utf-8") as handle:
                 return [json.loads(line) for line in handle if line.strip()]
         except (OSError, ValueError) as exc:
+            # str(exc) of an OSError carries the file's absolute path; the reason alone does not.
+            reason = exc.strerror if isinstance(exc, OSError) else str(exc)
             raise SwitchyardError(
                 500,
                 "dataset_corrupted",
-                f"rows of dataset {dataset_id} are unreadable: {exc}",
+                f"rows of dataset {dataset_id} are unreadable: {reason or type(exc).__name__}",
                 param=param,
             ) from exc
 

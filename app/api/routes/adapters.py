@@ -16,6 +16,7 @@ from app.registry.catalog import parse_labels
 from app.registry.store import CONFIG_FILE, META_FILE, WEIGHTS_FILE, check_name
 from app.registry.validate import parse_json_object, too_large
 from app.tasks import canonical_task
+from app.untrusted import check_text, check_tree
 
 router = APIRouter(prefix="/v1/adapters", tags=["adapters"])
 _READ = [Depends(require("predict"))]
@@ -30,7 +31,7 @@ _MAX_FIELD_BYTES = 1024 * 1024
 class PinRequest(BaseModel):
     """PATCH body."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # "yes" is not true
     pinned: bool
 
 
@@ -84,6 +85,7 @@ async def upload_adapter(
         meta = parse_json_object(parts[META_FILE], what=META_FILE, param=META_FILE)
     task = canonical_task(_text(parts, "task") or str(meta.get("task") or "classification"))
     labels = parse_labels(_text(parts, "labels")) if "labels" in parts else meta.get("labels", [])
+    check_tree(labels, param="labels")  # JSON escapes may spell lone surrogates
     if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
         raise bad_request("invalid_labels", "labels must be a list of strings", param="labels")
     if "base_fingerprint" in parts:
@@ -136,7 +138,12 @@ async def _read_parts(form: FormData, limit: int) -> dict[str, bytes]:
 
 def _text(parts: dict[str, bytes], key: str) -> str | None:
     raw = parts.get(key)
-    return raw.decode("utf-8", errors="strict") if raw is not None else None
+    if raw is None:
+        return None
+    try:
+        return check_text(raw.decode("utf-8"), param=key)
+    except UnicodeDecodeError as exc:
+        raise bad_request("invalid_text", f"{key} is not UTF-8 text", param=key) from exc
 
 
 @router.get("/{name}/download", response_class=Response, dependencies=_MANAGE)

@@ -39,7 +39,6 @@ async def info(base: BaseDep, settings: SettingsDep) -> dict[str, Any]:
     return {
         "base_model": {
             "name": base.name,
-            "path": str(base.path),
             "kind": base.kind,
             "architecture": type(base.model).__name__,
             "fingerprint": base.fingerprint,

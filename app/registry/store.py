@@ -249,6 +249,8 @@ class AdapterStore:
                 # Renamed but not durable: a failed request must not leave a version behind.
                 self._discard(final)
             shutil.rmtree(tmp, ignore_errors=True)
+            with suppress(OSError):
+                folder.rmdir()  # the folder of a name that never got a version (if empty)
             raise
         return version
 

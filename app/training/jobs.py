@@ -224,7 +224,14 @@ class JobManager:
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
         # A trainer that ignored its token: fail the job now; its late result is never stored.
-        self.records.interrupt(SHUTDOWN_MESSAGE, builtins.list(running))
+        try:
+            if running:
+                self.records.interrupt(SHUTDOWN_MESSAGE, builtins.list(running))
+        except DatabaseUnavailable:
+            log.warning(
+                "catalog database unavailable at shutdown: the next start marks %s interrupted",
+                sorted(running),
+            )
         self._threads = [t for t in self._threads if t.is_alive()]
 
     # ---------------------------------------------------------------- workers

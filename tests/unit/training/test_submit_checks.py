@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -63,8 +63,9 @@ def manager(db: Database, settings: Settings, tiny_base: Base) -> Iterator[JobMa
 
 def submit(manager: JobManager, method: str = "lora", **hp: Any) -> SwitchyardError:
     with pytest.raises(SwitchyardError) as caught:
-        manager.create({"adapter": "x", "method": method, "examples": EXAMPLES,
-                        "hyperparameters": hp})
+        manager.create(
+            {"adapter": "x", "method": method, "examples": EXAMPLES, "hyperparameters": hp}
+        )
     assert manager.list() == []  # nothing stored
     return caught.value
 
@@ -121,11 +122,19 @@ def test_lone_surrogates_in_hyperparameters_are_refused(manager: JobManager) -> 
 
 
 def test_good_values_pass_and_the_job_runs(manager: JobManager) -> None:
-    job = manager.create({
-        "adapter": "x", "examples": EXAMPLES,
-        "hyperparameters": {"target_modules": ["query", "value"], "seed": 2**32 - 1,
-                            "alpha": 16, "layers": [-3, 2], "learning_rate": 1},
-    })
+    job = manager.create(
+        {
+            "adapter": "x",
+            "examples": EXAMPLES,
+            "hyperparameters": {
+                "target_modules": ["query", "value"],
+                "seed": 2**32 - 1,
+                "alpha": 16,
+                "layers": [-3, 2],
+                "learning_rate": 1,
+            },
+        }
+    )
     wait_for(finished(manager, job["id"]))
     assert manager.get(job["id"])["status"] == "succeeded"
 
@@ -143,8 +152,19 @@ BAD_VALUES: dict[str, list[Any]] = {
     "rank": [True, "8", 8.0, 0, -8, 65, 2000, HUGE, NAN, None],
     "alpha": [True, "16", 0, -16.0, 1e308, HUGE, NAN, INF, [16]],
     "dropout": [True, "0.1", -0.1, 1.0, HUGE, NAN, INF, None],
-    "target_modules": [True, 5, [], [""], ["query", 5], "x" * 300, ["q"] * 1025, ".*", None,
-                       {"query": 1}, "nothing"],
+    "target_modules": [
+        True,
+        5,
+        [],
+        [""],
+        ["query", 5],
+        "x" * 300,
+        ["q"] * 1025,
+        ".*",
+        None,
+        {"query": 1},
+        "nothing",
+    ],
     "num_virtual_tokens": [True, "20", 20.0, 0, -1, 257, HUGE, NAN, None],
     "max_length": [True, "64", 64.0, 7, -64, 513, HUGE, NAN, INF],
     "seed": [True, "1", 1.0, -1, 2**32, 2**63, HUGE, NAN, None],
@@ -164,19 +184,25 @@ def test_the_table_covers_every_hyperparameter() -> None:
 
 
 def plan(method: str, hp: dict[str, Any]) -> TrainingPlan:
-    return TrainingPlan(adapter="x", task="classification", method=method, train_rows=EXAMPLES,
-                        validation_rows=EXAMPLES, labels=["neg", "pos"], hyperparameters=hp)
+    return TrainingPlan(
+        adapter="x",
+        task="classification",
+        method=method,
+        train_rows=EXAMPLES,
+        validation_rows=EXAMPLES,
+        labels=["neg", "pos"],
+        hyperparameters=hp,
+    )
 
 
 @pytest.mark.parametrize(("field", "value"), CASES, ids=[f"{f}={v!r:.20}" for f, v in CASES])
-def test_each_bad_value_is_a_400_naming_its_field(
-    tiny_base: Base, field: str, value: Any
-) -> None:
+def test_each_bad_value_is_a_400_naming_its_field(tiny_base: Base, field: str, value: Any) -> None:
     method = "linear_probe" if field in ("layers", "pooling") else "lora"
     method = "prompt" if field == "num_virtual_tokens" else method
     with pytest.raises(SwitchyardError) as caught:
-        preflight(plan(method, {field: value}), base=tiny_base, max_rank=MAX_RANK,
-                  max_tokens=MAX_TOKENS)
+        preflight(
+            plan(method, {field: value}), base=tiny_base, max_rank=MAX_RANK, max_tokens=MAX_TOKENS
+        )
     assert (caught.value.status, caught.value.code) == (400, "invalid_hyperparameter")
     assert caught.value.param == f"hyperparameters.{field}"
     assert len(caught.value.message) < 400
@@ -185,16 +211,16 @@ def test_each_bad_value_is_a_400_naming_its_field(
 @pytest.mark.parametrize("key", ["epoch", "lr", "learningRate", "", "target-modules"])
 def test_an_unknown_key_is_a_400_naming_it(tiny_base: Base, key: str) -> None:
     with pytest.raises(SwitchyardError) as caught:
-        preflight(plan("lora", {key: 1}), base=tiny_base, max_rank=MAX_RANK,
-                  max_tokens=MAX_TOKENS)
+        preflight(plan("lora", {key: 1}), base=tiny_base, max_rank=MAX_RANK, max_tokens=MAX_TOKENS)
     assert caught.value.param == f"hyperparameters.{key}"
     assert "Extra inputs are not permitted" in caught.value.message
 
 
 def test_every_default_passes(tiny_base: Base) -> None:
     for method in ("lora", "ia3", "prompt", "prefix", "linear_probe"):
-        setup = preflight(plan(method, {}), base=tiny_base, max_rank=MAX_RANK,
-                          max_tokens=MAX_TOKENS)
+        setup = preflight(
+            plan(method, {}), base=tiny_base, max_rank=MAX_RANK, max_tokens=MAX_TOKENS
+        )
         assert setup.targets is None
         assert setup.max_length_cap == (108 if method == "prompt" else 128)
 
@@ -202,8 +228,12 @@ def test_every_default_passes(tiny_base: Base) -> None:
 # ---------------------------------------------------------------- PEFT's own matching
 def peft_targets(base: Base, target_modules: str | list[str]) -> list[str] | Exception:
     view = build_view(base, task="classification", num_labels=2)
-    config = LoraConfig(task_type=TaskType.SEQ_CLS, r=2, target_modules=target_modules,
-                        modules_to_save=["classifier"])
+    config = LoraConfig(
+        task_type=TaskType.SEQ_CLS,
+        r=2,
+        target_modules=target_modules,
+        modules_to_save=["classifier"],
+    )
     try:
         model = get_peft_model(view, config)
     except ValueError as exc:
@@ -216,18 +246,32 @@ def suffixes(base: Base) -> list[str]:
     return sorted({".".join(n.split(".")[-k:]) for n in names for k in (1, 2)})
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(data=st.data())
 def test_targets_resolve_as_peft_matches_them(tiny_base: Base, data: st.DataObject) -> None:
     """Where the dry run accepts, PEFT adapts exactly the resolved modules; where it refuses,
     PEFT fails too (or would adapt a module the service cannot serve)."""
     pool = suffixes(tiny_base)
-    spec: str | list[str] = data.draw(st.one_of(
-        st.lists(st.sampled_from(pool + ["nothing", "dropout"]), min_size=1, max_size=4,
-                 unique=True),
-        st.sampled_from([r".*\.(query|value)", r".*layer\.0.*", r"bert\.pooler\.dense", ".*",
-                         r".*dense", r".*attention.*", "query"]),
-    ))
+    spec: str | list[str] = data.draw(
+        st.one_of(
+            st.lists(
+                st.sampled_from([*pool, "nothing", "dropout"]), min_size=1, max_size=4, unique=True
+            ),
+            st.sampled_from(
+                [
+                    r".*\.(query|value)",
+                    r".*layer\.0.*",
+                    r"bert\.pooler\.dense",
+                    ".*",
+                    r".*dense",
+                    r".*attention.*",
+                    "query",
+                ]
+            ),
+        )
+    )
     theirs = peft_targets(tiny_base, spec)
     try:
         ours = resolve_targets(tiny_base, spec)
@@ -243,6 +287,8 @@ def test_the_http_api_answers_400_and_stores_nothing(client: TestClient) -> None
     response = client.post("/v1/training-jobs", json=body)
     assert response.status_code == 400, response.text
     error = response.json()["error"]
-    assert (error["code"], error["param"]) == ("invalid_hyperparameter",
-                                               "hyperparameters.target_modules")
+    assert (error["code"], error["param"]) == (
+        "invalid_hyperparameter",
+        "hyperparameters.target_modules",
+    )
     assert client.get("/v1/training-jobs").json()["data"] == []

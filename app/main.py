@@ -11,6 +11,7 @@ from fastapi import Depends, FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from app.api.auth import KeyRing, require
+from app.api.docs import install_docs
 from app.api.errors import ERROR_RESPONSES, install_error_handlers
 from app.api.json_route import install_untrusted
 from app.api.limits import BodyLimitMiddleware
@@ -69,7 +70,10 @@ def create_app(settings: Settings | None = None, *, base: Base | None = None) ->
         description="One frozen base model, many small adapters, trained and served over HTTP.",
         lifespan=lifespan,
         responses=ERROR_RESPONSES,
+        docs_url=None,  # served by install_docs from local assets, not a CDN
+        redoc_url=None,
     )
+    install_docs(app)
     app.state.settings = settings
     app.state.readiness = "starting"
     app.state.keys = KeyRing(settings)

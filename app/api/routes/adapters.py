@@ -66,7 +66,27 @@ async def get_adapter(name: str, registry: RegistryDep, runtime: RuntimeDep) -> 
     return details
 
 
-@router.post("", status_code=201, dependencies=_MANAGE)
+def _upload_body() -> dict[str, Any]:
+    """The multipart body `upload_adapter` parses by hand, for the OpenAPI (and so for Swagger
+    and generated clients, which cannot upload without it)."""
+    text = {"type": "string"}
+    binary = {"type": "string", "format": "binary", "contentMediaType": "application/octet-stream"}
+    properties = {
+        "name": {**text, "description": "adapter name; an existing name gets its next version"},
+        "task": {**text, "description": "classification (default), regression, ..."},
+        "labels": {**text, "description": 'JSON list of label names in head order, ["neg", "pos"]'},
+        "base_fingerprint": {**text, "description": "refused unless it is this service's base"},
+        CONFIG_FILE: {**binary, "description": "PEFT adapter_config.json"},
+        WEIGHTS_FILE: {**binary, "description": "PEFT adapter_model.safetensors"},
+        META_FILE: {**binary, "description": "optional metadata (task, labels, metrics, lineage)"},
+    }
+    required = ["name", CONFIG_FILE, WEIGHTS_FILE]
+    schema = {"type": "object", "required": required, "properties": properties}
+    content = {"multipart/form-data": {"schema": schema}}
+    return {"requestBody": {"required": True, "content": content}}
+
+
+@router.post("", status_code=201, dependencies=_MANAGE, openapi_extra=_upload_body())
 async def upload_adapter(
     request: Request, registry: RegistryDep, settings: SettingsDep, principal: PrincipalDep
 ) -> dict[str, Any]:

@@ -15,6 +15,9 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from app.base import BaseModel as Base
 from app.config import Settings
@@ -204,3 +207,54 @@ def test_malformed_and_duplicate_json_bodies(app_client: TestClient) -> None:
         "inputs"
         in error_of(post_raw(app_client, url, '{"inputs": [], "inputs": []}'), 422)["message"]
     )
+
+
+ODD = ["\ud800", "\udfff", "\u2028", "\x00", "\ufeff"]
+_texts = st.lists(st.one_of(st.text(max_size=5), st.sampled_from(ODD)), max_size=3).map("".join)
+_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | _texts,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_texts, inner, max_size=3),
+    max_leaves=6,
+)
+_inputs = st.one_of(
+    _texts,
+    st.fixed_dictionaries({"text": _texts}, optional={"text_pair": _values, "extra": _values}),
+    _values,
+)
+_parameters = st.dictionaries(
+    st.sampled_from(["top_k", "threshold", "function_to_apply", "layers", "bogus"]) | _texts,
+    _values,
+    max_size=3,
+)
+predict_bodies = st.fixed_dictionaries(
+    {"inputs": st.lists(_inputs, max_size=3)}, optional={"parameters": _parameters, "x": _values}
+)
+
+
+@hypothesis_settings(
+    max_examples=80,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(body=predict_bodies, route=st.sampled_from(["one", "many", "embeddings"]))
+def test_any_predict_body_is_a_200_or_a_clean_4xx(
+    app_client: TestClient, body: dict[str, Any], route: str
+) -> None:
+    # Predicts change nothing, so one app serves every example.
+    url = {
+        "one": "/v1/adapters/sst2/predict",
+        "many": "/v1/predict",
+        "embeddings": "/v1/embeddings",
+    }
+    if route == "many":
+        body = {**body, "adapters": ["sst2"]}
+    elif route == "embeddings":
+        body = {"input": body["inputs"], **{k: v for k, v in body.items() if k != "inputs"}}
+    raw = json.dumps(body, allow_nan=True)  # escapes surrogates as a client's encoder would
+    response = post_raw(app_client, url[route], raw)
+    assert response.status_code < 500, response.text
+    if response.status_code >= 400:
+        error = response.json()["error"]
+        assert set(error) >= {"code", "message", "param"}
+        assert error["param"] is None or isinstance(error["param"], str)
+        assert not (error["param"] or "").isdigit()  # a field, never a character offset

@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from app.client import Client
 from tests.conftest import MINILM_DIR
 
 REPO = Path(__file__).resolve().parents[2]
@@ -94,6 +95,13 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     )
     yield server
     stop_server(server)
+
+
+@pytest.fixture(scope="session")
+def api_client(live: LiveServer) -> Iterator[Client]:
+    """`app.client.Client` on the shared real-base service."""
+    with Client(live.url, timeout=120) as client:
+        yield client
 
 
 @pytest.fixture(scope="session")

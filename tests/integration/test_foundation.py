@@ -17,6 +17,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from app.client import Client
 from tests.conftest import DATASETS, peft_adapter
 from tests.integration.conftest import LiveServer
 
@@ -58,21 +59,18 @@ def _peft_logits(model: PeftModel, tokenizer: Any, inputs: list[Any]) -> torch.T
 
 
 def _served_logits(
-    live: LiveServer, name: str, labels: list[str], inputs: list[Any]
+    client: Client, name: str, labels: list[str], inputs: list[Any]
 ) -> torch.Tensor:
-    response = live.http.post(
-        f"/v1/adapters/{name}/predict",
-        json={"inputs": inputs, "parameters": {"top_k": None, "function_to_apply": "none"}},
-    )
-    assert response.status_code == 200, response.text
-    out = response.json()["outputs"]
+    # The client raises (with the API's code and message) on anything but a 200.
+    parameters = {"top_k": None, "function_to_apply": "none"}
+    out = client.predict(name, inputs, parameters=parameters).outputs
     return torch.tensor(
         [[{o["label"]: o["score"] for o in row}[lab] for lab in labels] for row in out]
     )
 
 
 def test_uploaded_peft_adapter_serves_peft_logits(
-    live: LiveServer, minilm_dir: Path, tmp_path: Path
+    live: LiveServer, api_client: Client, minilm_dir: Path, tmp_path: Path
 ) -> None:
     labels = ["neg", "neu", "pos"]
     files = peft_adapter(minilm_dir, num_labels=3, r=8, seed=1, out=tmp_path / "a")
@@ -80,12 +78,12 @@ def test_uploaded_peft_adapter_serves_peft_logits(
     base = AutoModelForSequenceClassification.from_pretrained(minilm_dir, num_labels=3)
     model = PeftModel.from_pretrained(base, tmp_path / "a").eval()
     expected = _peft_logits(model, AutoTokenizer.from_pretrained(minilm_dir), TEXTS)
-    served = _served_logits(live, "uploaded", labels, TEXTS)
+    served = _served_logits(api_client, "uploaded", labels, TEXTS)
     assert (served - expected).abs().max().item() < 1e-4
 
 
 def test_trained_adapter_reaches_accuracy_and_downloads(
-    live: LiveServer, minilm_dir: Path, tmp_path: Path
+    live: LiveServer, api_client: Client, minilm_dir: Path, tmp_path: Path
 ) -> None:
     if not (DATASETS / "sst2").is_dir():
         pytest.skip("../shared/datasets/sst2 is absent")
@@ -126,7 +124,7 @@ def test_trained_adapter_reaches_accuracy_and_downloads(
     base = AutoModelForSequenceClassification.from_pretrained(minilm_dir, num_labels=len(labels))
     model = PeftModel.from_pretrained(base, tmp_path / "dl").eval()
     expected = _peft_logits(model, AutoTokenizer.from_pretrained(minilm_dir), TEXTS)
-    served = _served_logits(live, "sst2", state_labels, TEXTS)
+    served = _served_logits(api_client, "sst2", state_labels, TEXTS)
     assert (served - expected).abs().max().item() < 1e-4
 
 
@@ -210,7 +208,7 @@ def test_bad_uploads_are_rejected_and_change_nothing(
 
 
 def test_concurrent_predicts_each_answered_by_its_own_adapter(
-    live: LiveServer, minilm_dir: Path, tmp_path: Path
+    live: LiveServer, api_client: Client, minilm_dir: Path, tmp_path: Path
 ) -> None:
     tokenizer = AutoTokenizer.from_pretrained(minilm_dir)
     expected = {}
@@ -225,7 +223,7 @@ def test_concurrent_predicts_each_answered_by_its_own_adapter(
 
     def call(n: int) -> tuple[str, torch.Tensor]:
         name = f"conc{n % 4}"
-        return name, _served_logits(live, name, ["a", "b"], TEXTS[:2])
+        return name, _served_logits(api_client, name, ["a", "b"], TEXTS[:2])
 
     with ThreadPoolExecutor(max_workers=20) as pool:
         results = list(pool.map(call, range(20)))

@@ -58,7 +58,29 @@ class Registry:
         labels: list[str],
         meta: dict[str, Any] | None = None,
     ) -> int:
-        """Check an adapter against the base, then store it as the next version."""
+        """Check an adapter against the base, then store it as the next version (its number)."""
+        stored = self.register_version(
+            name,
+            config_bytes=config_bytes,
+            weights_bytes=weights_bytes,
+            task=task,
+            labels=labels,
+            meta=meta,
+        )
+        return int(stored["version"])
+
+    def register_version(
+        self,
+        name: str,
+        *,
+        config_bytes: bytes,
+        weights_bytes: bytes,
+        task: str,
+        labels: list[str],
+        meta: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """`register`, returning the stored metadata: a 201 must not re-read a version that a
+        concurrent DELETE may already have removed."""
         check_name(name)
         # The one door for uploads (form field or switchyard.json) and trained adapters alike.
         parse_labels(json.dumps(labels))
@@ -92,7 +114,12 @@ class Registry:
         meta.setdefault("lineage", {"source": "upload"})
         meta.setdefault("metrics", {})
         files = {CONFIG_FILE: _with_base_path(config, self.base), WEIGHTS_FILE: weights_bytes}
-        return self.store.write_version(name, files, meta)
+        version = self.store.write_version(name, files, meta)
+        # As read_meta would give it back (the store writes JSON with default=str).
+        stored: dict[str, Any] = json.loads(
+            json.dumps({**meta, "name": name, "version": version}, default=str)
+        )
+        return stored
 
     # ---------------------------------------------------------------- reading
     def load_weights(self, name: str, version: int) -> AdapterWeights:

@@ -122,8 +122,9 @@ async def upload_adapter(
             "invalid_metadata", f"{META_FILE} field 'lineage' must be an object", param=META_FILE
         )
     keep["lineage"] = {"source": "upload", **lineage}
-    version = await run_in_threadpool(
-        registry.register,
+    # What was stored, not a re-read: a concurrent DELETE may already have removed it.
+    stored: dict[str, Any] = await run_in_threadpool(
+        registry.register_version,
         name,
         config_bytes=parts[CONFIG_FILE],
         weights_bytes=parts[WEIGHTS_FILE],

@@ -219,3 +219,48 @@ def test_a_body_sent_in_time_in_pieces_passes(live_url: tuple[str, int]) -> None
             time.sleep(0.05)
         reply = _reply(sock)
     assert reply.startswith(b"HTTP/1.1 200"), reply[:300]
+
+
+def test_the_deadline_covers_the_body_only() -> None:
+    """A stream waiting for the client to leave (SSE) outlives the body deadline."""
+    import asyncio
+
+    from app.api.limits import BodyLimitMiddleware
+
+    seen: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        while (await receive()).get("more_body"):
+            pass
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await asyncio.sleep(0.3)  # past the deadline, after the body
+        seen.append((await receive())["type"])
+        await send({"type": "http.response.body", "body": b"done"})
+
+    messages = [
+        {"type": "http.request", "body": b"a", "more_body": True},
+        {"type": "http.request", "body": b"b", "more_body": False},
+        {"type": "http.disconnect"},
+    ]
+
+    async def receive() -> Any:
+        return messages.pop(0)
+
+    sent: list[Any] = []
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    limited = BodyLimitMiddleware(app, body_bytes=1024, upload_bytes=1024, read_timeout_s=0.1)
+    scope = {"type": "http", "method": "POST", "path": "/x", "headers": []}
+    asyncio.run(limited(scope, receive, send))
+    assert seen == ["http.disconnect"]
+    assert sent[0]["status"] == 200 and sent[-1]["body"] == b"done"
+
+
+@pytest.mark.parametrize("field", ["body_read_timeout_s", "keep_alive_timeout_s"])
+def test_timeouts_are_validated_at_start(tmp_path: Path, field: str) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=field):
+        Settings(store=tmp_path, _env_file=None, **{field: 0})  # type: ignore[call-arg]

@@ -1,13 +1,15 @@
 """Check raw adapter files before anything trusts them: safetensors bytes and config JSON.
 
-Uploads are hostile until proven otherwise. The safetensors header is parsed and checked by
-hand before the library sees the bytes (offsets in range, contiguous, no overlaps, known
-dtypes, sizes that match shapes), JSON rejects duplicate keys, and nothing here ever unpickles.
+Uploads are hostile until proven otherwise. The split of work on safetensors bytes: the
+library (Rust, no pickle) checks the layout (header length, offsets contiguous and covering the
+file exactly, sizes that match shapes and dtypes, no overflow); what is ours is checked here,
+before it sees the bytes: the header as strict JSON (duplicate names, which the library lets
+the last win; text only; bounded nesting), entries of exactly dtype/shape/data_offsets, the
+dtype allow-list, the tensor count, and finiteness after it.
 """
 
 from __future__ import annotations
 
-import math
 import struct
 from typing import Any
 
@@ -19,7 +21,7 @@ from app.errors import SwitchyardError, bad_request
 from app.untrusted import load_json
 
 # Dtypes an adapter may carry. Integer or bool tensors have no business in adapter weights.
-_DTYPE_SIZES = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8}
+_DTYPES = frozenset({"F32", "F16", "BF16", "F64"})
 _MAX_HEADER_BYTES = 16 * 1024 * 1024
 _MAX_TENSORS = 100_000
 WEIGHTS_PARAM = "adapter_model.safetensors"
@@ -42,19 +44,12 @@ def parse_json_object(data: bytes, *, what: str, param: str) -> dict[str, Any]:
 
 
 def parse_safetensors(data: bytes, *, param: str = WEIGHTS_PARAM) -> dict[str, torch.Tensor]:
-    """Validate a safetensors blob's header by hand, then load it; never unpickles."""
+    """Check a safetensors blob's header for what is ours, then load it; never unpickles."""
     header = _read_header(data, param)
-    end_of_data = _check_entries(header, len(data) - 8 - _header_len(data), param)
-    if end_of_data != len(data) - 8 - _header_len(data):
-        raise bad_request(
-            "invalid_safetensors",
-            f"tensor data covers {end_of_data} bytes but the file holds "
-            f"{len(data) - 8 - _header_len(data)} after the header",
-            param=param,
-        )
+    _check_entries(header, param)
     try:
         tensors = load_safetensors(data)
-    except Exception as exc:  # the library's own checks, as a second line
+    except Exception as exc:  # the layout checks are the library's
         raise bad_request(
             "invalid_safetensors", f"safetensors rejected the file: {exc}", param=param
         ) from exc
@@ -89,52 +84,19 @@ def _read_header(data: bytes, param: str) -> dict[str, Any]:
     return header
 
 
-def _check_entries(header: dict[str, Any], data_len: int, param: str) -> int:
-    """Every entry: known dtype, int shape, offsets in range matching the shape; no overlap."""
-    spans = []
+def _check_entries(header: dict[str, Any], param: str) -> None:
+    """Every entry: exactly dtype, shape and data_offsets, and an allowed dtype."""
     for name, entry in header.items():
         if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
             raise bad_request("invalid_safetensors", f"entry {name!r} is malformed", param=param)
-        dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
-        if dtype not in _DTYPE_SIZES:
+        # (a list or object is unhashable: `in` alone would raise TypeError, a 500)
+        if not isinstance(entry["dtype"], str) or entry["dtype"] not in _DTYPES:
             raise bad_request(
                 "invalid_dtype",
-                f"tensor {name!r} has dtype {dtype!r}; allowed: {sorted(_DTYPE_SIZES)}",
+                f"tensor {name!r} has dtype {str(entry['dtype'])[:20]!r}; allowed: "
+                f"{sorted(_DTYPES)}",
                 param=param,
             )
-        if not (isinstance(shape, list) and all(_is_count(d) for d in shape)):
-            raise bad_request(
-                "invalid_safetensors", f"tensor {name!r} shape {shape!r}", param=param
-            )
-        if not (isinstance(offsets, list) and len(offsets) == 2 and all(map(_is_count, offsets))):
-            raise bad_request(
-                "invalid_safetensors", f"tensor {name!r} offsets {offsets!r}", param=param
-            )
-        begin, end = offsets
-        expected = math.prod(shape) * _DTYPE_SIZES[dtype]
-        if not begin <= end <= data_len or end - begin != expected:
-            raise bad_request(
-                "invalid_safetensors",
-                f"tensor {name!r} offsets [{begin}, {end}] do not hold {expected} bytes "
-                f"inside {data_len} bytes of data",
-                param=param,
-            )
-        spans.append((begin, end, name))
-    position = 0
-    for begin, end, name in sorted(spans):
-        if begin != position:
-            raise bad_request(
-                "invalid_safetensors",
-                f"tensor {name!r} starts at {begin}, expected {position}: overlapping or "
-                "gapped offsets",
-                param=param,
-            )
-        position = end
-    return position
-
-
-def _is_count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**40
 
 
 def _check_finite(

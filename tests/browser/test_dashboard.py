@@ -153,6 +153,29 @@ def test_a_running_job_is_cancelled_from_its_page(live: Live, page: Any) -> None
     assert live.http.get("/v1/adapters/never").status_code == 404
 
 
+def test_a_candidates_table_is_shown_when_the_job_has_one(live: Live, page: Any) -> None:
+    """Jobs that compare candidates (method `auto`) list them in `candidates`; the page draws
+    whatever columns they have, as text. The field is added to a real job's answer here."""
+    job_id = _start_job(live, "cands", epochs=1, batch_size=8)
+    candidates = [
+        {"method": "lora", "rank": 8, "accuracy": 0.91, "seconds": 12.5, "chosen": True},
+        {"method": "ia3", "accuracy": 0.87, "seconds": 4.0, "note": HOSTILE[0]},
+    ]
+
+    def with_candidates(route: Any) -> None:
+        response = route.fetch()
+        route.fulfill(response=response, json={**response.json(), "candidates": candidates})
+
+    page.route(f"{live.url}/v1/training-jobs/{job_id}", with_candidates)
+    page.goto(f"{live.url}/#/jobs/{job_id}")
+    table = page.wait_for_selector("#candidates")
+    headers = [th.inner_text() for th in table.query_selector_all("th")]
+    assert headers == ["method", "rank", "accuracy", "seconds", "chosen", "note"]
+    assert page.locator("#candidates tbody tr").count() == 2
+    assert HOSTILE[0] in table.inner_text() and table.query_selector("img") is None
+    assert page.evaluate("window.__pwned") is None
+
+
 @pytest.fixture
 def secured(make_base: Callable[[], Any], tiny_bert_dir: Path, tmp_path: Path) -> Iterator[Live]:
     keys = {PREDICT: ["predict"], ADMIN: ["admin"]}

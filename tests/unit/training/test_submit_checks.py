@@ -292,3 +292,48 @@ def test_the_http_api_answers_400_and_stores_nothing(client: TestClient) -> None
         "hyperparameters.target_modules",
     )
     assert client.get("/v1/training-jobs").json()["data"] == []
+
+
+@pytest.mark.parametrize("method", ["lora", "ia3"])
+def test_resolved_targets_train_register_and_load(
+    tiny_base: Base, settings: Settings, method: str
+) -> None:
+    """The trainer hands PEFT the resolved names; the registry takes the result and the
+    adapter holds exactly those layers."""
+    import json
+
+    from app.registry.catalog import Registry
+    from app.registry.store import CONFIG_FILE, WEIGHTS_FILE, AdapterStore
+    from app.training.trainer import train
+    from app.training.types import CancelToken
+
+    class Quiet:
+        def progress(self, *, step: int, total_steps: int, epoch: float) -> None: ...
+
+        def event(self, kind: str, data: dict[str, Any]) -> None: ...
+
+    hp = {"target_modules": r".*\.(query|value)", "max_steps": 2, "head_init": "random"}
+    outcome = train(
+        plan(method, hp),
+        base=tiny_base,
+        reporter=Quiet(),
+        cancel=CancelToken(),
+        max_rank=MAX_RANK,
+        max_tokens=MAX_TOKENS,
+    )
+    config = json.loads(outcome.files[CONFIG_FILE])
+    wanted = [
+        f"bert.encoder.layer.{i}.attention.self.{m}" for i in (0, 1) for m in ("query", "value")
+    ]
+    assert sorted(config["target_modules"]) == wanted
+    registry = Registry(AdapterStore(settings.store), tiny_base, settings)
+    version = registry.register(
+        "resolved",
+        config_bytes=outcome.files[CONFIG_FILE],
+        weights_bytes=outcome.files[WEIGHTS_FILE],
+        task="classification",
+        labels=["neg", "pos"],
+    )
+    weights = registry.load_weights("resolved", version)
+    layers = weights.lora if method == "lora" else weights.ia3
+    assert sorted(layers) == [w.removeprefix("bert.") for w in wanted]

@@ -9,15 +9,18 @@ from typing import Any, TypeVar
 
 import httpx
 from httpx_sse import aconnect_sse
+from pydantic import BaseModel
 
 from app.client import _calls, _files
 from app.client._calls import Input, Rows
 from app.client._transport import (
     DEFAULT_TIMEOUT_S,
     STREAM_BREAKS,
+    STREAM_DONE,
     Call,
     RetryPolicy,
     checked,
+    chunk_from_sse,
     event_from_sse,
 )
 from app.client._transport import headers as default_headers
@@ -28,6 +31,7 @@ from app.client.models import (
     AdapterDetails,
     AdapterVersion,
     ChatCompletion,
+    ChatCompletionChunk,
     Completion,
     Dataset,
     Deleted,
@@ -36,6 +40,7 @@ from app.client.models import (
     EventPage,
     Health,
     JobEvent,
+    ModelCard,
     MultiPrediction,
     Prediction,
     ServiceInfo,
@@ -43,6 +48,7 @@ from app.client.models import (
 )
 
 T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
 
 
 class AsyncClient:
@@ -300,3 +306,47 @@ class AsyncClient:
     async def chat(self, messages: Sequence[Mapping[str, Any]], **options: Any) -> ChatCompletion:
         """OpenAI-style chat completions on a decoder base (options as for `complete`)."""
         return await self._send(_calls.chat(messages, options))
+
+    async def stream_complete(
+        self, prompt: str | Sequence[str], **options: Any
+    ) -> AsyncIterator[Completion]:
+        """`complete` with `stream`: each chunk's text as the decoder produces it."""
+        call = _calls.complete(prompt, {**options, "stream": True})
+        async for chunk in self._chunks(call, Completion):
+            yield chunk
+
+    async def stream_chat(
+        self, messages: Sequence[Mapping[str, Any]], **options: Any
+    ) -> AsyncIterator[ChatCompletionChunk]:
+        """`chat` with `stream`: each chunk's `delta` as the decoder produces it."""
+        call = _calls.chat(messages, {**options, "stream": True})
+        async for chunk in self._chunks(call, ChatCompletionChunk):
+            yield chunk
+
+    async def _chunks(self, call: Call[Any], cls: type[M]) -> AsyncIterator[M]:
+        attempt = 0
+        kwargs = call.send_kwargs()
+        while True:
+            async with aconnect_sse(self._http, call.method, call.path, **kwargs) as src:
+                if src.response.is_success:
+                    async for sse in src.aiter_sse():
+                        if sse.data == STREAM_DONE:
+                            return
+                        if sse.data:
+                            yield chunk_from_sse(sse.data, cls)
+                    return
+                await src.response.aread()
+                delay = self.retry.delay(src.response, attempt)
+                if delay is None:
+                    checked(src.response)
+            await asyncio.sleep(delay or 0.0)
+            attempt += 1
+
+    # ---------------------------------------------------------------- models
+    async def list_models(self) -> list[ModelCard]:
+        """`GET /v1/models`: the base (`_base`), then every adapter."""
+        return await self._send(_calls.list_models())
+
+    async def get_model(self, model_id: str) -> ModelCard:
+        """One model of `/v1/models`."""
+        return await self._send(_calls.get_model(model_id))

@@ -26,6 +26,7 @@ from app.client.models import (
     Embeddings,
     EventPage,
     Health,
+    ModelCard,
     MultiPrediction,
     Prediction,
     ServiceInfo,
@@ -237,6 +238,16 @@ def predict_many(
         "parameters": dict(parameters or {}),
     }
     return Call("POST", "/v1/predict", _one(MultiPrediction), json=payload)
+
+
+def list_models() -> Call[list[ModelCard]]:
+    """`GET /v1/models` (OpenAI's shape): the base, then every adapter."""
+    return Call("GET", "/v1/models", _many(ModelCard))
+
+
+def get_model(model_id: str) -> Call[ModelCard]:
+    """`GET /v1/models/{id}`."""
+    return Call("GET", f"/v1/models/{_seg(model_id)}", _one(ModelCard))
 
 
 def _input(value: Input) -> Any:

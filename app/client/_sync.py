@@ -9,15 +9,18 @@ from typing import Any, TypeVar
 
 import httpx
 from httpx_sse import connect_sse
+from pydantic import BaseModel
 
 from app.client import _calls, _files
 from app.client._calls import Input, Rows
 from app.client._transport import (
     DEFAULT_TIMEOUT_S,
     STREAM_BREAKS,
+    STREAM_DONE,
     Call,
     RetryPolicy,
     checked,
+    chunk_from_sse,
     event_from_sse,
 )
 from app.client._transport import headers as default_headers
@@ -28,6 +31,7 @@ from app.client.models import (
     AdapterDetails,
     AdapterVersion,
     ChatCompletion,
+    ChatCompletionChunk,
     Completion,
     Dataset,
     Deleted,
@@ -36,6 +40,7 @@ from app.client.models import (
     EventPage,
     Health,
     JobEvent,
+    ModelCard,
     MultiPrediction,
     Prediction,
     ServiceInfo,
@@ -43,6 +48,7 @@ from app.client.models import (
 )
 
 T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
 
 
 class Client:
@@ -299,3 +305,41 @@ class Client:
     def chat(self, messages: Sequence[Mapping[str, Any]], **options: Any) -> ChatCompletion:
         """OpenAI-style chat completions on a decoder base (options as for `complete`)."""
         return self._send(_calls.chat(messages, options))
+
+    def stream_complete(self, prompt: str | Sequence[str], **options: Any) -> Iterator[Completion]:
+        """`complete` with `stream`: each chunk's text as the decoder produces it."""
+        return self._chunks(_calls.complete(prompt, {**options, "stream": True}), Completion)
+
+    def stream_chat(
+        self, messages: Sequence[Mapping[str, Any]], **options: Any
+    ) -> Iterator[ChatCompletionChunk]:
+        """`chat` with `stream`: each chunk's `delta` as the decoder produces it."""
+        call = _calls.chat(messages, {**options, "stream": True})
+        return self._chunks(call, ChatCompletionChunk)
+
+    def _chunks(self, call: Call[Any], cls: type[M]) -> Iterator[M]:
+        attempt = 0
+        while True:
+            with connect_sse(self._http, call.method, call.path, **call.send_kwargs()) as src:
+                if src.response.is_success:
+                    for sse in src.iter_sse():
+                        if sse.data == STREAM_DONE:
+                            return
+                        if sse.data:
+                            yield chunk_from_sse(sse.data, cls)
+                    return
+                src.response.read()
+                delay = self.retry.delay(src.response, attempt)
+                if delay is None:
+                    checked(src.response)
+            time.sleep(delay or 0.0)
+            attempt += 1
+
+    # ---------------------------------------------------------------- models
+    def list_models(self) -> list[ModelCard]:
+        """`GET /v1/models`: the base (`_base`), then every adapter."""
+        return self._send(_calls.list_models())
+
+    def get_model(self, model_id: str) -> ModelCard:
+        """One model of `/v1/models`."""
+        return self._send(_calls.get_model(model_id))

@@ -10,11 +10,13 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import httpx
+from pydantic import BaseModel
 
 from app.client.errors import ResponseFormatError, api_error
 from app.client.models import JobEvent, parse_event
 
 T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
 FileField = tuple[str, tuple[str, bytes, str]]
 DEFAULT_URL = "http://127.0.0.1:8000"
 DEFAULT_TIMEOUT_S = 60.0
@@ -127,6 +129,19 @@ def event_from_sse(data: str) -> JobEvent:
     except ValueError as exc:
         raise ResponseFormatError(f"server-sent event is not a job event: {data[:200]!r}") from exc
 
+
+def chunk_from_sse(data: str, cls: type[M]) -> M:
+    """One streamed OpenAI chunk from a server-sent event's `data` line."""
+    try:
+        return cls.model_validate_json(data)
+    except ValueError as exc:
+        raise ResponseFormatError(
+            f"server-sent chunk is not a {cls.__name__}: {data[:200]!r}"
+        ) from exc
+
+
+# The data line that ends an OpenAI stream.
+STREAM_DONE = "[DONE]"
 
 # Connection failures after which a stream is opened again where it stopped.
 STREAM_BREAKS = (httpx.RemoteProtocolError, httpx.ReadError, httpx.ReadTimeout, httpx.ConnectError)

@@ -303,13 +303,13 @@ class ChatChoice(Record):
 
 
 class Completion(Record):
-    """`POST /v1/completions` (OpenAI's shape)."""
+    """`POST /v1/completions` (OpenAI's shape); a streamed chunk too, whose usage is null."""
 
     id: str
     model: str
     choices: list[CompletionChoice]
     created: int | None = None
-    usage: Usage = Field(default_factory=Usage)
+    usage: Usage | None = None
 
 
 class ChatCompletion(Record):
@@ -320,6 +320,41 @@ class ChatCompletion(Record):
     choices: list[ChatChoice]
     created: int | None = None
     usage: Usage = Field(default_factory=Usage)
+
+
+class ChatDelta(Record):
+    """What one streamed chunk adds to the assistant's message."""
+
+    role: str | None = None
+    content: str | None = None
+
+
+class ChatChunkChoice(Record):
+    """One choice of a streamed chat chunk."""
+
+    index: int
+    delta: ChatDelta
+    finish_reason: str | None = None
+
+
+class ChatCompletionChunk(Record):
+    """One server-sent chunk of `POST /v1/chat/completions` with `stream`."""
+
+    id: str
+    model: str
+    choices: list[ChatChunkChoice]
+    created: int | None = None
+    usage: Usage | None = None
+
+
+class ModelCard(Record):
+    """`GET /v1/models/{id}`: the base (`_base`) or an adapter, with Switchyard's extension
+    (kind, task, method, versions, base fingerprint, parent lineage) under `switchyard`."""
+
+    id: str
+    created: int | None = None
+    owned_by: str | None = None
+    switchyard: dict[str, Any] = Field(default_factory=dict)
 
 
 # ---------------------------------------------------------------- service

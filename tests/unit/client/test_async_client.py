@@ -16,6 +16,7 @@ from transformers import PreTrainedTokenizerBase
 from app.client import (
     AsyncClient,
     AuthenticationError,
+    BadRequestError,
     Client,
     ConflictError,
     EvaluationEvent,
@@ -158,7 +159,8 @@ async def test_completions_and_chat(decoder_url: str) -> None:
         wire_chat = await raw.post("/v1/chat/completions", json={"messages": chat, "max_tokens": 5})
     assert _without_ids(done.model_dump()) == _without_ids(wire.json())
     assert done.choices[0].text == predicted.outputs[0]["generated_text"]  # greedy, same base
-    assert done.usage.completion_tokens is not None and 0 < done.usage.completion_tokens <= 5
+    assert done.usage is not None and done.usage.completion_tokens is not None
+    assert 0 < done.usage.completion_tokens <= 5
     assert answer.choices[0].message.role == "assistant"
     assert answer.choices[0].message.content == wire_chat.json()["choices"][0]["message"]["content"]
     with Client(decoder_url) as blocking:
@@ -166,6 +168,34 @@ async def test_completions_and_chat(decoder_url: str) -> None:
             done.choices[0].text
         )
         assert blocking.chat(chat, max_tokens=5).choices[0].message == answer.choices[0].message
+
+
+@pytest.mark.asyncio
+async def test_streamed_completions_add_up_to_the_unstreamed_text(decoder_url: str) -> None:
+    chat = [{"role": "user", "content": "hello world"}]
+    async with AsyncClient(decoder_url) as sy:
+        whole = await sy.complete("the quick brown", max_tokens=6)
+        chunks = [c async for c in sy.stream_complete("the quick brown", max_tokens=6)]
+        answer = await sy.chat(chat, max_tokens=6)
+        deltas = [c async for c in sy.stream_chat(chat, max_tokens=6)]
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == whole.choices[0].text
+    assert chunks[-1].choices[0].finish_reason == whole.choices[0].finish_reason
+    text = "".join(c.choices[0].delta.content or "" for c in deltas if c.choices)
+    assert text == answer.choices[0].message.content
+    with Client(decoder_url) as blocking:
+        again = list(blocking.stream_chat(chat, max_tokens=6))
+        assert [c.choices[0].delta for c in again if c.choices] == [
+            c.choices[0].delta for c in deltas if c.choices
+        ]
+        streamed = "".join(c.choices[0].text for c in blocking.stream_complete("the", max_tokens=3))
+        assert streamed == blocking.complete("the", max_tokens=3).choices[0].text
+        models = blocking.list_models()
+        assert models[0].id == "_base" and models[0].switchyard["kind"] == "base"
+        with pytest.raises(NotFoundError) as caught:
+            blocking.get_model("nope")
+        assert caught.value.code == "model_not_found"
+        with pytest.raises(BadRequestError):  # refused before the stream starts
+            list(blocking.stream_complete("the", max_tokens=3, n=2))
 
 
 # ---------------------------------------------------------------- auth

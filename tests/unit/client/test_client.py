@@ -107,6 +107,9 @@ def test_upload_predict_and_download_round_trip(
     listed = {a.name: a for a in sy.list_adapters()}
     assert listed["rt"].latest_version == 1 and listed["rt"].size_bytes > 0
     assert listed["rt"].resident in ("device", "cpu", "disk")
+    card = sy.get_model("rt")
+    assert card.switchyard["kind"] == "adapter" and card.switchyard["latest_version"] == 1
+    assert "rt" in {m.id for m in sy.list_models()}
     details = sy.get_adapter("rt")
     assert [v.version for v in details.versions] == [1]
     assert details.model_dump(exclude_none=True) == raw.get("/v1/adapters/rt").json()

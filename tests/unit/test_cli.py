@@ -42,9 +42,9 @@ def url(
         yield address
 
 
-def cli(url: str, *args: str, **extra_env: str) -> subprocess.CompletedProcess[str]:
+def cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
     """`python -m app.cli ARGS` with the service in SWITCHYARD_URL."""
-    env = {**os.environ, "SWITCHYARD_URL": url, "COLUMNS": "200", **extra_env}
+    env = {**os.environ, "SWITCHYARD_URL": url, "COLUMNS": "200"}
     env.pop("SWITCHYARD_KEY", None)
     return subprocess.run(
         [sys.executable, "-m", "app.cli", *args],
@@ -90,12 +90,8 @@ def test_errors_exit_non_zero(url: str, tmp_path: Path, capsys: pytest.CaptureFi
     assert missing.returncode == 1 and missing.stdout == ""
     assert "no adapter" in missing.stderr and "(adapter_not_found, HTTP 404)" in missing.stderr
     assert "Traceback" not in missing.stderr
-    usage = cli(url, "predict")
-    assert usage.returncode == 2 and "Missing argument" in usage.stderr
-    # `serve` checks its settings before loading anything: an open bind without keys is a 2.
-    unsafe = cli(url, "serve", "--port", "8123", SWITCHYARD_HOST="0.0.0.0")
-    assert unsafe.returncode == 2 and "invalid settings" in unsafe.stderr
-    assert "not loopback" in unsafe.stderr
+    code, _, stderr = run(url, capsys, "predict")
+    assert code == 2 and "Missing argument" in stderr
     code, _, stderr = run("http://127.0.0.1:9", capsys, "adapters", "ls")  # nothing listens
     assert code == 1 and stderr.startswith("error: ")
     empty = tmp_path / "nothing"
@@ -121,7 +117,7 @@ def test_train_follow_succeeds_and_registers(url: str, tmp_path: Path) -> None:
         assert sy.get_adapter("trained").latest_version == 1
 
 
-def test_following_a_failed_job_exits_1(url: str) -> None:
+def test_following_a_failed_job_exits_1(url: str, capsys: pytest.CaptureFixture[str]) -> None:
     with Client(url) as sy:
         # One worker: the blocker runs while the doomed job waits; its dataset is then deleted.
         blocker = sy.create_job("blocker", examples=job_rows(), hyperparameters=LONG_HP)
@@ -129,12 +125,23 @@ def test_following_a_failed_job_exits_1(url: str) -> None:
         doomed = sy.create_job("doomed", training_data=data.id, hyperparameters=TINY_HP)
         sy.delete_dataset(data.id)
         sy.cancel_job(blocker.id)
-    followed = cli(url, "--json", "jobs", "follow", doomed.id)
-    assert followed.returncode == 1
-    lines = [json.loads(line) for line in followed.stdout.splitlines()]
+    code, stdout, stderr = run(url, capsys, "--json", "jobs", "follow", doomed.id)
+    assert code == 1
+    lines = [json.loads(line) for line in stdout.splitlines()]
     assert lines[-1]["status"] == "failed" and lines[-1]["error"]["code"] == "dataset_not_found"
     assert any(line.get("kind") == "status" for line in lines[:-1])
-    assert f"job {doomed.id} failed" in followed.stderr and "dataset_not_found" in followed.stderr
+    assert f"job {doomed.id} failed" in stderr and "dataset_not_found" in stderr
+
+
+def test_serve_refuses_bad_settings_with_2(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Checked before anything loads: an open bind without keys.
+    monkeypatch.setenv("SWITCHYARD_HOST", "0.0.0.0")
+    monkeypatch.delenv("SWITCHYARD_API_KEYS", raising=False)
+    assert main(["serve", "--port", "8123"]) == 2
+    stderr = capsys.readouterr().err
+    assert "invalid settings" in stderr and "not loopback" in stderr
 
 
 def test_resource_commands_in_process(

@@ -35,7 +35,32 @@ class PinRequest(BaseModel):
     pinned: bool
 
 
-@router.get("", dependencies=_READ)
+_ONE = "#/paths/~1v1~1adapters~1{name}"
+
+
+def _links(status: int, *, name: str, **targets: str) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI links from a response to the operations on the adapter it names, so stateful
+    clients (and schemathesis' stateful runs) can chain list -> read -> pin/predict -> delete.
+    `targets` maps a link name to `operation[?version]`; the name comes from `name`."""
+    links: dict[str, Any] = {}
+    for link, target in targets.items():
+        operation, _, version = target.partition("?")
+        parameters = {"name": name, **({"version": version} if version else {})}
+        links[link] = {"operationRef": f"{_ONE}{operation}", "parameters": parameters}
+    return {status: {"description": "Successful Response", "links": links}}
+
+
+@router.get(
+    "",
+    dependencies=_READ,
+    responses=_links(
+        200,
+        name="$response.body#/data/0/name",
+        GetFirst="/get",
+        PredictFirst="~1predict/post",
+        DeleteFirst="/delete",
+    ),
+)
 async def list_adapters(
     registry: RegistryDep, runtime: RuntimeDep, principal: PrincipalDep
 ) -> dict[str, Any]:
@@ -58,7 +83,19 @@ def _summaries(registry: RegistryDep, runtime: RuntimeDep) -> list[dict[str, Any
     return out
 
 
-@router.get("/{name}", dependencies=_READ)
+@router.get(
+    "/{name}",
+    dependencies=_READ,
+    responses=_links(
+        200,
+        name="$response.body#/name",
+        Pin="/patch",
+        PredictLatest="~1predict/post?$response.body#/latest_version",
+        DownloadLatest="~1download/get?$response.body#/latest_version",
+        DeleteLatest="/delete?$response.body#/latest_version",
+        DeleteAll="/delete",
+    ),
+)
 async def get_adapter(name: str, registry: RegistryDep, runtime: RuntimeDep) -> dict[str, Any]:
     """Details, all versions, metrics and lineage."""
     details = await run_in_threadpool(registry.details, check_name(name))
@@ -132,7 +169,7 @@ async def upload_adapter(
         labels=labels,
         meta=keep,
     )
-    return registry.meta(name, version)
+    return stored
 
 
 async def _read_parts(form: FormData, limit: int) -> dict[str, bytes]:
@@ -181,7 +218,11 @@ async def download_adapter(
     )
 
 
-@router.delete("/{name}", dependencies=_MANAGE)
+@router.delete(
+    "/{name}",
+    dependencies=_MANAGE,
+    responses=_links(200, name="$response.body#/name", GetAfterDelete="/get"),
+)
 async def delete_adapter(
     name: str, runtime: RuntimeDep, version: int | None = None
 ) -> dict[str, Any]:
@@ -193,7 +234,11 @@ async def delete_adapter(
     return {"name": name, "deleted_versions": removed}
 
 
-@router.patch("/{name}", dependencies=_MANAGE)
+@router.patch(
+    "/{name}",
+    dependencies=_MANAGE,
+    responses=_links(200, name="$response.body#/name", GetPinned="/get", Delete="/delete"),
+)
 async def patch_adapter(
     name: str, body: PinRequest, registry: RegistryDep, runtime: RuntimeDep
 ) -> dict[str, Any]:

@@ -81,3 +81,71 @@ schema = schemathesis.pytest.from_fixture("api_schema")
 def test_api_conforms_to_its_openapi(case: Any) -> None:
     """No 5xx; status codes, content types, headers and bodies as the OpenAPI documents them."""
     case.call_and_validate(excluded_checks=EXCLUDED)
+
+
+# ---------------------------------------------------------------- stateful: links chain calls
+STATEFUL_SEEDS = ["one", "two", "three"]
+
+
+@pytest.fixture(scope="module")
+def stateful_schema(
+    tiny_bert_dir: Path, tokenizer: PreTrainedTokenizerBase,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Any]:
+    """Its own app and store: stateful runs delete what they find, the test above needs its own."""
+    work = tmp_path_factory.mktemp("schemathesis-stateful")
+    base = wrap_base(BertModel.from_pretrained(tiny_bert_dir), tokenizer, name="tiny-bert",
+                     path=tiny_bert_dir, device=torch.device("cpu"))
+    app_settings = Settings(
+        store=work / "store", max_wait_ms=1.0, request_timeout_s=10.0, _env_file=None,
+    )
+    files = peft_adapter(tiny_bert_dir, r=4, out=work / "adapter")
+    registry = Registry(AdapterStore(app_settings.store), base, app_settings)
+    for name in STATEFUL_SEEDS:
+        for _ in range(2):
+            registry.register(
+                name, config_bytes=files["adapter_config.json"],
+                weights_bytes=files["adapter_model.safetensors"], task="classification",
+                labels=LABELS,
+            )
+    yield schemathesis.openapi.from_asgi("/openapi.json", create_app(app_settings, base=base))
+    shutdown_lifespans()
+
+
+def test_stateful_runs_over_the_links(stateful_schema: Any) -> None:
+    """Chains of calls along the links: no 5xx, every response as documented. Bounded: a few
+    scenarios of a few steps each (well under a minute on the tiny base)."""
+    machine = stateful_schema.as_state_machine()
+    seen: list[tuple[str, int]] = []
+
+    class Workflow(machine):  # type: ignore[misc,valid-type]
+        def after_call(self, response: Any, case: Any) -> None:
+            seen.append((f"{case.method} {case.path}", response.status_code))
+
+        def validate_response(self, response: Any, case: Any, **kwargs: Any) -> None:
+            case.validate_response(response, excluded_checks=EXCLUDED)
+
+    Workflow.run(
+        settings=settings(
+            max_examples=15, stateful_step_count=6, deadline=None, derandomize=True,
+            database=None, suppress_health_check=list(HealthCheck),
+        )
+    )
+    assert not [s for s in seen if s[1] >= 500]
+    _assert_links(stateful_schema.raw_schema["paths"])
+    chained = {op for op, status in seen if status in (200, 201)}
+    # The links were followed: some call after the list reached a stored adapter.
+    assert "GET /v1/adapters/{name}" in chained or "DELETE /v1/adapters/{name}" in chained, seen
+
+
+def _assert_links(paths: dict[str, Any]) -> None:
+    """list -> read -> pin/predict/download -> delete -> read: every step has an OpenAPI link."""
+    links = {
+        (path, method): set(op["responses"]["200"].get("links", {}))
+        for path, ops in paths.items() if path.startswith("/v1/adapters")
+        for method, op in ops.items() if "200" in op.get("responses", {})
+    }
+    assert {"GetFirst", "PredictFirst", "DeleteFirst"} <= links[("/v1/adapters", "get")]
+    assert {"Pin", "PredictLatest", "DownloadLatest", "DeleteLatest", "DeleteAll"} <= links[
+        ("/v1/adapters/{name}", "get")]
+    assert "GetAfterDelete" in links[("/v1/adapters/{name}", "delete")]

@@ -25,6 +25,7 @@ from sqlalchemy import select
 from app.config import Settings
 from app.db import Database, Dataset, iso
 from app.errors import SwitchyardError, bad_request, not_found
+from app.registry.store import storage_full
 from app.training.rows import (
     InvalidDatasetError,
     RowError,
@@ -209,7 +210,13 @@ class DatasetService:
         task, rows = self._validate(parsed)
         dataset_id = f"ds_{secrets.token_hex(12)}"
         path = self.root / f"{dataset_id}.jsonl"
-        _write_jsonl(path, rows)
+        try:
+            _write_jsonl(path, rows)
+        except OSError as exc:
+            full = storage_full(exc, "the dataset")
+            if full is None:
+                raise
+            raise full from exc
         record = Dataset(
             id=dataset_id,
             name=name,

@@ -23,7 +23,7 @@ ROWS = b"".join(
 
 @pytest.fixture
 def service(tmp_path: Path) -> Iterator[DatasetService]:
-    cfg = Settings(store=tmp_path / "store", _env_file=None)  # type: ignore[call-arg]
+    cfg = Settings(store=tmp_path / "store", _env_file=None)
     db: Database = open_database(cfg)
     yield DatasetService(db, cfg)
     db.dispose()

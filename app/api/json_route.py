@@ -97,9 +97,14 @@ async def check_request(request: Request) -> None:
 
 
 def is_json(content_type: str | None) -> bool:
-    """Whether FastAPI would parse a body of this content type as JSON."""
+    """Whether FastAPI might parse a body of this content type as JSON.
+
+    No content type counts: FastAPI without strict content types (older releases, or
+    `strict_content_type=False`) parses such a body as JSON, and checking a body that a strict
+    FastAPI would refuse anyway costs nothing.
+    """
     if not content_type:
-        return False
+        return True
     message = email.message.Message()
     message["content-type"] = content_type
     if message.get_content_maintype() != "application":

@@ -258,3 +258,13 @@ def test_any_predict_body_is_a_200_or_a_clean_4xx(
         assert set(error) >= {"code", "message", "param"}
         assert error["param"] is None or isinstance(error["param"], str)
         assert not (error["param"] or "").isdigit()  # a field, never a character offset
+
+
+def test_a_body_without_a_content_type_is_checked_too(app_client: TestClient) -> None:
+    # A FastAPI without strict content types parses such a body as JSON: the gate must too.
+    body = f'{{"inputs": ["{SURROGATE}"]}}'.encode()
+    response = app_client.post("/v1/adapters/sst2/predict", content=body)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] == "invalid_text"
+    plain = app_client.post("/v1/adapters/sst2/predict", json={"inputs": ["fine"]})
+    assert plain.status_code == 200

@@ -41,7 +41,7 @@ test-browser: install browser
 
 lint: install
 	$(PYTHON) -m ruff check app tests bench
-	$(PYTHON) -m ruff format --check app
+	$(PYTHON) -m ruff format --check app tests bench
 	$(PYTHON) -m mypy
 
 bench: install

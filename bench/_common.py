@@ -7,6 +7,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from peft import LoraConfig, TaskType, get_peft_model
@@ -20,30 +21,33 @@ from app.runtime.metrics import Metrics
 from app.runtime.runtime import Runtime
 
 
-def make_runtime(store: Path, **overrides: object) -> tuple[Runtime, Registry, Settings]:
+def make_runtime(store: Path, **overrides: Any) -> tuple[Runtime, Registry, Settings]:
     """A runtime over the real MiniLM base with a fresh store."""
-    settings = Settings(store=store, _env_file=None, **overrides)  # type: ignore[call-arg]
+    settings = Settings(store=store, _env_file=None, **overrides)
     base = load_base(settings)
     registry = Registry(AdapterStore(settings.store), base, settings)
     return Runtime(base, registry, settings, Metrics()), registry, settings
 
 
-def make_lora_files(base_dir: Path, out: Path, *, seed: int, r: int = 8,
-                    num_labels: int = 2) -> dict[str, bytes]:
+def make_lora_files(
+    base_dir: Path, out: Path, *, seed: int, r: int = 8, num_labels: int = 2
+) -> dict[str, bytes]:
     """A rank-r all-linear LoRA on MiniLM (about 1.4 MB at r=8) made with plain PEFT."""
     torch.manual_seed(seed)
     model = AutoModelForSequenceClassification.from_pretrained(base_dir, num_labels=num_labels)
-    peft = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=r, lora_alpha=2 * r,
-                                            target_modules="all-linear"))
+    peft = get_peft_model(
+        model,
+        LoraConfig(task_type=TaskType.SEQ_CLS, r=r, lora_alpha=2 * r, target_modules="all-linear"),
+    )
     for name, param in peft.named_parameters():
         if "lora_B" in name:
             param.data.normal_(0, 0.02)
-    peft.save_pretrained(out)
+    peft.save_pretrained(str(out))
     return {p.name: p.read_bytes() for p in out.iterdir() if p.suffix in (".json", ".safetensors")}
 
 
 def base_dir() -> Path:
-    return resolve_base_path(Settings(_env_file=None))  # type: ignore[call-arg]
+    return resolve_base_path(Settings(_env_file=None))
 
 
 def tempdir() -> Path:

@@ -24,9 +24,16 @@ from app.training.split import holdout_split
 from bench._common import base_dir
 
 
-def full_finetune(task: str, rows: list[dict[str, Any]], test_rows: list[dict[str, Any]], *,
-                  epochs: int, learning_rate: float, batch_size: int = 32,
-                  seed: int = 0) -> dict[str, Any]:
+def full_finetune(
+    task: str,
+    rows: list[dict[str, Any]],
+    test_rows: list[dict[str, Any]],
+    *,
+    epochs: int,
+    learning_rate: float,
+    batch_size: int = 32,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Train every weight; returns test metrics of the best validation epoch and the time."""
     torch.manual_seed(seed)
     labels = derive_labels(rows, task)
@@ -40,29 +47,56 @@ def full_finetune(task: str, rows: list[dict[str, Any]], test_rows: list[dict[st
 
     train, val, test = encode(train_rows), encode(val_rows), encode(test_rows)
     started = time.monotonic()
-    history, best_state = _train(model, task, labels, train, val, epochs=epochs,
-                                 learning_rate=learning_rate, batch_size=batch_size, seed=seed)
+    history, best_state = _train(
+        model,
+        task,
+        labels,
+        train,
+        val,
+        epochs=epochs,
+        learning_rate=learning_rate,
+        batch_size=batch_size,
+        seed=seed,
+    )
     seconds = time.monotonic() - started
     model.load_state_dict(best_state)
     metrics = _metrics(model, task, labels, test)
-    return {"metrics": metrics, "seconds": seconds, "epochs": float(epochs),
-            "validation": history, "learning_rate": learning_rate, "max_length": max_length}
+    return {
+        "metrics": metrics,
+        "seconds": seconds,
+        "epochs": float(epochs),
+        "validation": history,
+        "learning_rate": learning_rate,
+        "max_length": max_length,
+    }
 
 
 def _model(task: str, num_labels: int) -> tuple[torch.nn.Module, Any]:
     from transformers import AutoTokenizer
 
     folder = base_dir()
-    factory = (AutoModelForTokenClassification if task == TOKEN_CLASSIFICATION
-               else AutoModelForSequenceClassification)
+    factory = (
+        AutoModelForTokenClassification
+        if task == TOKEN_CLASSIFICATION
+        else AutoModelForSequenceClassification
+    )
     extra = {"problem_type": "regression"} if task == REGRESSION else {}
     model = factory.from_pretrained(folder, num_labels=num_labels, **extra)
     return model, AutoTokenizer.from_pretrained(folder)
 
 
-def _train(model: torch.nn.Module, task: str, labels: list[str], train: list[Example],
-           val: list[Example], *, epochs: int, learning_rate: float, batch_size: int,
-           seed: int) -> tuple[list[dict[str, float]], dict[str, torch.Tensor]]:
+def _train(
+    model: torch.nn.Module,
+    task: str,
+    labels: list[str],
+    train: list[Example],
+    val: list[Example],
+    *,
+    epochs: int,
+    learning_rate: float,
+    batch_size: int,
+    seed: int,
+) -> tuple[list[dict[str, float]], dict[str, torch.Tensor]]:
     total = epochs * math.ceil(len(train) / batch_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.01)
     warmup = max(1, int(0.06 * total))
@@ -76,8 +110,15 @@ def _train(model: torch.nn.Module, task: str, labels: list[str], train: list[Exa
     best_state, best = copy.deepcopy(model.state_dict()), -math.inf
     for epoch in range(epochs):
         model.train()
-        for batch in batches(train, batch_size=batch_size, shuffle=True, seed=seed + epoch,
-                             task=task, pad_id=0, device=torch.device("cpu")):
+        for batch in batches(
+            train,
+            batch_size=batch_size,
+            shuffle=True,
+            seed=seed + epoch,
+            task=task,
+            pad_id=0,
+            device=torch.device("cpu"),
+        ):
             loss = model(**batch).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -91,7 +132,15 @@ def _train(model: torch.nn.Module, task: str, labels: list[str], train: list[Exa
     return history, best_state
 
 
-def _metrics(model: torch.nn.Module, task: str, labels: list[str],
-             examples: list[Example]) -> dict[str, float]:
-    return evaluation.evaluate(model, examples, task=task, labels=labels, pad_id=0,
-                               device=torch.device("cpu"), batch_size=64)
+def _metrics(
+    model: torch.nn.Module, task: str, labels: list[str], examples: list[Example]
+) -> dict[str, float]:
+    return evaluation.evaluate(
+        model,
+        examples,
+        task=task,
+        labels=labels,
+        pad_id=0,
+        device=torch.device("cpu"),
+        batch_size=64,
+    )

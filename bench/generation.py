@@ -30,17 +30,40 @@ from app.runtime.runtime import Runtime
 from app.training.view import build_view
 from bench._common import tempdir
 
-TOPICS = ["the sea", "a city at night", "winter", "a robot", "coffee", "trains", "the moon",
-          "a library", "rain", "mountains", "a cat", "music", "the desert", "bread", "a garden",
-          "bicycles"]
+TOPICS = [
+    "the sea",
+    "a city at night",
+    "winter",
+    "a robot",
+    "coffee",
+    "trains",
+    "the moon",
+    "a library",
+    "rain",
+    "mountains",
+    "a cat",
+    "music",
+    "the desert",
+    "bread",
+    "a garden",
+    "bicycles",
+]
 
 
-def make_adapters(runtime: Runtime, registry: Registry, work: Path, *, count: int, rank: int,
-                  targets: str | list[str]) -> list[tuple[str, int]]:
+def make_adapters(
+    runtime: Runtime,
+    registry: Registry,
+    work: Path,
+    *,
+    count: int,
+    rank: int,
+    targets: str | list[str],
+) -> list[tuple[str, int]]:
     """`count` random rank-r LoRAs made with plain PEFT, registered in the store."""
     view = build_view(runtime.base, task="generation", num_labels=0)
-    config = LoraConfig(task_type=TaskType.CAUSAL_LM, r=rank, lora_alpha=2 * rank,
-                        target_modules=targets)
+    config = LoraConfig(
+        task_type=TaskType.CAUSAL_LM, r=rank, lora_alpha=2 * rank, target_modules=targets
+    )
     peft = get_peft_model(view, config)
     keys = []
     for i in range(count):
@@ -51,20 +74,27 @@ def make_adapters(runtime: Runtime, registry: Registry, work: Path, *, count: in
         folder = work / f"lora{i}"
         peft.save_pretrained(str(folder))
         version = registry.register(
-            f"gen{i}", config_bytes=(folder / "adapter_config.json").read_bytes(),
+            f"gen{i}",
+            config_bytes=(folder / "adapter_config.json").read_bytes(),
             weights_bytes=(folder / "adapter_model.safetensors").read_bytes(),
-            task="generation", labels=[],
+            task="generation",
+            labels=[],
         )
         keys.append((f"gen{i}", version))
     return keys
 
 
-def tokens_per_second(engine: GenerationEngine, keys: list[tuple[str, int] | None],
-                      prompts: list[str], new_tokens: int) -> float:
+def tokens_per_second(
+    engine: GenerationEngine,
+    keys: list[tuple[str, int] | None],
+    prompts: list[str],
+    new_tokens: int,
+) -> float:
     """One batch: row i uses keys[i]; all rows admitted together and run to new_tokens."""
     params = {"max_new_tokens": new_tokens, "ignore_eos": True}
-    jobs = [engine.prepare(key, [prompt], params) for key, prompt in zip(keys, prompts,
-                                                                         strict=True)]
+    jobs = [
+        engine.prepare(key, [prompt], params) for key, prompt in zip(keys, prompts, strict=True)
+    ]
     start = time.perf_counter()
     engine.run(jobs)
     elapsed = time.perf_counter() - start
@@ -80,24 +110,26 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--targets", default="all-linear",
-                        help="all-linear (our trainer's default) or a comma list, e.g. "
-                             "q_proj,v_proj (PEFT's default for Llama)")
+    parser.add_argument(
+        "--targets",
+        default="all-linear",
+        help="all-linear (our trainer's default) or a comma list, e.g. "
+        "q_proj,v_proj (PEFT's default for Llama)",
+    )
     args = parser.parse_args()
     targets = args.targets if args.targets == "all-linear" else args.targets.split(",")
     torch.set_num_threads(args.threads)
     work = tempdir()
-    settings = Settings(base_model="smollm2", store=work / "store", max_batch_size=args.rows,
-                        _env_file=None)
+    settings = Settings(
+        base_model="smollm2", store=work / "store", max_batch_size=args.rows, _env_file=None
+    )
     base = load_base(settings)
     registry = Registry(AdapterStore(settings.store), base, settings)
     runtime = Runtime(base, registry, settings, Metrics())
     assert runtime.generation is not None
     engine = runtime.generation.engine
-    keys = make_adapters(runtime, registry, work, count=args.rows, rank=args.rank,
-                         targets=targets)
-    prompts = [f"Write one sentence about {TOPICS[i % len(TOPICS)]}." for i in
-               range(args.rows)]
+    keys = make_adapters(runtime, registry, work, count=args.rows, rank=args.rank, targets=targets)
+    prompts = [f"Write one sentence about {TOPICS[i % len(TOPICS)]}." for i in range(args.rows)]
     bare: list[tuple[str, int] | None] = [None] * args.rows
     mixed: list[tuple[str, int] | None] = list(keys)
     tokens_per_second(engine, mixed, prompts, 4)  # warm-up: slots loaded, kernels initialised
@@ -108,18 +140,28 @@ def main() -> None:
     report(args, str(base.dtype), str(base.device), base_tps, adapter_tps)
 
 
-def report(args: argparse.Namespace, dtype: str, device: str, base_tps: list[float],
-           adapter_tps: list[float]) -> None:
+def report(
+    args: argparse.Namespace,
+    dtype: str,
+    device: str,
+    base_tps: list[float],
+    adapter_tps: list[float],
+) -> None:
     """Print both medians, every round, and the ratio."""
     base_med, adapter_med = statistics.median(base_tps), statistics.median(adapter_tps)
-    print(f"SmolLM2-135M-Instruct, {dtype} on {device}, {torch.get_num_threads()} "
-          f"threads; {args.rows} rows x {args.new_tokens} new tokens, greedy, "
-          f"{args.rounds} rounds")
-    print(f"bare base: {base_med:8.1f} tokens/s  "
-          f"(rounds: {', '.join(f'{t:.1f}' for t in base_tps)})")
-    print(f"{args.rows} distinct rank-{args.rank} LoRAs ({args.targets}): {adapter_med:8.1f} "
-          "tokens/s  "
-          f"(rounds: {', '.join(f'{t:.1f}' for t in adapter_tps)})")
+    print(
+        f"SmolLM2-135M-Instruct, {dtype} on {device}, {torch.get_num_threads()} "
+        f"threads; {args.rows} rows x {args.new_tokens} new tokens, greedy, "
+        f"{args.rounds} rounds"
+    )
+    print(
+        f"bare base: {base_med:8.1f} tokens/s  (rounds: {', '.join(f'{t:.1f}' for t in base_tps)})"
+    )
+    print(
+        f"{args.rows} distinct rank-{args.rank} LoRAs ({args.targets}): {adapter_med:8.1f} "
+        "tokens/s  "
+        f"(rounds: {', '.join(f'{t:.1f}' for t in adapter_tps)})"
+    )
     print(f"ratio adapters / base: {adapter_med / base_med:.2f}x (target >= 0.8x)")
 
 

@@ -30,9 +30,13 @@ def main() -> None:
     names = []
     for i in range(args.adapters):
         files = make_lora_files(base_dir(), work / f"a{i}", seed=i)
-        registry.register(f"a{i}", config_bytes=files["adapter_config.json"],
-                          weights_bytes=files["adapter_model.safetensors"],
-                          task="classification", labels=["a", "b"])
+        registry.register(
+            f"a{i}",
+            config_bytes=files["adapter_config.json"],
+            weights_bytes=files["adapter_model.safetensors"],
+            task="classification",
+            labels=["a", "b"],
+        )
         names.append(f"a{i}")
     residents = [runtime.cache.acquire(n, 1) for n in names]
     batch = dict(runtime.base.tokenizer([SENTENCE] * args.adapters, return_tensors="pt"))
@@ -49,8 +53,10 @@ def main() -> None:
     for _ in range(args.repeat):  # interleaved so machine noise hits both alike
         bare += timeit(lambda: forward([0] * len(mixed_slots)), repeat=1, warmup=1)
         mixed += timeit(lambda: forward(mixed_slots), repeat=1, warmup=1)
-    print(f"batch: {args.adapters} rows x {batch['input_ids'].shape[1]} tokens, "
-          f"{args.adapters} distinct rank-8 all-linear LoRA adapters")
+    print(
+        f"batch: {args.adapters} rows x {batch['input_ids'].shape[1]} tokens, "
+        f"{args.adapters} distinct rank-8 all-linear LoRA adapters"
+    )
     print(f"bare base forward:        p50 {1000 * p50(bare):.1f} ms")
     print(f"switchyard mixed forward: p50 {1000 * p50(mixed):.1f} ms")
     print(f"ratio mixed / bare: {p50(mixed) / p50(bare):.3f}x (target <= 1.15x)")
@@ -70,8 +76,10 @@ def _peft_reference(work, names, batch, bare: float) -> None:  # type: ignore[no
             peft(**batch, adapter_names=names)
 
     times = timeit(forward, repeat=5, warmup=1)
-    print(f"peft adapter_names mixed: p50 {1000 * p50(times):.1f} ms "
-          f"({p50(times) / bare:.2f}x the bare forward)")
+    print(
+        f"peft adapter_names mixed: p50 {1000 * p50(times):.1f} ms "
+        f"({p50(times) / bare:.2f}x the bare forward)"
+    )
 
 
 if __name__ == "__main__":

@@ -26,9 +26,13 @@ def main() -> None:
     runtime, registry, _ = make_runtime(work / "store")
     files = make_lora_files(base_dir(), work / "a0", seed=0)
     size = len(files["adapter_model.safetensors"])
-    version = registry.register("hot", config_bytes=files["adapter_config.json"],
-                                weights_bytes=files["adapter_model.safetensors"],
-                                task="classification", labels=["a", "b"])
+    version = registry.register(
+        "hot",
+        config_bytes=files["adapter_config.json"],
+        weights_bytes=files["adapter_model.safetensors"],
+        task="classification",
+        labels=["a", "b"],
+    )
     cache = runtime.cache
 
     def ours() -> float:

@@ -59,10 +59,16 @@ def main() -> None:
         make_lora_files(base_dir(), work / "peft" / name, seed=i)
     server = start_server(work / "store")
     for name in names:
-        files = {p.name: p.read_bytes() for p in (work / "peft" / name).iterdir()
-                 if p.suffix in (".json", ".safetensors")}
-        server.http.post("/v1/adapters", data={"name": name, "labels": json.dumps(["a", "b"])},
-                         files={k: (k, v) for k, v in files.items()}).raise_for_status()
+        files = {
+            p.name: p.read_bytes()
+            for p in (work / "peft" / name).iterdir()
+            if p.suffix in (".json", ".safetensors")
+        }
+        server.http.post(
+            "/v1/adapters",
+            data={"name": name, "labels": json.dumps(["a", "b"])},
+            files={k: (k, v) for k, v in files.items()},
+        ).raise_for_status()
     try:
         load(server.url, names, clients=args.clients, seconds=3)  # warm every slot
         mixed = load(server.url, names, clients=args.clients, seconds=args.seconds)
@@ -74,14 +80,24 @@ def main() -> None:
     print(f"switchyard, random of {args.adapters} adapters: {mixed:.1f} req/s")
     print(f"switchyard, one adapter:                 {single:.1f} req/s")
     print(f"naive PEFT set_adapter server, random:   {naive:.1f} req/s")
-    print(f"mixed / single: {mixed / single:.2f}x (target >= 0.8x); "
-          f"mixed / naive: {mixed / naive:.1f}x (target >= 5x)")
+    print(
+        f"mixed / single: {mixed / single:.2f}x (target >= 0.8x); "
+        f"mixed / naive: {mixed / naive:.1f}x (target >= 5x)"
+    )
 
 
 def _naive(work: Path, names: list[str], args: argparse.Namespace) -> float:
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "bench.naive_peft_server", str(base_dir()),
-                                str(work / "peft"), str(port)])
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bench.naive_peft_server",
+            str(base_dir()),
+            str(work / "peft"),
+            str(port),
+        ]
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(600):

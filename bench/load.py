@@ -63,17 +63,28 @@ def is_loopback(url: str) -> bool:
         return False
 
 
-async def run_load(url: str, names: list[str], *, rate: float, duration: float, requests: int,
-                   inputs: int, key: str | None, timeout: float, grace: float,
-                   seed: int) -> Results:
+async def run_load(
+    url: str,
+    names: list[str],
+    *,
+    rate: float,
+    duration: float,
+    requests: int,
+    inputs: int,
+    key: str | None,
+    timeout: float,
+    grace: float,
+    seed: int,
+) -> Results:
     """Send `requests` predicts at `rate`/s (at most `duration` s) and wait for the answers."""
     rng = random.Random(seed)
     results = Results()
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     limits = httpx.Limits(max_connections=MAX_IN_FLIGHT, max_keepalive_connections=256)
     in_flight: set[asyncio.Task[None]] = set()
-    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=timeout,
-                                 limits=limits) as client:
+    async with httpx.AsyncClient(
+        base_url=url, headers=headers, timeout=timeout, limits=limits
+    ) as client:
 
         async def one(name: str, body: dict[str, Any], scheduled: float) -> None:
             try:
@@ -134,11 +145,13 @@ def summarize(results: Results, *, rate: float, adapters: int) -> dict[str, Any]
         "ok": ok,
         "throughput_ok_rps": round(ok / window, 2),
         "window_s": round(window, 2),
-        "latency_ok_ms": {"p50": round(percentile(ms, 0.50), 1),
-                          "p90": round(percentile(ms, 0.90), 1),
-                          "p99": round(percentile(ms, 0.99), 1),
-                          "max": round(max(ms), 1) if ms else None,
-                          "mean": round(statistics.fmean(ms), 1) if ms else None},
+        "latency_ok_ms": {
+            "p50": round(percentile(ms, 0.50), 1),
+            "p90": round(percentile(ms, 0.90), 1),
+            "p99": round(percentile(ms, 0.99), 1),
+            "max": round(max(ms), 1) if ms else None,
+            "mean": round(statistics.fmean(ms), 1) if ms else None,
+        },
         "by_status": dict(sorted(results.outcomes.items())),
     }
 
@@ -150,12 +163,14 @@ def spawn(adapters: int, env: dict[str, str]) -> tuple[Any, list[str]]:
 
     work = tempdir()
     names = [f"load{i}" for i in range(adapters)]
-    files = [make_lora_files(base_dir(), work / "peft" / name, seed=i)
-             for i, name in enumerate(names)]
+    files = [
+        make_lora_files(base_dir(), work / "peft" / name, seed=i) for i, name in enumerate(names)
+    ]
     server = start_server(work / "store", env=env)
     for name, parts in zip(names, files, strict=True):
         server.http.post(
-            "/v1/adapters", data={"name": name, "labels": json.dumps(["neg", "pos"])},
+            "/v1/adapters",
+            data={"name": name, "labels": json.dumps(["neg", "pos"])},
             files={k: (k, v) for k, v in parts.items()},
         ).raise_for_status()
     return server, names
@@ -169,14 +184,23 @@ def existing_adapters(url: str, key: str | None) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--url", default="http://127.0.0.1:8000")
-    parser.add_argument("--spawn", action="store_true",
-                        help="start a server on a temporary store instead of using --url")
+    parser.add_argument(
+        "--spawn",
+        action="store_true",
+        help="start a server on a temporary store instead of using --url",
+    )
     parser.add_argument("--adapters", type=int, default=8, help="random adapters for --spawn")
-    parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
-                        help="SWITCHYARD_* setting for the spawned server (repeatable)")
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="SWITCHYARD_* setting for the spawned server (repeatable)",
+    )
     parser.add_argument("--rate", type=float, default=20.0, help="requests per second")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of sending")
     parser.add_argument("--requests", type=int, default=MAX_REQUESTS, help="at most this many")
@@ -206,10 +230,20 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{url} serves no adapters; upload some or use --spawn", file=sys.stderr)
             return 2
     try:
-        results = asyncio.run(run_load(
-            url, names, rate=args.rate, duration=duration, requests=requests,
-            inputs=args.inputs, key=args.key, timeout=args.timeout, grace=min(args.grace, 120),
-            seed=args.seed))
+        results = asyncio.run(
+            run_load(
+                url,
+                names,
+                rate=args.rate,
+                duration=duration,
+                requests=requests,
+                inputs=args.inputs,
+                key=args.key,
+                timeout=args.timeout,
+                grace=min(args.grace, 120),
+                seed=args.seed,
+            )
+        )
     finally:
         if server is not None:
             from tests.integration.conftest import stop_server
@@ -220,11 +254,12 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(summary))
         return 0
     lat = summary["latency_ok_ms"]
-    print(f"{summary['requests']} requests at {args.rate:g}/s offered over {duration:g} s to "
-          f"{len(names)} adapters ({args.inputs} input each), open loop")
+    print(
+        f"{summary['requests']} requests at {args.rate:g}/s offered over {duration:g} s to "
+        f"{len(names)} adapters ({args.inputs} input each), open loop"
+    )
     print(f"throughput (2xx): {summary['throughput_ok_rps']} req/s over {summary['window_s']} s")
-    print(f"latency 2xx ms: p50 {lat['p50']}  p90 {lat['p90']}  p99 {lat['p99']}  "
-          f"max {lat['max']}")
+    print(f"latency 2xx ms: p50 {lat['p50']}  p90 {lat['p90']}  p99 {lat['p99']}  max {lat['max']}")
     print(f"by status: {summary['by_status']}")
     print(json.dumps(summary))
     return 0

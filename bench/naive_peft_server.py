@@ -49,5 +49,9 @@ def build(base: Path, adapters: Path) -> FastAPI:
 
 
 if __name__ == "__main__":
-    uvicorn.run(build(Path(sys.argv[1]), Path(sys.argv[2])), host="127.0.0.1",
-                port=int(sys.argv[3]), log_level="warning")
+    uvicorn.run(
+        build(Path(sys.argv[1]), Path(sys.argv[2])),
+        host="127.0.0.1",
+        port=int(sys.argv[3]),
+        log_level="warning",
+    )

@@ -49,8 +49,7 @@ class Spec:
 SPECS = {
     "sst2": Spec("SST-2", "sst2", "train", "dev", "classification", "accuracy"),
     "trec": Spec("TREC-6", "trec", "train", "test", "classification", "accuracy"),
-    "conll": Spec("CoNLL-2003", "conll2003", "train", "test", "token_classification",
-                  "entity_f1"),
+    "conll": Spec("CoNLL-2003", "conll2003", "train", "test", "token_classification", "entity_f1"),
     "stsb": Spec("STS-B", "stsb", "train", "test", "regression", "pearson"),
     "rte": Spec("RTE", "rte", "train", "dev", "classification", "accuracy"),
 }
@@ -90,13 +89,26 @@ def read_rows(spec: Spec, split: str, limit: int | None) -> list[dict[str, Any]]
     return rows
 
 
-def train_via_api(server: LiveServer, spec: Spec, method: str, dataset_id: str,
-                  hyperparameters: dict[str, Any], timeout: float) -> dict[str, Any]:
+def train_via_api(
+    server: LiveServer,
+    spec: Spec,
+    method: str,
+    dataset_id: str,
+    hyperparameters: dict[str, Any],
+    timeout: float,
+) -> dict[str, Any]:
     """Submit a job and wait for it to end; returns the job's JSON."""
     name = f"{spec.folder}-{method}".replace("_", "-")
-    response = server.http.post("/v1/training-jobs", json={
-        "adapter": name, "task": spec.task, "method": method, "training_data": dataset_id,
-        "hyperparameters": hyperparameters})
+    response = server.http.post(
+        "/v1/training-jobs",
+        json={
+            "adapter": name,
+            "task": spec.task,
+            "method": method,
+            "training_data": dataset_id,
+            "hyperparameters": hyperparameters,
+        },
+    )
     if response.status_code != 202:
         return {"status": "rejected", "error": response.json().get("error"), "adapter": name}
     job_id = response.json()["id"]
@@ -110,21 +122,48 @@ def train_via_api(server: LiveServer, spec: Spec, method: str, dataset_id: str,
     return {"status": "timed_out", "error": {"message": f"over {timeout} s"}, "adapter": name}
 
 
-def run_service(server: LiveServer, spec: Spec, method: str, dataset_id: str, rows: int,
-                test: list[dict[str, Any]], args: argparse.Namespace) -> Result:
+def run_service(
+    server: LiveServer,
+    spec: Spec,
+    method: str,
+    dataset_id: str,
+    rows: int,
+    test: list[dict[str, Any]],
+    args: argparse.Namespace,
+) -> Result:
     """Train one method through the API with the service's defaults, score it on `test`."""
     hyperparameters = {"epochs": args.epochs} if args.epochs else {}
     job = train_via_api(server, spec, method, dataset_id, hyperparameters, args.job_timeout)
     if job["status"] != "succeeded":
-        return Result(spec.name, method, rows, len(test), spec.metric, None, 0.0, 0.0,
-                      status=job["status"], error=json.dumps(job.get("error"))[:300])
+        return Result(
+            spec.name,
+            method,
+            rows,
+            len(test),
+            spec.metric,
+            None,
+            0.0,
+            0.0,
+            status=job["status"],
+            error=json.dumps(job.get("error"))[:300],
+        )
     seconds = _job_seconds(job)
     epochs = float(job["progress"]["epoch"] or 0.0) if method != "linear_probe" else 0.0
     score = quality_eval.evaluate_adapter(server, job["result"]["adapter"], spec.task, test)
     extra = {"best": job["best"], "hyperparameters": job["hyperparameters"], "job": job["id"]}
     per_epoch = quality_eval.train_seconds_per_epoch(server, job) if epochs else None
-    return Result(spec.name, method, rows, len(test), spec.metric, score[spec.metric], seconds,
-                  epochs, extra=extra | {"metrics": score}, train_per_epoch=per_epoch)
+    return Result(
+        spec.name,
+        method,
+        rows,
+        len(test),
+        spec.metric,
+        score[spec.metric],
+        seconds,
+        epochs,
+        extra=extra | {"metrics": score},
+        train_per_epoch=per_epoch,
+    )
 
 
 def _job_seconds(job: dict[str, Any]) -> float:
@@ -138,32 +177,48 @@ def upload(server: LiveServer, work: Path, key: str, rows: list[dict[str, Any]])
     """POST the rows as a JSONL dataset; returns its id."""
     path = work / f"{key}.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    response = server.http.post("/v1/datasets", files={"file": (path.name, path.read_bytes())},
-                                data={"name": key})
+    response = server.http.post(
+        "/v1/datasets", files={"file": (path.name, path.read_bytes())}, data={"name": key}
+    )
     response.raise_for_status()
     return str(response.json()["id"])
 
 
-def run_dataset(server: LiveServer, key: str, args: argparse.Namespace, work: Path,
-                results: list[Result]) -> None:
+def run_dataset(
+    server: LiveServer, key: str, args: argparse.Namespace, work: Path, results: list[Result]
+) -> None:
     """Every method on one dataset, then the full fine-tune of the same rows."""
     spec = SPECS[key]
     train = read_rows(spec, spec.train, getattr(args, f"{key}_rows"))
     test = read_rows(spec, spec.test, args.test_rows)
     dataset_id = upload(server, work, key, train)
     for method in args.methods:
-        if method == "linear_probe" and spec.task == "token_classification" and (
-                args.skip_token_probe):
+        if (
+            method == "linear_probe"
+            and spec.task == "token_classification"
+            and (args.skip_token_probe)
+        ):
             continue
         results.append(run_service(server, spec, method, dataset_id, len(train), test, args))
         _report(results[-1], args)
     if args.full_ft:
-        outcome = full_finetune(spec.task, train, test, epochs=args.ft_epochs,
-                                learning_rate=args.ft_lr)
-        results.append(Result(spec.name, "full fine-tune", len(train), len(test), spec.metric,
-                              outcome["metrics"][spec.metric], outcome["seconds"],
-                              outcome["epochs"], extra=outcome,
-                              train_per_epoch=outcome["seconds"] / outcome["epochs"]))
+        outcome = full_finetune(
+            spec.task, train, test, epochs=args.ft_epochs, learning_rate=args.ft_lr
+        )
+        results.append(
+            Result(
+                spec.name,
+                "full fine-tune",
+                len(train),
+                len(test),
+                spec.metric,
+                outcome["metrics"][spec.metric],
+                outcome["seconds"],
+                outcome["epochs"],
+                extra=outcome,
+                train_per_epoch=outcome["seconds"] / outcome["epochs"],
+            )
+        )
         _report(results[-1], args)
 
 
@@ -177,14 +232,18 @@ def _report(result: Result, args: argparse.Namespace) -> None:
 
 def table(results: list[Result]) -> str:
     """Markdown: one row per dataset and method."""
-    lines = ["| dataset | method | train rows | test rows | metric | score | epochs run | "
-             "job s | train s/epoch |",
-             "| --- | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "| dataset | method | train rows | test rows | metric | score | epochs run | "
+        "job s | train s/epoch |",
+        "| --- | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: |",
+    ]
     for r in results:
         score = f"{r.score:.4f}" if r.score is not None else f"{r.status}: {r.error}"
         per_epoch = f"{r.train_per_epoch:.0f}" if r.train_per_epoch else "-"
-        lines.append(f"| {r.dataset} | {r.method} | {r.rows} | {r.test_rows} | {r.metric} | "
-                     f"{score} | {r.epochs:.2f} | {r.seconds:.0f} | {per_epoch} |")
+        lines.append(
+            f"| {r.dataset} | {r.method} | {r.rows} | {r.test_rows} | {r.metric} | "
+            f"{score} | {r.epochs:.2f} | {r.seconds:.0f} | {per_epoch} |"
+        )
     return "\n".join(lines)
 
 
@@ -202,12 +261,18 @@ def write_readme(text: str) -> None:
 
 def parse_args() -> argparse.Namespace:
     """Sizes, methods and outputs from the command line."""
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--datasets", nargs="+", default=list(SPECS), choices=list(SPECS))
     parser.add_argument("--methods", nargs="+", default=["lora", "prefix", "linear_probe"])
-    for key, default in (("sst2", 2000), ("trec", 5452), ("conll", 2000), ("stsb", 2000),
-                         ("rte", 2490)):
+    for key, default in (
+        ("sst2", 2000),
+        ("trec", 5452),
+        ("conll", 2000),
+        ("stsb", 2000),
+        ("rte", 2490),
+    ):
         parser.add_argument(f"--{key}-rows", type=int, default=default)
     parser.add_argument("--test-rows", type=int, default=None, help="cap on held-out rows")
     parser.add_argument("--epochs", type=int, default=None, help="else the service's default")
@@ -218,10 +283,17 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--job-timeout", type=float, default=4 * 3600)
     parser.add_argument("--out", default=None, help="append each result as a JSON line")
     parser.add_argument("--write-readme", action="store_true")
-    parser.add_argument("--from-results", default=None,
-                        help="no training: the table and README section from an --out file")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads for the server and the full fine-tune")
+    parser.add_argument(
+        "--from-results",
+        default=None,
+        help="no training: the table and README section from an --out file",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads for the server and the full fine-tune",
+    )
     return parser.parse_args()
 
 

@@ -57,7 +57,7 @@ def probe(store: Path, resident: int) -> dict[str, float]:
         text=True,
         check=True,
     )
-    return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:

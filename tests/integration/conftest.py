@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -109,7 +110,7 @@ def minilm_dir() -> Path:
     return MINILM_DIR
 
 
-def read_rows(path: Path, limit: int | None = None) -> list[dict[str, object]]:
+def read_rows(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
     """JSONL rows of a shared dataset file."""
     import json
 
@@ -128,6 +129,6 @@ def run_job(
     while time.monotonic() < deadline:
         job = live.http.get(f"/v1/training-jobs/{job_id}").json()
         if job["status"] in ("succeeded", "failed", "cancelled"):
-            return job  # type: ignore[no-any-return]
+            return job
         time.sleep(1)
     raise AssertionError(f"job {job_id} did not finish in {timeout} s")

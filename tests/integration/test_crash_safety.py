@@ -37,19 +37,32 @@ GOOD = ("good-a", "good-b", "good-c")
 EXAMPLES = [
     {"text": text, "label": label}
     for text, label in [
-        ("a wonderful, moving film", "pos"), ("dull and far too long", "neg"),
-        ("I loved every minute", "pos"), ("a waste of an evening", "neg"),
-        ("sharp, funny and warm", "pos"), ("the plot makes no sense", "neg"),
-        ("beautifully shot and acted", "pos"), ("boring from start to end", "neg"),
-        ("a delight for the whole family", "pos"), ("clumsy and loud", "neg"),
-        ("the best film this year", "pos"), ("I walked out halfway", "neg"),
-        ("smart and surprising", "pos"), ("flat characters, no story", "neg"),
-        ("pure joy", "pos"), ("painfully bad", "neg"),
+        ("a wonderful, moving film", "pos"),
+        ("dull and far too long", "neg"),
+        ("I loved every minute", "pos"),
+        ("a waste of an evening", "neg"),
+        ("sharp, funny and warm", "pos"),
+        ("the plot makes no sense", "neg"),
+        ("beautifully shot and acted", "pos"),
+        ("boring from start to end", "neg"),
+        ("a delight for the whole family", "pos"),
+        ("clumsy and loud", "neg"),
+        ("the best film this year", "pos"),
+        ("I walked out halfway", "neg"),
+        ("smart and surprising", "pos"),
+        ("flat characters, no story", "neg"),
+        ("pure joy", "pos"),
+        ("painfully bad", "neg"),
     ]
 ]
 # Long enough to be killed while running: many tiny steps, no early stop.
-SLOW_TRAINING = {"epochs": 100, "batch_size": 2, "max_length": 16, "head_init": "random",
-                 "early_stopping_patience": None}
+SLOW_TRAINING = {
+    "epochs": 100,
+    "batch_size": 2,
+    "max_length": 16,
+    "head_init": "random",
+    "early_stopping_patience": None,
+}
 MULTIPART = {"content-type": "multipart/form-data; boundary=crashboundary"}
 
 
@@ -57,8 +70,10 @@ MULTIPART = {"content-type": "multipart/form-data; boundary=crashboundary"}
 def adapter_files(minilm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A small LoRA and a large one (rank 64 on every linear layer, about 10 MB)."""
     work = tmp_path_factory.mktemp("crash-adapters")
-    return {"small": peft_adapter(minilm_dir, r=4, out=work / "small"),
-            "large": peft_adapter(minilm_dir, r=64, seed=1, out=work / "large")}
+    return {
+        "small": peft_adapter(minilm_dir, r=4, out=work / "small"),
+        "large": peft_adapter(minilm_dir, r=64, seed=1, out=work / "large"),
+    }
 
 
 @pytest.fixture
@@ -74,8 +89,11 @@ def servers() -> Iterator[list[LiveServer]]:
 
 
 def upload(http: httpx.Client, name: str, files: dict[str, bytes]) -> httpx.Response:
-    return http.post("/v1/adapters", data={"name": name, "labels": json.dumps(LABELS)},
-                     files={k: (k, v) for k, v in files.items() if k in (CONFIG, WEIGHTS)})
+    return http.post(
+        "/v1/adapters",
+        data={"name": name, "labels": json.dumps(LABELS)},
+        files={k: (k, v) for k, v in files.items() if k in (CONFIG, WEIGHTS)},
+    )
 
 
 def predict(http: httpx.Client, name: str) -> httpx.Response:
@@ -97,9 +115,11 @@ def stream_slowly(url: str, streaming: threading.Event) -> None:
     """A 32 MB upload sent in 64 KB pieces, 20 ms apart: still streaming when the kill comes."""
 
     def body() -> Iterator[bytes]:
-        yield (b'--crashboundary\r\nContent-Disposition: form-data; name="name"\r\n\r\nslow\r\n'
-               b'--crashboundary\r\nContent-Disposition: form-data; '
-               b'name="adapter_model.safetensors"; filename="adapter_model.safetensors"\r\n\r\n')
+        yield (
+            b'--crashboundary\r\nContent-Disposition: form-data; name="name"\r\n\r\nslow\r\n'
+            b"--crashboundary\r\nContent-Disposition: form-data; "
+            b'name="adapter_model.safetensors"; filename="adapter_model.safetensors"\r\n\r\n'
+        )
         for index in range(512):
             yield b"\x00" * 65536
             if index == 8:
@@ -163,9 +183,16 @@ def test_kill_during_uploads_and_training_then_restart(
     servers.append(server)
     for name in GOOD:
         assert upload(server.http, name, adapter_files["small"]).status_code == 201
-    job = server.http.post("/v1/training-jobs", json={
-        "adapter": "trained", "task": "classification", "method": "lora",
-        "examples": EXAMPLES, "hyperparameters": SLOW_TRAINING})
+    job = server.http.post(
+        "/v1/training-jobs",
+        json={
+            "adapter": "trained",
+            "task": "classification",
+            "method": "lora",
+            "examples": EXAMPLES,
+            "hyperparameters": SLOW_TRAINING,
+        },
+    )
     assert job.status_code == 202, job.text
     job_id = job.json()["id"]
     wait_for_status(server.http, job_id, "running", timeout=120)
@@ -175,8 +202,9 @@ def test_kill_during_uploads_and_training_then_restart(
     slow.start()
     assert streaming.wait(30)
     done: list[int] = []
-    burst = threading.Thread(target=upload_in_background,
-                             args=(server.url, adapter_files["large"], done), daemon=True)
+    burst = threading.Thread(
+        target=upload_in_background, args=(server.url, adapter_files["large"], done), daemon=True
+    )
     burst.start()
     kill_when_writing(server, done)
     slow.join(30)
@@ -187,8 +215,10 @@ def test_kill_during_uploads_and_training_then_restart(
     print(f"kill landed mid-write: {mid_write}; big upload answered: {done}")
 
     # What a kill leaves, made certain: a half-written version and a half-written dataset file.
-    planted = [store / "good-a" / f".tmp-{uuid.uuid4().hex}",
-               store / "_datasets" / f".tmp-{uuid.uuid4().hex}-ds_gone.jsonl"]
+    planted = [
+        store / "good-a" / f".tmp-{uuid.uuid4().hex}",
+        store / "_datasets" / f".tmp-{uuid.uuid4().hex}-ds_gone.jsonl",
+    ]
     planted[0].mkdir()
     (planted[0] / WEIGHTS).write_bytes(adapter_files["small"][WEIGHTS][:100])
     planted[1].parent.mkdir(exist_ok=True)

@@ -58,9 +58,7 @@ def _peft_logits(model: PeftModel, tokenizer: Any, inputs: list[Any]) -> torch.T
     return torch.stack(rows)
 
 
-def _served_logits(
-    client: Client, name: str, labels: list[str], inputs: list[Any]
-) -> torch.Tensor:
+def _served_logits(client: Client, name: str, labels: list[str], inputs: list[Any]) -> torch.Tensor:
     # The client raises (with the API's code and message) on anything but a 200.
     parameters = {"top_k": None, "function_to_apply": "none"}
     out = client.predict(name, inputs, parameters=parameters).outputs

@@ -105,7 +105,7 @@ def _gold_spans(tokens: list[str], tags: list[str]) -> tuple[str, set[tuple[int,
     for i, tag in enumerate([*tags, "O"]):
         prefix, _, kind = tag.partition("-")
         if current and (prefix != "I" or kind != current[2]):
-            spans.add(tuple(current))  # type: ignore[arg-type]
+            spans.add(tuple(current))
             current = None
         if prefix == "B" or (prefix == "I" and current is None):
             current = [starts[i], starts[i] + len(tokens[i]), kind]
@@ -123,7 +123,7 @@ def test_conll_ner_reaches_entity_f1(live: LiveServer) -> None:
         {"adapter": "conll", "task": "token_classification", "method": "lora", "examples": train},
     )
     assert job["status"] == "succeeded", job
-    gold = [_gold_spans(r["tokens"], r["tags"]) for r in test]  # type: ignore[arg-type]
+    gold = [_gold_spans(r["tokens"], r["tags"]) for r in test]
     outputs = _predict_all(live, "conll", [text for text, _ in gold])
     found = {
         (i, e["start"], e["end"], e["entity_group"]) for i, out in enumerate(outputs) for e in out

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from peft import (
@@ -31,6 +31,7 @@ from transformers import (
     BertModel,
     PreTrainedTokenizerBase,
 )
+from transformers.models.bert.modeling_bert import BertLayer
 
 from app.base import BaseModel as Base
 from app.config import Settings
@@ -49,8 +50,9 @@ def make_runtime(base: Base, settings: Settings) -> tuple[Runtime, Registry]:
     return Runtime(base, registry, settings, Metrics()), registry
 
 
-def peft_files(base_dir: Path, out: Path, *, method: str, task: str, labels: int, seed: int,
-               virtual: int = 4) -> Path:
+def peft_files(
+    base_dir: Path, out: Path, *, method: str, task: str, labels: int, seed: int, virtual: int = 4
+) -> Path:
     """Build an adapter with plain PEFT, give it random non-trivial weights, save it."""
     torch.manual_seed(seed)
     cls = AutoModelForTokenClassification if task == TOKEN else AutoModelForSequenceClassification
@@ -58,8 +60,12 @@ def peft_files(base_dir: Path, out: Path, *, method: str, task: str, labels: int
     task_type = TaskType.TOKEN_CLS if task == TOKEN else TaskType.SEQ_CLS
     config: Any = {
         # all-linear would take a token classifier for a body layer: name the modules instead
-        "lora": lambda: LoraConfig(task_type=task_type, r=4, lora_alpha=8,
-                                   target_modules=["query", "key", "value", "dense"]),
+        "lora": lambda: LoraConfig(
+            task_type=task_type,
+            r=4,
+            lora_alpha=8,
+            target_modules=["query", "key", "value", "dense"],
+        ),
         "ia3": lambda: IA3Config(task_type=task_type),
         "prompt": lambda: PromptTuningConfig(task_type=task_type, num_virtual_tokens=virtual),
         "prefix": lambda: PrefixTuningConfig(task_type=task_type, num_virtual_tokens=virtual),
@@ -78,18 +84,30 @@ def peft_files(base_dir: Path, out: Path, *, method: str, task: str, labels: int
 
 def register(registry: Registry, name: str, folder: Path, *, task: str, labels: list[str]) -> None:
     """Store a PEFT folder as version 1 of `name`."""
-    registry.register(name, config_bytes=(folder / CONFIG_FILE).read_bytes(),
-                      weights_bytes=(folder / WEIGHTS_FILE).read_bytes(), task=task,
-                      labels=labels)
+    registry.register(
+        name,
+        config_bytes=(folder / CONFIG_FILE).read_bytes(),
+        weights_bytes=(folder / WEIGHTS_FILE).read_bytes(),
+        task=task,
+        labels=labels,
+    )
 
 
-def peft_logits(base_dir: Path, folder: Path, tokenizer: PreTrainedTokenizerBase,
-                inputs: list[Any], *, task: str, labels: int,
-                virtual: int = 0) -> list[torch.Tensor]:
+def peft_logits(
+    base_dir: Path,
+    folder: Path,
+    tokenizer: PreTrainedTokenizerBase,
+    inputs: list[Any],
+    *,
+    task: str,
+    labels: int,
+    virtual: int = 0,
+) -> list[torch.Tensor]:
     """Plain PEFT, one row at a time; token logits without the virtual positions."""
     cls = AutoModelForTokenClassification if task == TOKEN else AutoModelForSequenceClassification
-    model = PeftModel.from_pretrained(cls.from_pretrained(base_dir, num_labels=labels),
-                                      folder).eval()
+    model = PeftModel.from_pretrained(
+        cls.from_pretrained(base_dir, num_labels=labels), folder
+    ).eval()
     out = []
     with torch.inference_mode():
         for item in inputs:
@@ -99,8 +117,14 @@ def peft_logits(base_dir: Path, folder: Path, tokenizer: PreTrainedTokenizerBase
     return out
 
 
-def prefix_logits(base_dir: Path, folder: Path, tokenizer: PreTrainedTokenizerBase,
-                  inputs: list[Any], *, task: str) -> list[torch.Tensor]:
+def prefix_logits(
+    base_dir: Path,
+    folder: Path,
+    tokenizer: PreTrainedTokenizerBase,
+    inputs: list[Any],
+    *,
+    task: str,
+) -> list[torch.Tensor]:
     """The prefix reference (see the module docstring), with an unpatched fresh BERT."""
     bert = BertModel.from_pretrained(base_dir).eval()
     config = bert.config
@@ -118,12 +142,14 @@ def prefix_logits(base_dir: Path, folder: Path, tokenizer: PreTrainedTokenizerBa
     return out
 
 
-def _prefix_encoder(bert: BertModel, grid: torch.Tensor, ids: torch.Tensor,
-                    types: torch.Tensor) -> torch.Tensor:
+def _prefix_encoder(
+    bert: BertModel, grid: torch.Tensor, ids: torch.Tensor, types: torch.Tensor
+) -> torch.Tensor:
     virtual, tokens = grid.shape[0], ids.shape[1]
     positions = torch.arange(tokens)[None] + virtual
     hidden = bert.embeddings(input_ids=ids, token_type_ids=types, position_ids=positions)
-    for index, layer in enumerate(bert.encoder.layer):
+    # nn.ModuleList yields plain Modules to mypy; BERT's encoder holds BertLayers.
+    for index, layer in enumerate(cast(list[BertLayer], bert.encoder.layer)):
         attention = layer.attention.self
         heads, dim = grid.shape[3], grid.shape[4]
 
@@ -132,8 +158,9 @@ def _prefix_encoder(bert: BertModel, grid: torch.Tensor, ids: torch.Tensor,
 
         query = split(attention.query(hidden))
         key = torch.cat([grid[None, :, index, 0].transpose(1, 2), split(attention.key(hidden))], 2)
-        value = torch.cat([grid[None, :, index, 1].transpose(1, 2),
-                           split(attention.value(hidden))], 2)
+        value = torch.cat(
+            [grid[None, :, index, 1].transpose(1, 2), split(attention.value(hidden))], 2
+        )
         weights = torch.softmax(query @ key.transpose(-1, -2) / math.sqrt(dim), dim=-1)
         context = (weights @ value).transpose(1, 2).reshape(1, tokens, -1)
         attended = layer.attention.output(context, hidden)

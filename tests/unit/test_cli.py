@@ -37,7 +37,7 @@ def url(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[str]:
     root = tmp_path_factory.mktemp("svc")
-    settings = Settings(store=root / "store", max_wait_ms=1.0, _env_file=None)  # type: ignore[call-arg]
+    settings = Settings(store=root / "store", max_wait_ms=1.0, _env_file=None)
     with live_service(settings, tiny_base(tiny_bert_dir, tokenizer)) as address:
         yield address
 

@@ -12,7 +12,7 @@ from app.db import Database, Dataset, JobEvent, TrainingJob, iso, open_database
 
 
 def _settings(tmp_path: Path) -> Settings:
-    return Settings(store=tmp_path / "store", _env_file=None)  # type: ignore[call-arg]
+    return Settings(store=tmp_path / "store", _env_file=None)
 
 
 def _job(job_id: str = "job_1") -> TrainingJob:

@@ -38,7 +38,7 @@ FAST_JOB = {"max_steps": 2, "head_init": "random", "epochs": 1}
 
 
 def make_settings(tmp_path: Path, **kwargs: Any) -> Settings:
-    return Settings(  # type: ignore[call-arg]
+    return Settings(
         store=tmp_path / "store",
         max_wait_ms=1.0,
         database_busy_timeout_s=0.2,

@@ -38,7 +38,9 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
     tok.decoder = decoders.ByteLevel()
     specials = ["<pad>", "<s>", "<|im_start|>", "<|im_end|>"]
     trainer = trainers.BpeTrainer(
-        vocab_size=360, special_tokens=specials, show_progress=False,
+        vocab_size=360,
+        special_tokens=specials,
+        show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tok.train_from_iterator(CORPUS, trainer)
@@ -53,10 +55,18 @@ def tiny_llama(tokenizer: PreTrainedTokenizerFast, *, seed: int = 0) -> LlamaFor
     """2 layers, grouped-query attention, tied embeddings; weights big enough to vary outputs."""
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-        tie_word_embeddings=True, initializer_range=0.3, architectures=["LlamaForCausalLM"],
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        tie_word_embeddings=True,
+        initializer_range=0.3,
+        architectures=["LlamaForCausalLM"],
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
     model = LlamaForCausalLM(config).eval()
@@ -67,18 +77,25 @@ def tiny_llama(tokenizer: PreTrainedTokenizerFast, *, seed: int = 0) -> LlamaFor
 
 def serving_base(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast) -> Base:
     """The frozen base the service runs: a deep copy, so `model` stays a plain reference."""
-    return wrap_base(copy.deepcopy(model), tokenizer, name="tiny-llama", path=Path("."),
-                     device=torch.device("cpu"))
+    return wrap_base(
+        copy.deepcopy(model),
+        tokenizer,
+        name="tiny-llama",
+        path=Path("."),
+        device=torch.device("cpu"),
+    )
 
 
-def peft_adapter(model: LlamaForCausalLM, method: str, *, seed: int,
-                 virtual: int = 4) -> tuple[PeftModel, dict[str, bytes]]:
+def peft_adapter(
+    model: LlamaForCausalLM, method: str, *, seed: int, virtual: int = 4
+) -> tuple[PeftModel, dict[str, bytes]]:
     """A random LoRA (non-zero B) or prefix made with plain PEFT on a copy of `model`."""
     torch.manual_seed(seed)
     config: LoraConfig | PrefixTuningConfig
     if method == "lora":
-        config = LoraConfig(task_type=TaskType.CAUSAL_LM, r=4, lora_alpha=8,
-                            target_modules="all-linear")
+        config = LoraConfig(
+            task_type=TaskType.CAUSAL_LM, r=4, lora_alpha=8, target_modules="all-linear"
+        )
     else:
         config = PrefixTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=virtual)
     peft = get_peft_model(copy.deepcopy(model), config)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import openai
+import pydantic
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 from app.base import BaseModel as Base
@@ -24,6 +25,12 @@ PARENT = {"adapter": "words", "version": 1}
 def sdk(url: str, key: str = "unused") -> openai.OpenAI:
     """The official client against a live service; no retries, so a 429 raises at once."""
     return openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=60)
+
+
+def sdk_extra(model: pydantic.BaseModel) -> dict[str, Any]:
+    """The fields the SDK's types do not declare (ours: `switchyard`, `best`, ...)."""
+    assert model.model_extra is not None  # the SDK's models allow extras
+    return model.model_extra
 
 
 def decoder_settings(tmp: Path, **overrides: Any) -> Settings:

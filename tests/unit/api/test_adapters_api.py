@@ -53,8 +53,11 @@ class Ref:
 
 
 @pytest.fixture(scope="module")
-def refs(tiny_bert_dir: Path, tokenizer: PreTrainedTokenizerBase,
-         tmp_path_factory: pytest.TempPathFactory) -> dict[str, Ref]:
+def refs(
+    tiny_bert_dir: Path,
+    tokenizer: PreTrainedTokenizerBase,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> dict[str, Ref]:
     work = tmp_path_factory.mktemp("api-adapters")
     specs: list[tuple[str, int, int, Any, str]] = [
         ("sst2", 2, 4, "all-linear", "classification"),
@@ -67,25 +70,30 @@ def refs(tiny_bert_dir: Path, tokenizer: PreTrainedTokenizerBase,
     ]
     out = {}
     for seed, (name, n, r, targets, task) in enumerate(specs):
-        files = peft_adapter(tiny_bert_dir, num_labels=n, r=r, seed=seed, target_modules=targets,
-                             out=work / name)
+        files = peft_adapter(
+            tiny_bert_dir, num_labels=n, r=r, seed=seed, target_modules=targets, out=work / name
+        )
         labels = [] if task == "regression" else [f"{name}_{i}" for i in range(n)]
         out[name] = Ref(name, work / name, files, labels, task, tiny_bert_dir, tokenizer)
     return out
 
 
 def put(client: TestClient, ref: Ref, name: str | None = None) -> Reply:
-    response = upload(client, name or ref.name, ref.files, task=ref.task,
-                      labels=ref.labels or None)
+    response = upload(client, name or ref.name, ref.files, task=ref.task, labels=ref.labels or None)
     return response
 
 
-def predict(client: TestClient, name: str, inputs: list[Any], params: dict[str, Any] | None = None,
-            version: int | None = None) -> dict[str, Any]:
+def predict(
+    client: TestClient,
+    name: str,
+    inputs: list[Any],
+    params: dict[str, Any] | None = None,
+    version: int | None = None,
+) -> dict[str, Any]:
     url = f"/v1/adapters/{name}/predict" + (f"?version={version}" if version else "")
     response = client.post(url, json={"inputs": inputs, "parameters": params or {}})
     assert response.status_code == 200, response.text
-    return response.json()  # type: ignore[no-any-return]
+    return response.json()
 
 
 def served(outputs: list[Any], labels: list[str]) -> torch.Tensor:
@@ -98,7 +106,7 @@ def assert_error(response: Reply, status: int, code: str) -> dict[str, Any]:
     assert set(body) == {"error"} and set(body["error"]) == {"code", "message", "param"}
     assert body["error"]["code"] == code, body
     assert body["error"]["message"]
-    return body["error"]  # type: ignore[no-any-return]
+    return body["error"]
 
 
 # ---------------------------------------------------------------- adapters
@@ -107,7 +115,11 @@ def test_upload_versions_list_and_details(client: TestClient, refs: dict[str, Re
     assert first.status_code == 201, first.text
     body = first.json()
     assert (body["name"], body["version"], body["task"], body["method"]) == (
-        "sst2", 1, "classification", "lora")
+        "sst2",
+        1,
+        "classification",
+        "lora",
+    )
     assert body["labels"] == refs["sst2"].labels and body["base_fingerprint"].startswith("sha256:")
     second = put(client, refs["sst2v2"], name="sst2")
     assert second.status_code == 201 and second.json()["version"] == 2
@@ -125,7 +137,10 @@ def test_upload_versions_list_and_details(client: TestClient, refs: dict[str, Re
 
 
 def test_download_loads_with_plain_peft(
-    client: TestClient, refs: dict[str, Ref], tmp_path: Path, tiny_bert_dir: Path,
+    client: TestClient,
+    refs: dict[str, Ref],
+    tmp_path: Path,
+    tiny_bert_dir: Path,
     tokenizer: PreTrainedTokenizerBase,
 ) -> None:
     ref = refs["topic"]
@@ -154,15 +169,19 @@ def test_delete_one_version_then_all(client: TestClient, refs: dict[str, Ref]) -
     response = client.delete("/v1/adapters/sst2?version=1")
     assert response.status_code == 200 and response.json()["deleted_versions"] == [1]
     assert [v["version"] for v in client.get("/v1/adapters/sst2").json()["versions"]] == [2]
-    error = assert_error(client.post("/v1/adapters/sst2/predict?version=1",
-                                     json={"inputs": ["x"]}), 404, "version_not_found")
+    error = assert_error(
+        client.post("/v1/adapters/sst2/predict?version=1", json={"inputs": ["x"]}),
+        404,
+        "version_not_found",
+    )
     assert error["param"] == "version"
     assert predict(client, "sst2", ["x"])["version"] == 2
     assert client.delete("/v1/adapters/sst2").json()["deleted_versions"] == [2]
     assert client.get("/v1/adapters").json()["data"] == []
     assert_error(client.get("/v1/adapters/sst2"), 404, "adapter_not_found")
-    assert_error(client.post("/v1/adapters/sst2/predict", json={"inputs": ["x"]}),
-                 404, "adapter_not_found")
+    assert_error(
+        client.post("/v1/adapters/sst2/predict", json={"inputs": ["x"]}), 404, "adapter_not_found"
+    )
     # the same name again, other weights: a new number (never reused), no stale copy served
     assert put(client, refs["sst2v2"], name="sst2").json()["version"] == 3
     fresh = predict(client, "sst2", TEXTS, ALL)["outputs"]
@@ -179,7 +198,7 @@ def test_delete_racing_a_batch_leaves_no_stale_copy(
 
     def delete_while_a_batch_runs(name: str, version: int | None = None) -> list[int]:
         cache.release(cache.acquire(name, 1))  # a request queued before the DELETE
-        return real_hide(name, version)  # type: ignore[no-any-return]
+        return real_hide(name, version)
 
     monkeypatch.setattr(store, "hide", delete_while_a_batch_runs)
     assert client.delete("/v1/adapters/sst2").status_code == 200
@@ -198,21 +217,28 @@ def test_patch_pinned(client: TestClient, refs: dict[str, Ref]) -> None:
     assert client.get("/v1/adapters").json()["data"][0]["pinned"] is True
     assert client.patch("/v1/adapters/sst2", json={"pinned": False}).json()["pinned"] is False
     assert_error(client.patch("/v1/adapters/sst2", json={"pinned": [1]}), 422, "invalid_request")
-    assert_error(client.patch("/v1/adapters/sst2", json={"pinned": True, "x": 1}),
-                 422, "invalid_request")
-    assert_error(client.patch("/v1/adapters/ghost", json={"pinned": True}),
-                 404, "adapter_not_found")
+    assert_error(
+        client.patch("/v1/adapters/sst2", json={"pinned": True, "x": 1}), 422, "invalid_request"
+    )
+    assert_error(
+        client.patch("/v1/adapters/ghost", json={"pinned": True}), 404, "adapter_not_found"
+    )
 
 
 def test_unknown_adapter_is_404_everywhere(client: TestClient) -> None:
-    error = assert_error(client.post("/v1/adapters/ghost/predict", json={"inputs": ["x"]}),
-                         404, "adapter_not_found")
+    error = assert_error(
+        client.post("/v1/adapters/ghost/predict", json={"inputs": ["x"]}), 404, "adapter_not_found"
+    )
     assert error["param"] == "name"
-    for response in (client.get("/v1/adapters/ghost"), client.delete("/v1/adapters/ghost"),
-                     client.get("/v1/adapters/ghost/download")):
+    for response in (
+        client.get("/v1/adapters/ghost"),
+        client.delete("/v1/adapters/ghost"),
+        client.get("/v1/adapters/ghost/download"),
+    ):
         assert_error(response, 404, "adapter_not_found")
-    assert_error(client.post("/v1/adapters/Ghost/predict", json={"inputs": ["x"]}),
-                 400, "invalid_name")
+    assert_error(
+        client.post("/v1/adapters/Ghost/predict", json={"inputs": ["x"]}), 400, "invalid_name"
+    )
 
 
 # ---------------------------------------------------------------- predict
@@ -233,8 +259,11 @@ def test_predict_top_k_pairs_and_versions(client: TestClient, refs: dict[str, Re
     every = predict(client, "intent", TEXTS, ALL)["outputs"]
     assert (served(every, ref.labels) - expected).abs().max() < 1e-5
 
-    pairs = [{"text": "a man plays", "text_pair": "someone makes music"},
-             {"text": "no pair here"}, "plain string"]
+    pairs = [
+        {"text": "a man plays", "text_pair": "someone makes music"},
+        {"text": "no pair here"},
+        "plain string",
+    ]
     got = served(predict(client, "intent", pairs, ALL)["outputs"], ref.labels)
     assert (got - ref.probs(pairs)).abs().max() < 1e-5
     assert (got[0] - ref.probs(["a man plays"])[0]).abs().max() > 1e-6  # the pair mattered
@@ -256,8 +285,11 @@ def test_bad_predict_requests(client: TestClient, refs: dict[str, Ref]) -> None:
     assert_error(client.post(url, json={"inputs": [{"txt": "x"}]}), 400, "invalid_input")
     broken = client.post(url, content=b"{not json", headers={"content-type": "application/json"})
     assert_error(broken, 422, "invalid_request")
-    error = assert_error(client.post(url, json={"inputs": ["x"], "parameters": {"top_k": 0}}),
-                         400, "invalid_parameter")
+    error = assert_error(
+        client.post(url, json={"inputs": ["x"], "parameters": {"top_k": 0}}),
+        400,
+        "invalid_parameter",
+    )
     assert error["param"] == "parameters.top_k"
     error = assert_error(client.post(url, json={"inputs": ["x"] * 257}), 413, "too_many_inputs")
     assert error["param"] == "inputs"
@@ -269,8 +301,9 @@ def test_input_longer_than_the_base_positions_is_truncated(
 ) -> None:
     ref = refs["sst2"]
     put(client, ref)
-    response = client.post("/v1/adapters/sst2/predict",
-                           json={"inputs": ["word " * 300, "short"], "parameters": ALL})
+    response = client.post(
+        "/v1/adapters/sst2/predict", json={"inputs": ["word " * 300, "short"], "parameters": ALL}
+    )
     assert response.status_code == 200, response.text
     got = served(response.json()["outputs"], ref.labels)
     # 128 positions: [CLS] + 126 words + [SEP]
@@ -308,8 +341,9 @@ def test_predict_many(client: TestClient, refs: dict[str, Ref]) -> None:
     names = ["sst2", "topic", "stsb"]
     for name in names:
         put(client, refs[name])
-    response = client.post("/v1/predict", json={"adapters": names, "inputs": TEXTS,
-                                                "parameters": ALL})
+    response = client.post(
+        "/v1/predict", json={"adapters": names, "inputs": TEXTS, "parameters": ALL}
+    )
     assert response.status_code == 200, response.text
     results = response.json()["results"]
     assert sorted(results) == sorted(names)
@@ -319,10 +353,16 @@ def test_predict_many(client: TestClient, refs: dict[str, Ref]) -> None:
         assert (got - refs[name].probs(TEXTS)).abs().max() < 1e-5
     scores = torch.tensor([o["score"] for o in results["stsb"]["outputs"]])
     assert (scores - refs["stsb"].logits(TEXTS)[:, 0]).abs().max() < 1e-5
-    assert_error(client.post("/v1/predict", json={"adapters": ["sst2", "sst2"], "inputs": ["x"]}),
-                 400, "duplicate_adapter")
-    assert_error(client.post("/v1/predict", json={"adapters": ["sst2", "ghost"], "inputs": ["x"]}),
-                 404, "adapter_not_found")
+    assert_error(
+        client.post("/v1/predict", json={"adapters": ["sst2", "sst2"], "inputs": ["x"]}),
+        400,
+        "duplicate_adapter",
+    )
+    assert_error(
+        client.post("/v1/predict", json={"adapters": ["sst2", "ghost"], "inputs": ["x"]}),
+        404,
+        "adapter_not_found",
+    )
 
 
 def test_regression_and_multi_label_shapes(client: TestClient, refs: dict[str, Ref]) -> None:
@@ -341,14 +381,19 @@ def test_regression_and_multi_label_shapes(client: TestClient, refs: dict[str, R
         assert isinstance(out, list)
         assert all(set(o) == {"label", "score"} and o["score"] >= 0.5 for o in out)
         assert [o["score"] for o in out] == sorted((o["score"] for o in out), reverse=True)
-    wrong = upload(client, "tags2", tags.files, task="multi_label_classification",
-                   labels=["only", "two"])
+    wrong = upload(
+        client, "tags2", tags.files, task="multi_label_classification", labels=["only", "two"]
+    )
     assert_error(wrong, 400, "shape_mismatch")
 
 
 # ---------------------------------------------------------------- embeddings, health, limits
-def test_embeddings(client: TestClient, refs: dict[str, Ref], tiny_bert_dir: Path,
-                    tokenizer: PreTrainedTokenizerBase) -> None:
+def test_embeddings(
+    client: TestClient,
+    refs: dict[str, Ref],
+    tiny_bert_dir: Path,
+    tokenizer: PreTrainedTokenizerBase,
+) -> None:
     response = client.post("/v1/embeddings", json={"input": TEXTS[:2]})
     assert response.status_code == 200, response.text
     body = response.json()
@@ -366,17 +411,23 @@ def test_embeddings(client: TestClient, refs: dict[str, Ref], tiny_bert_dir: Pat
             assert (F.normalize(hidden.mean(0), dim=-1) - vector).abs().max() < 1e-5
 
     single = client.post("/v1/embeddings", json={"input": TEXTS[0], "normalize": False}).json()
-    assert len(single["data"]) == 1 and abs(torch.tensor(single["data"][0]["embedding"]).norm()
-                                            - 1) > 1e-3
+    assert (
+        len(single["data"]) == 1
+        and abs(torch.tensor(single["data"][0]["embedding"]).norm() - 1) > 1e-3
+    )
     put(client, refs["sst2"])
     adapted = client.post("/v1/embeddings", json={"input": TEXTS[:2], "adapter": "sst2"}).json()
     assert adapted["model"] == "sst2"
     other = torch.tensor([d["embedding"] for d in adapted["data"]])
     assert (other - vectors).abs().max() > 1e-4
-    assert_error(client.post("/v1/embeddings", json={"input": "x", "layers": [99]}),
-                 400, "invalid_layer")
-    assert_error(client.post("/v1/embeddings", json={"input": "x", "adapter": "ghost"}),
-                 404, "adapter_not_found")
+    assert_error(
+        client.post("/v1/embeddings", json={"input": "x", "layers": [99]}), 400, "invalid_layer"
+    )
+    assert_error(
+        client.post("/v1/embeddings", json={"input": "x", "adapter": "ghost"}),
+        404,
+        "adapter_not_found",
+    )
 
 
 def test_health_and_metrics(client: TestClient, refs: dict[str, Ref]) -> None:
@@ -388,9 +439,14 @@ def test_health_and_metrics(client: TestClient, refs: dict[str, Ref]) -> None:
     response = client.get("/metrics")
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
     text = response.text
-    for metric in ("switchyard_requests_total", "switchyard_request_latency_seconds_bucket",
-                   "switchyard_batch_rows_bucket", "switchyard_adapter_loads_total",
-                   "switchyard_resident_bytes", "switchyard_queue_rows"):
+    for metric in (
+        "switchyard_requests_total",
+        "switchyard_request_latency_seconds_bucket",
+        "switchyard_batch_rows_bucket",
+        "switchyard_adapter_loads_total",
+        "switchyard_resident_bytes",
+        "switchyard_queue_rows",
+    ):
         assert metric in text, metric
     assert 'switchyard_requests_total{adapter="sst2",status="ok"} 1.0' in text
 
@@ -402,16 +458,18 @@ def test_unknown_route_and_method(client: TestClient) -> None:
 
 @pytest.fixture
 def small_client(tmp_path: Path, tiny_base: Base) -> Iterator[TestClient]:
-    settings = Settings(store=tmp_path / "store", max_body_bytes=4096, max_upload_bytes=65536,
-                        _env_file=None)  # type: ignore[call-arg]
+    settings = Settings(
+        store=tmp_path / "store", max_body_bytes=4096, max_upload_bytes=65536, _env_file=None
+    )
     with TestClient(create_app(settings, base=tiny_base)) as client:
         yield client
 
 
 def test_body_over_max_body_bytes_is_413(small_client: TestClient) -> None:
     big = {"inputs": ["x" * 100] * 60}
-    error = assert_error(small_client.post("/v1/adapters/any/predict", json=big),
-                         413, "payload_too_large")
+    error = assert_error(
+        small_client.post("/v1/adapters/any/predict", json=big), 413, "payload_too_large"
+    )
     assert "4096" in error["message"]
 
     def chunks() -> Iterator[bytes]:
@@ -420,11 +478,15 @@ def test_body_over_max_body_bytes_is_413(small_client: TestClient) -> None:
             yield b'"' + b"y" * 100 + b'",'
         yield b'"z"]}'
 
-    streamed = small_client.post("/v1/embeddings", content=chunks(),
-                                 headers={"content-type": "application/json"})
+    streamed = small_client.post(
+        "/v1/embeddings", content=chunks(), headers={"content-type": "application/json"}
+    )
     assert_error(streamed, 413, "payload_too_large")
     # calling a JSON route "multipart" does not buy it the upload limit
-    disguised = small_client.post("/v1/embeddings", content=b"-" * 20000,
-                                  headers={"content-type": "multipart/form-data; boundary=x"})
+    disguised = small_client.post(
+        "/v1/embeddings",
+        content=b"-" * 20000,
+        headers={"content-type": "multipart/form-data; boundary=x"},
+    )
     assert_error(disguised, 413, "payload_too_large")
     assert small_client.post("/v1/embeddings", json={"input": "small"}).status_code == 200

@@ -32,9 +32,9 @@ def secured(tmp_path: Path, tiny_base: Base) -> Iterator[TestClient]:
     }
     settings = Settings(
         store=tmp_path / "store",
-        api_keys=json.dumps(keys),  # type: ignore[arg-type]
+        api_keys=json.dumps(keys),
         _env_file=None,
-    )  # type: ignore[call-arg]
+    )
     with TestClient(create_app(settings, base=tiny_base)) as client:
         yield client
 
@@ -119,24 +119,24 @@ def test_a_key_limited_to_adapters(
 
 def test_no_keys_means_loopback_only(tmp_path: Path) -> None:
     with pytest.raises(ValidationError, match="loopback"):
-        Settings(store=tmp_path, host="0.0.0.0", _env_file=None)  # type: ignore[call-arg]
+        Settings(store=tmp_path, host="0.0.0.0", _env_file=None)
     Settings(
         store=tmp_path,
         host="0.0.0.0",
-        api_keys={ADMIN: ["admin"]},  # type: ignore[arg-type]
+        api_keys={ADMIN: ["admin"]},
         _env_file=None,
-    )  # type: ignore[call-arg]
+    )
 
 
 def test_short_keys_and_unknown_scopes_are_refused_at_start(tmp_path: Path) -> None:
     with pytest.raises(ValidationError):
-        Settings(store=tmp_path, api_keys={"short": ["admin"]}, _env_file=None)  # type: ignore[arg-type,call-arg]
+        Settings(store=tmp_path, api_keys={"short": ["admin"]}, _env_file=None)
     with pytest.raises(ValidationError):
-        Settings(store=tmp_path, api_keys={ADMIN: ["root"]}, _env_file=None)  # type: ignore[arg-type,call-arg]
+        Settings(store=tmp_path, api_keys={ADMIN: ["root"]}, _env_file=None)
 
 
 def test_upload_helper_still_works_without_keys(
     client: TestClient, tiny_bert_dir: Path, tmp_path: Path
 ) -> None:
     files = peft_adapter(tiny_bert_dir, out=tmp_path / "a")
-    assert upload(client, "open", files, labels=["a", "b"]).status_code == 201  # type: ignore[attr-defined]
+    assert upload(client, "open", files, labels=["a", "b"]).status_code == 201

@@ -182,7 +182,7 @@ def files(tiny_bert_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
 def service(
     tmp_path: Path, tiny_bert_dir: Path, tokenizer: PreTrainedTokenizerBase
 ) -> Iterator[tuple[str, Path]]:
-    settings = Settings(store=tmp_path / "store", max_wait_ms=2.0, _env_file=None)  # type: ignore[call-arg]
+    settings = Settings(store=tmp_path / "store", max_wait_ms=2.0, _env_file=None)
     with live_service(settings, tiny_base(tiny_bert_dir, tokenizer)) as url:
         yield url, settings.store
 
@@ -244,7 +244,7 @@ def test_load_after_resolve_then_delete_is_404_in_the_runtime(
     from app.runtime.metrics import Metrics
     from app.runtime.runtime import Runtime
 
-    settings = Settings(store=tmp_path / "store", _env_file=None)  # type: ignore[call-arg]
+    settings = Settings(store=tmp_path / "store", _env_file=None)
     base = tiny_base(tiny_bert_dir, tokenizer)
     registry = Registry(AdapterStore(settings.store), base, settings)
     runtime = Runtime(base, registry, settings, Metrics())

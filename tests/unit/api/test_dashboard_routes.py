@@ -88,7 +88,7 @@ def test_summary_counts_requests_latency_and_residency(
     admin = {"Authorization": f"Bearer {ADMIN}"}
     secured.headers.update(admin)
     files = peft_adapter(tiny_bert_dir, out=tmp_path / "a")
-    assert upload(secured, "sst", files, labels=["neg", "pos"]).status_code == 201  # type: ignore[attr-defined]
+    assert upload(secured, "sst", files, labels=["neg", "pos"]).status_code == 201
     for _ in range(3):
         response = secured.post("/v1/adapters/sst/predict", json={"inputs": ["fine"]})
         assert response.status_code == 200, response.text

@@ -7,16 +7,17 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import openai
 import pytest
 import torch
 from openai.types.fine_tuning import FineTuningJob
+from openai.types.fine_tuning.job_create_params import Hyperparameters
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
-from tests.unit.api.openai_live import decoder_service, decoder_settings, sdk
+from tests.unit.api.openai_live import decoder_service, decoder_settings, sdk, sdk_extra
 from tests.unit.tiny_decoder import tiny_llama, tiny_tokenizer
 
 WORDS = [
@@ -91,7 +92,10 @@ def wait_terminal(client: openai.OpenAI, job_id: str, timeout: float = 60) -> Fi
 
 
 def start(
-    client: openai.OpenAI, suffix: str, hyperparameters: Any = None, **extra: Any
+    client: openai.OpenAI,
+    suffix: str,
+    hyperparameters: Hyperparameters | None = None,
+    **extra: Any,
 ) -> FineTuningJob:
     train = client.files.create(file=("train.jsonl", chat_rows(WORDS[:12])), purpose="fine-tune")
     valid = client.files.create(file=("valid.jsonl", chat_rows(WORDS[12:])), purpose="fine-tune")
@@ -114,15 +118,16 @@ def test_a_job_from_files_to_a_served_fine_tuned_model(decoder: str) -> None:
     assert created.status in ("queued", "validating_files", "running")
     job = wait_terminal(client, created.id)
     assert job.status == "succeeded", job.error
+    assert job.finished_at is not None
     assert job.fine_tuned_model == "ft-words" and job.finished_at >= job.created_at
     assert job.hyperparameters.n_epochs == 2 and job.hyperparameters.batch_size == 4
     assert created.id in [j.id for j in client.fine_tuning.jobs.list()]
     checkpoints = list(client.fine_tuning.jobs.checkpoints.list(created.id))
     assert [c.step_number for c in checkpoints] == [6, 4, 2]  # newest first
-    best = [c for c in checkpoints if c.model_extra["best"]]
+    best = [c for c in checkpoints if sdk_extra(c)["best"]]
     assert len(best) == 1 and best[0].fine_tuned_model_checkpoint == "ft-words"
     assert all("valid_loss" in c.metrics.model_dump() for c in checkpoints)
-    lineage = client.models.retrieve("ft-words").model_extra["switchyard"]["versions"][0]
+    lineage = sdk_extra(client.models.retrieve("ft-words"))["switchyard"]["versions"][0]
     assert lineage["lineage"]["job_id"] == created.id
     reply = client.chat.completions.create(
         model=job.fine_tuned_model,
@@ -141,37 +146,41 @@ def test_events_page_newest_first_over_the_whole_log(decoder: str) -> None:
     every = list(client.fine_tuning.jobs.list_events(job.id, limit=3))  # the SDK pages on
     assert [int(e.id) for e in every] == [e["id"] for e in reversed(ours)]
     assert every[0].message == "Job succeeded" and every[0].type == "message"
-    losses = [e for e in every if e.data and e.data["kind"] == "loss"]
+    losses = [e for e in every if e.data and cast(dict[str, Any], e.data)["kind"] == "loss"]
     assert losses and all(e.type == "metrics" and "training loss=" in e.message for e in losses)
 
 
 def test_cancel_and_the_typed_errors(decoder: str) -> None:
     client = sdk(decoder)
     # "auto" passes (regression: the bounds of n_epochs once applied to "auto" itself, a 500).
-    auto = {"n_epochs": "auto", "batch_size": "auto", "learning_rate_multiplier": 2.0}
+    auto: Hyperparameters = {
+        "n_epochs": "auto",
+        "batch_size": "auto",
+        "learning_rate_multiplier": 2.0,
+    }
     job = start(client, "ft-cancel", auto, switchyard={"hyperparameters": {"max_steps": 500}})
     assert job.hyperparameters.n_epochs == "auto"
     assert job.hyperparameters.learning_rate_multiplier == 2.0  # twice LoRA's 1e-3
     assert client.fine_tuning.jobs.cancel(job.id).status == "cancelled"
     assert wait_terminal(client, job.id).status == "cancelled"
-    with pytest.raises(openai.NotFoundError) as err:
+    with pytest.raises(openai.NotFoundError) as missing:
         client.fine_tuning.jobs.retrieve("job_missing")
-    assert err.value.code == "job_not_found"
-    with pytest.raises(openai.BadRequestError) as err:
+    assert missing.value.code == "job_not_found"
+    with pytest.raises(openai.BadRequestError) as bad_model:
         client.fine_tuning.jobs.create(model="gpt-4o-mini", training_file=job.training_file or "")
-    assert err.value.code == "invalid_model" and err.value.param == "model"
-    with pytest.raises(openai.BadRequestError) as err:
+    assert bad_model.value.code == "invalid_model" and bad_model.value.param == "model"
+    with pytest.raises(openai.BadRequestError) as bad_method:
         client.fine_tuning.jobs.create(
             model="_base", training_file=job.training_file or "", method={"type": "dpo"}
         )
-    assert err.value.code == "unsupported_method"
+    assert bad_method.value.code == "unsupported_method"
     with pytest.raises(openai.NotFoundError):
         client.fine_tuning.jobs.create(model="_base", training_file="ds_missing")
-    with pytest.raises(openai.UnprocessableEntityError) as err:
+    with pytest.raises(openai.UnprocessableEntityError) as bad_epochs:
         client.fine_tuning.jobs.create(
             model="_base", training_file=job.training_file or "", hyperparameters={"n_epochs": 0}
         )
-    assert err.value.code == "invalid_request"
-    with pytest.raises(openai.BadRequestError) as err:
+    assert bad_epochs.value.code == "invalid_request"
+    with pytest.raises(openai.BadRequestError) as bad_purpose:
         client.files.create(file=("x.jsonl", b'{"text": "a"}\n'), purpose="batch")
-    assert err.value.code == "unsupported_purpose"
+    assert bad_purpose.value.code == "unsupported_purpose"

@@ -27,6 +27,7 @@ from tests.unit.api.openai_live import (
     decoder_settings,
     encoder_service,
     sdk,
+    sdk_extra,
 )
 from tests.unit.client.live import tiny_base
 from tests.unit.tiny_decoder import tiny_llama, tiny_tokenizer
@@ -111,14 +112,14 @@ def test_models_list_the_base_and_every_adapter_with_lineage(decoder: str) -> No
     for m in models.values():
         assert m.object == "model" and m.owned_by == "switchyard"
         assert isinstance(m.created, int) and m.created > 0
-    base = models["_base"].model_extra["switchyard"]
+    base = sdk_extra(models["_base"])["switchyard"]
     assert base["kind"] == "base" and base["base_model"] == "tiny-llama"
-    child = client.models.retrieve("words-child").model_extra["switchyard"]
+    child = sdk_extra(client.models.retrieve("words-child"))["switchyard"]
     assert child["kind"] == "adapter" and child["task"] == "generation"
     assert child["method"] == "lora" and child["latest_version"] == 1
     assert child["parent"] == PARENT and child["versions"][0]["parent"] == PARENT
     assert child["base_fingerprint"] == base["base_fingerprint"]
-    assert models["words"].model_extra["switchyard"]["parent"] is None
+    assert sdk_extra(models["words"])["switchyard"]["parent"] is None
 
 
 def test_unknown_model_is_not_found_in_our_error_shape(decoder: str) -> None:

@@ -65,19 +65,28 @@ def run_app(
     """Run `scenario(client, app)` against a fresh app with an adapter `sst2`, within BOUND_S."""
 
     def run(scenario: Scenario, **overrides: Any) -> None:
-        settings = Settings(store=tmp_path / "store", database_url=f"sqlite:///{tmp_path}/db.sqlite",
-                            max_wait_ms=1.0, _env_file=None, **overrides)
+        settings = Settings(
+            store=tmp_path / "store",
+            database_url=f"sqlite:///{tmp_path}/db.sqlite",
+            max_wait_ms=1.0,
+            _env_file=None,
+            **overrides,
+        )
         Registry(AdapterStore(settings.store), tiny_base, settings).register(
-            "sst2", config_bytes=adapter_files[CONFIG], weights_bytes=adapter_files[WEIGHTS],
-            task="classification", labels=LABELS,
+            "sst2",
+            config_bytes=adapter_files[CONFIG],
+            weights_bytes=adapter_files[WEIGHTS],
+            task="classification",
+            labels=LABELS,
         )
         app = create_app(settings, base=tiny_base)
 
         async def main() -> None:
             async with app.router.lifespan_context(app):
                 transport = httpx.ASGITransport(app=app)
-                async with httpx.AsyncClient(transport=transport, base_url="http://test",
-                                             timeout=BOUND_S) as client:
+                async with httpx.AsyncClient(
+                    transport=transport, base_url="http://test", timeout=BOUND_S
+                ) as client:
                     await asyncio.wait_for(scenario(client, app), BOUND_S)
 
         asyncio.run(main())
@@ -87,8 +96,10 @@ def run_app(
 
 def snapshot(root: Path) -> dict[str, bytes | None]:
     """Every path under `root` with the bytes of each file (None for folders)."""
-    return {str(p.relative_to(root)): p.read_bytes() if p.is_file() else None
-            for p in sorted(root.rglob("*"))}
+    return {
+        str(p.relative_to(root)): p.read_bytes() if p.is_file() else None
+        for p in sorted(root.rglob("*"))
+    }
 
 
 def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
@@ -187,8 +198,12 @@ MULTIPART = {"content-type": "multipart/form-data; boundary=b0undary"}
 
 
 def adapter_parts(files: dict[str, bytes], name: str = "fresh") -> list[Part]:
-    return [("name", None, name.encode()), ("labels", None, json.dumps(LABELS).encode()),
-            (CONFIG, CONFIG, files[CONFIG]), (WEIGHTS, WEIGHTS, files[WEIGHTS])]
+    return [
+        ("name", None, name.encode()),
+        ("labels", None, json.dumps(LABELS).encode()),
+        (CONFIG, CONFIG, files[CONFIG]),
+        (WEIGHTS, WEIGHTS, files[WEIGHTS]),
+    ]
 
 
 def test_multipart_parts_and_fields_are_limited(
@@ -205,8 +220,10 @@ def test_multipart_parts_and_fields_are_limited(
             assert 400 <= reply.status_code < 500, reply.text
             assert "error" in reply.json()
         # a dataset upload of many tiny parts is refused before it is parsed
-        many: list[Part] = [("file", "d.jsonl", b'{"text": "a", "label": "x"}\n'),
-                            *((f"k{i}", None, b"v") for i in range(40))]
+        many: list[Part] = [
+            ("file", "d.jsonl", b'{"text": "a", "label": "x"}\n'),
+            *((f"k{i}", None, b"v") for i in range(40)),
+        ]
         reply = await client.post("/v1/datasets", content=multipart(many), headers=MULTIPART)
         assert_error(reply, 413, "too_many_parts")
         assert snapshot(tmp_path / "store") == before
@@ -217,7 +234,7 @@ def test_multipart_parts_and_fields_are_limited(
         # counted exactly, even with every delimiter split across 7-byte chunks
         for extra, status in ((15, 201), (16, 413)):
             body = multipart(many[: 1 + extra])
-            pieces = [body[i:i + 7] for i in range(0, len(body), 7)]
+            pieces = [body[i : i + 7] for i in range(0, len(body), 7)]
             reply = await client.post("/v1/datasets", content=aiter_of(pieces), headers=MULTIPART)
             assert reply.status_code == status, reply.text
 
@@ -242,20 +259,30 @@ def test_chunked_bodies_over_the_limits_are_413(
 ) -> None:
     async def scenario(client: httpx.AsyncClient, app: FastAPI) -> None:
         before = snapshot(tmp_path / "store")
-        head = (b'--b0undary\r\nContent-Disposition: form-data; name="adapter_model.safetensors"; '
-                b'filename="adapter_model.safetensors"\r\n\r\n')
-        upload = await client.post("/v1/adapters", content=chunks(400 * 1024, head=head),
-                                   headers=MULTIPART)
+        head = (
+            b'--b0undary\r\nContent-Disposition: form-data; name="adapter_model.safetensors"; '
+            b'filename="adapter_model.safetensors"\r\n\r\n'
+        )
+        upload = await client.post(
+            "/v1/adapters", content=chunks(400 * 1024, head=head), headers=MULTIPART
+        )
         assert "content-length" not in upload.request.headers  # really chunked
         assert_error(upload, 413, "payload_too_large")
-        body = await client.post("/v1/adapters/sst2/predict", content=chunks(64 * 1024),
-                                 headers={"content-type": "application/json"})
+        body = await client.post(
+            "/v1/adapters/sst2/predict",
+            content=chunks(64 * 1024),
+            headers={"content-type": "application/json"},
+        )
         assert_error(body, 413, "payload_too_large")
-        declared = await client.post("/v1/adapters/sst2/predict", content=b"x" * 10000,
-                                     headers={"content-type": "application/json"})
+        declared = await client.post(
+            "/v1/adapters/sst2/predict",
+            content=b"x" * 10000,
+            headers={"content-type": "application/json"},
+        )
         assert_error(declared, 413, "payload_too_large")
         assert snapshot(tmp_path / "store") == before
         assert (await predict(client)).status_code == 200
 
-    run_app(scenario, max_body_bytes=8192, max_upload_bytes=128 * 1024,
-            max_dataset_bytes=128 * 1024)
+    run_app(
+        scenario, max_body_bytes=8192, max_upload_bytes=128 * 1024, max_dataset_bytes=128 * 1024
+    )

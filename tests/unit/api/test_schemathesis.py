@@ -41,20 +41,32 @@ LABELS = ["neg", "pos"]
 
 @pytest.fixture(scope="module")
 def api_schema(
-    tiny_bert_dir: Path, tokenizer: PreTrainedTokenizerBase,
+    tiny_bert_dir: Path,
+    tokenizer: PreTrainedTokenizerBase,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Any]:
     """The app's OpenAPI, loaded through the ASGI app; the lifespan runs once for the module."""
     work = tmp_path_factory.mktemp("schemathesis")
-    base = wrap_base(BertModel.from_pretrained(tiny_bert_dir), tokenizer, name="tiny-bert",
-                     path=tiny_bert_dir, device=torch.device("cpu"))
+    base = wrap_base(
+        BertModel.from_pretrained(tiny_bert_dir),
+        tokenizer,
+        name="tiny-bert",
+        path=tiny_bert_dir,
+        device=torch.device("cpu"),
+    )
     app_settings = Settings(
-        store=work / "store", max_wait_ms=1.0, request_timeout_s=10.0, _env_file=None,
+        store=work / "store",
+        max_wait_ms=1.0,
+        request_timeout_s=10.0,
+        _env_file=None,
     )
     files = peft_adapter(tiny_bert_dir, r=4, out=work / "adapter")
     Registry(AdapterStore(app_settings.store), base, app_settings).register(
-        SEEDED, config_bytes=files["adapter_config.json"],
-        weights_bytes=files["adapter_model.safetensors"], task="classification", labels=LABELS,
+        SEEDED,
+        config_bytes=files["adapter_config.json"],
+        weights_bytes=files["adapter_model.safetensors"],
+        task="classification",
+        labels=LABELS,
     )
     app = create_app(app_settings, base=base)
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
@@ -63,8 +75,11 @@ def api_schema(
     def map_path_parameters(context: Any, path_parameters: dict[str, Any] | None) -> Any:
         # Two in three named requests go to the stored adapter (never DELETE it: others need it).
         name = (path_parameters or {}).get("name")
-        if isinstance(name, str) and context.operation.method.upper() != "DELETE" \
-                and zlib.crc32(name.encode()) % 3 != 0:
+        if (
+            isinstance(name, str)
+            and context.operation.method.upper() != "DELETE"
+            and zlib.crc32(name.encode()) % 3 != 0
+        ):
             return {**(path_parameters or {}), "name": SEEDED}
         return path_parameters
 
@@ -76,8 +91,13 @@ schema = schemathesis.pytest.from_fixture("api_schema")
 
 
 @schema.parametrize()
-@settings(max_examples=12, deadline=None, derandomize=True, database=None,
-          suppress_health_check=list(HealthCheck))
+@settings(
+    max_examples=12,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=list(HealthCheck),
+)
 def test_api_conforms_to_its_openapi(case: Any) -> None:
     """No 5xx; status codes, content types, headers and bodies as the OpenAPI documents them."""
     case.call_and_validate(excluded_checks=EXCLUDED)
@@ -89,23 +109,34 @@ STATEFUL_SEEDS = ["one", "two", "three"]
 
 @pytest.fixture(scope="module")
 def stateful_schema(
-    tiny_bert_dir: Path, tokenizer: PreTrainedTokenizerBase,
+    tiny_bert_dir: Path,
+    tokenizer: PreTrainedTokenizerBase,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Any]:
     """Its own app and store: stateful runs delete what they find, the test above needs its own."""
     work = tmp_path_factory.mktemp("schemathesis-stateful")
-    base = wrap_base(BertModel.from_pretrained(tiny_bert_dir), tokenizer, name="tiny-bert",
-                     path=tiny_bert_dir, device=torch.device("cpu"))
+    base = wrap_base(
+        BertModel.from_pretrained(tiny_bert_dir),
+        tokenizer,
+        name="tiny-bert",
+        path=tiny_bert_dir,
+        device=torch.device("cpu"),
+    )
     app_settings = Settings(
-        store=work / "store", max_wait_ms=1.0, request_timeout_s=10.0, _env_file=None,
+        store=work / "store",
+        max_wait_ms=1.0,
+        request_timeout_s=10.0,
+        _env_file=None,
     )
     files = peft_adapter(tiny_bert_dir, r=4, out=work / "adapter")
     registry = Registry(AdapterStore(app_settings.store), base, app_settings)
     for name in STATEFUL_SEEDS:
         for _ in range(2):
             registry.register(
-                name, config_bytes=files["adapter_config.json"],
-                weights_bytes=files["adapter_model.safetensors"], task="classification",
+                name,
+                config_bytes=files["adapter_config.json"],
+                weights_bytes=files["adapter_model.safetensors"],
+                task="classification",
                 labels=LABELS,
             )
     yield schemathesis.openapi.from_asgi("/openapi.json", create_app(app_settings, base=base))
@@ -127,8 +158,12 @@ def test_stateful_runs_over_the_links(stateful_schema: Any) -> None:
 
     Workflow.run(
         settings=settings(
-            max_examples=15, stateful_step_count=6, deadline=None, derandomize=True,
-            database=None, suppress_health_check=list(HealthCheck),
+            max_examples=15,
+            stateful_step_count=6,
+            deadline=None,
+            derandomize=True,
+            database=None,
+            suppress_health_check=list(HealthCheck),
         )
     )
     assert not [s for s in seen if s[1] >= 500]
@@ -142,10 +177,13 @@ def _assert_links(paths: dict[str, Any]) -> None:
     """list -> read -> pin/predict/download -> delete -> read: every step has an OpenAPI link."""
     links = {
         (path, method): set(op["responses"]["200"].get("links", {}))
-        for path, ops in paths.items() if path.startswith("/v1/adapters")
-        for method, op in ops.items() if "200" in op.get("responses", {})
+        for path, ops in paths.items()
+        if path.startswith("/v1/adapters")
+        for method, op in ops.items()
+        if "200" in op.get("responses", {})
     }
     assert {"GetFirst", "PredictFirst", "DeleteFirst"} <= links[("/v1/adapters", "get")]
     assert {"Pin", "PredictLatest", "DownloadLatest", "DeleteLatest", "DeleteAll"} <= links[
-        ("/v1/adapters/{name}", "get")]
+        ("/v1/adapters/{name}", "get")
+    ]
     assert "GetAfterDelete" in links[("/v1/adapters/{name}", "delete")]

@@ -163,9 +163,7 @@ def test_the_openapi_documents_the_upload_body(app_client: TestClient) -> None:
 @pytest.fixture
 def live_url(tmp_path: Path, tiny_base: Base) -> Iterator[tuple[str, int]]:
     """The app under a real uvicorn on a free port, with a 0.5 s body deadline."""
-    settings = Settings(  # type: ignore[call-arg]
-        store=tmp_path / "store", body_read_timeout_s=0.5, _env_file=None
-    )
+    settings = Settings(store=tmp_path / "store", body_read_timeout_s=0.5, _env_file=None)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -262,5 +260,6 @@ def test_the_deadline_covers_the_body_only() -> None:
 def test_timeouts_are_validated_at_start(tmp_path: Path, field: str) -> None:
     from pydantic import ValidationError
 
+    overrides: dict[str, Any] = {field: 0}
     with pytest.raises(ValidationError, match=field):
-        Settings(store=tmp_path, _env_file=None, **{field: 0})  # type: ignore[call-arg]
+        Settings(store=tmp_path, _env_file=None, **overrides)

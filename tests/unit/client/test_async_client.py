@@ -36,7 +36,7 @@ KEY, PREDICT_ONLY = "k" * 16 + "-admin", "k" * 16 + "-predict"
 
 
 def make_settings(root: Path, **overrides: Any) -> Settings:
-    return Settings(store=root / "store", max_wait_ms=1.0, _env_file=None, **overrides)  # type: ignore[call-arg]
+    return Settings(store=root / "store", max_wait_ms=1.0, _env_file=None, **overrides)
 
 
 @pytest.fixture(scope="module")

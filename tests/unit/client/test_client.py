@@ -50,7 +50,7 @@ def folder(tiny_bert_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
 
 def make_settings(root: Path, **overrides: Any) -> Settings:
-    return Settings(store=root / "store", max_wait_ms=1.0, _env_file=None, **overrides)  # type: ignore[call-arg]
+    return Settings(store=root / "store", max_wait_ms=1.0, _env_file=None, **overrides)
 
 
 @pytest.fixture(scope="module")

@@ -50,7 +50,7 @@ class Good:
         return dict(load_st(self.weights))
 
     def config_json(self) -> dict[str, Any]:
-        return json.loads(self.config)  # type: ignore[no-any-return]
+        return json.loads(self.config)
 
 
 @dataclass
@@ -84,22 +84,31 @@ def entry(dtype: str, shape: list[int], begin: int, end: int) -> dict[str, Any]:
     return {"dtype": dtype, "shape": shape, "data_offsets": [begin, end]}
 
 
-def with_tensors(good: Good, change: Callable[[dict[str, torch.Tensor]], None]) -> bytes:
+def with_tensors(good: Good, change: Callable[[dict[str, torch.Tensor]], object]) -> bytes:
     tensors = good.tensors
     change(tensors)
     return save_st(tensors)
 
 
 def form(
-    good: Good, *, name: str = "fresh", config: bytes | None = None, weights: bytes | None = None,
-    labels: list[str] | str | None = LABELS, extra: dict[str, bytes] | None = None,
-    drop: tuple[str, ...] = (), fields: dict[str, str] | None = None,
+    good: Good,
+    *,
+    name: str = "fresh",
+    config: bytes | None = None,
+    weights: bytes | None = None,
+    labels: list[str] | str | None = LABELS,
+    extra: dict[str, bytes] | None = None,
+    drop: tuple[str, ...] = (),
+    fields: dict[str, str] | None = None,
 ) -> Upload:
     data = {"name": name, "task": "classification", **(fields or {})}
     if labels is not None:
         data["labels"] = labels if isinstance(labels, str) else json.dumps(labels)
-    parts = {CONFIG: config if config is not None else good.config,
-             WEIGHTS: weights if weights is not None else good.weights, **(extra or {})}
+    parts = {
+        CONFIG: config if config is not None else good.config,
+        WEIGHTS: weights if weights is not None else good.weights,
+        **(extra or {}),
+    }
     files = [(k, (k, v)) for k, v in parts.items() if k not in drop]
     return Upload(data, files)
 
@@ -108,6 +117,7 @@ def set_value(key: str, value: float) -> Callable[[dict[str, torch.Tensor]], Non
     def change(tensors: dict[str, torch.Tensor]) -> None:
         tensors[key] = tensors[key].clone()
         tensors[key].view(-1)[3] = value
+
     return change
 
 
@@ -118,6 +128,7 @@ def as_dtype(key: str, dtype: torch.dtype, value: float) -> Change:
     def change(tensors: dict[str, torch.Tensor]) -> None:
         tensors[key] = tensors[key].to(dtype)
         tensors[key].view(-1)[0] = value
+
     return change
 
 
@@ -126,12 +137,14 @@ def all_bf16(key: str, value: float) -> Change:
         for name in tensors:
             tensors[name] = tensors[name].to(torch.bfloat16)
         tensors[key].view(-1)[0] = value
+
     return change
 
 
 def rename(old: str, new: str) -> Callable[[dict[str, torch.Tensor]], None]:
     def change(tensors: dict[str, torch.Tensor]) -> None:
         tensors[new] = tensors.pop(old)
+
     return change
 
 
@@ -139,6 +152,7 @@ def move_pair(old: str, new: str) -> Callable[[dict[str, torch.Tensor]], None]:
     def change(tensors: dict[str, torch.Tensor]) -> None:
         for key in (A_KEY, B_KEY):
             tensors[key.replace(old, new)] = tensors.pop(key)
+
     return change
 
 
@@ -180,7 +194,9 @@ CASES = {
     # ---- not safetensors at all
     "pickle-named-safetensors": Case(
         lambda g: form(g, weights=pickle.dumps({"weight": [1.0, 2.0], "note": "harmless"})),
-        400, "invalid_safetensors"),
+        400,
+        "invalid_safetensors",
+    ),
     "torch-save-zip": Case(lambda g: form(g, weights=torch_zip()), 400, "invalid_safetensors"),
     "empty-weights": Case(lambda g: form(g, weights=b""), 400, "invalid_safetensors"),
     "zip-slip-archive": Case(lambda g: form(g, weights=zip_slip()), 400, "invalid_safetensors"),
@@ -193,147 +209,269 @@ CASES = {
     "name-trailing-newline": Case(lambda g: form(g, name="fresh\n"), 400, "invalid_name"),
     "name-nul-byte": Case(lambda g: form(g, name="fresh\x00"), 400, "invalid_name"),
     # ---- symlinks and strays in the store
-    "store-symlinked-adapter-folder": Case(lambda g: form(g), 409, "store_corrupted",
-                                           prepare=link_adapter_folder),
-    "store-file-as-adapter-folder": Case(lambda g: form(g), 409, "store_corrupted",
-                                         prepare=file_as_adapter_folder),
+    "store-symlinked-adapter-folder": Case(
+        lambda g: form(g), 409, "store_corrupted", prepare=link_adapter_folder
+    ),
+    "store-file-as-adapter-folder": Case(
+        lambda g: form(g), 409, "store_corrupted", prepare=file_as_adapter_folder
+    ),
     "filename-traversal": Case(
-        lambda g: Upload({"name": "fresh", "labels": json.dumps(LABELS)},
-                         [(CONFIG, (CONFIG, g.config)),
-                          ("x", ("../../adapter_model.safetensors", g.weights))]),
-        400, "unexpected_file"),
+        lambda g: Upload(
+            {"name": "fresh", "labels": json.dumps(LABELS)},
+            [(CONFIG, (CONFIG, g.config)), ("x", ("../../adapter_model.safetensors", g.weights))],
+        ),
+        400,
+        "unexpected_file",
+    ),
     # ---- the safetensors header
-    "header-size-bomb": Case(lambda g: form(g, weights=st_bytes("{}", length=10**12)),
-                             400, "invalid_safetensors"),
+    "header-size-bomb": Case(
+        lambda g: form(g, weights=st_bytes("{}", length=10**12)), 400, "invalid_safetensors"
+    ),
     "header-beyond-file": Case(
         lambda g: form(g, weights=st_bytes({"a": entry("F32", [2], 0, 8)}, TWO_F32, length=4096)),
-        400, "invalid_safetensors"),
-    "header-not-object": Case(lambda g: form(g, weights=st_bytes("[1, 2]")),
-                              400, "invalid_safetensors"),
+        400,
+        "invalid_safetensors",
+    ),
+    "header-not-object": Case(
+        lambda g: form(g, weights=st_bytes("[1, 2]")), 400, "invalid_safetensors"
+    ),
     "overlapping-offsets": Case(
-        lambda g: form(g, weights=st_bytes(
-            {"a": entry("F32", [2], 0, 8), "b": entry("F32", [2], 4, 12)}, b"\x00" * 12)),
-        400, "invalid_safetensors"),
+        lambda g: form(
+            g,
+            weights=st_bytes(
+                {"a": entry("F32", [2], 0, 8), "b": entry("F32", [2], 4, 12)}, b"\x00" * 12
+            ),
+        ),
+        400,
+        "invalid_safetensors",
+    ),
     "gapped-offsets": Case(
-        lambda g: form(g, weights=st_bytes(
-            {"a": entry("F32", [2], 0, 8), "b": entry("F32", [2], 12, 20)}, b"\x00" * 20)),
-        400, "invalid_safetensors"),
+        lambda g: form(
+            g,
+            weights=st_bytes(
+                {"a": entry("F32", [2], 0, 8), "b": entry("F32", [2], 12, 20)}, b"\x00" * 20
+            ),
+        ),
+        400,
+        "invalid_safetensors",
+    ),
     "out-of-range-offsets": Case(
         lambda g: form(g, weights=st_bytes({"a": entry("F32", [2], 0, 8)}, b"\x00" * 4)),
-        400, "invalid_safetensors"),
+        400,
+        "invalid_safetensors",
+    ),
     "trailing-bytes": Case(
         lambda g: form(g, weights=st_bytes({"a": entry("F32", [2], 0, 8)}, b"\x00" * 64)),
-        400, "invalid_safetensors"),
-    "dtype-i64": Case(lambda g: form(g, weights=st_bytes({"a": entry("I64", [1], 0, 8)}, TWO_F32)),
-                      400, "invalid_dtype"),
-    "dtype-u8": Case(lambda g: form(g, weights=st_bytes({"a": entry("U8", [8], 0, 8)}, TWO_F32)),
-                     400, "invalid_dtype"),
-    "dtype-bool": Case(lambda g: form(g, weights=st_bytes({"a": entry("BOOL", [8], 0, 8)},
-                                                          TWO_F32)), 400, "invalid_dtype"),
+        400,
+        "invalid_safetensors",
+    ),
+    "dtype-i64": Case(
+        lambda g: form(g, weights=st_bytes({"a": entry("I64", [1], 0, 8)}, TWO_F32)),
+        400,
+        "invalid_dtype",
+    ),
+    "dtype-u8": Case(
+        lambda g: form(g, weights=st_bytes({"a": entry("U8", [8], 0, 8)}, TWO_F32)),
+        400,
+        "invalid_dtype",
+    ),
+    "dtype-bool": Case(
+        lambda g: form(g, weights=st_bytes({"a": entry("BOOL", [8], 0, 8)}, TWO_F32)),
+        400,
+        "invalid_dtype",
+    ),
     "dtype-size-mismatch": Case(
         lambda g: form(g, weights=st_bytes({"a": entry("F16", [4], 0, 16)}, b"\x00" * 16)),
-        400, "invalid_safetensors"),
+        400,
+        "invalid_safetensors",
+    ),
     "duplicate-header-keys": Case(
-        lambda g: form(g, weights=st_bytes(
-            '{"a": ' + json.dumps(entry("F32", [2], 0, 8)) + ', "a": '
-            + json.dumps(entry("F32", [2], 0, 8)) + "}", TWO_F32)),
-        400, "invalid_json"),
+        lambda g: form(
+            g,
+            weights=st_bytes(
+                '{"a": '
+                + json.dumps(entry("F32", [2], 0, 8))
+                + ', "a": '
+                + json.dumps(entry("F32", [2], 0, 8))
+                + "}",
+                TWO_F32,
+            ),
+        ),
+        400,
+        "invalid_json",
+    ),
     # ---- weights that parse but are wrong
-    "nan-weights": Case(lambda g: form(g, weights=with_tensors(g, set_value(A_KEY, float("nan")))),
-                        400, "non_finite_weights"),
-    "inf-weights": Case(lambda g: form(g, weights=with_tensors(g, set_value(B_KEY, float("inf")))),
-                        400, "non_finite_weights"),
+    "nan-weights": Case(
+        lambda g: form(g, weights=with_tensors(g, set_value(A_KEY, float("nan")))),
+        400,
+        "non_finite_weights",
+    ),
+    "inf-weights": Case(
+        lambda g: form(g, weights=with_tensors(g, set_value(B_KEY, float("inf")))),
+        400,
+        "non_finite_weights",
+    ),
     "nan-in-f16-beside-f32": Case(
         lambda g: form(g, weights=with_tensors(g, as_dtype(B_KEY, torch.float16, float("nan")))),
-        400, "non_finite_weights"),
+        400,
+        "non_finite_weights",
+    ),
     "inf-in-bf16-tensors": Case(
         lambda g: form(g, weights=with_tensors(g, all_bf16(A_KEY, float("-inf")))),
-        400, "non_finite_weights"),
+        400,
+        "non_finite_weights",
+    ),
     "config-huge-rank": Case(with_config(r=2**31), 400, "rank_too_large"),
-    "config-huge-rank-pattern": Case(with_config(rank_pattern={"query": 10**9}),
-                                     400, "rank_too_large"),
-    "rank-over-max": Case(lambda g: form(g, config=g.rank8[CONFIG], weights=g.rank8[WEIGHTS]),
-                          400, "rank_too_large", {"max_rank": 4}),
+    "config-huge-rank-pattern": Case(
+        with_config(rank_pattern={"query": 10**9}), 400, "rank_too_large"
+    ),
+    "rank-over-max": Case(
+        lambda g: form(g, config=g.rank8[CONFIG], weights=g.rank8[WEIGHTS]),
+        400,
+        "rank_too_large",
+        {"max_rank": 4},
+    ),
     "wrong-shape": Case(
-        lambda g: form(g, weights=with_tensors(
-            g, lambda t: t.__setitem__(A_KEY, t[A_KEY][:, :16].contiguous()))),
-        400, "shape_mismatch"),
+        lambda g: form(
+            g,
+            weights=with_tensors(g, lambda t: t.__setitem__(A_KEY, t[A_KEY][:, :16].contiguous())),
+        ),
+        400,
+        "shape_mismatch",
+    ),
     "unknown-module": Case(
         lambda g: form(g, weights=with_tensors(g, move_pair("layer.0.", "layer.7."))),
-        400, "unknown_module"),
+        400,
+        "unknown_module",
+    ),
     "unknown-tensor": Case(
         lambda g: form(g, weights=with_tensors(g, rename(A_KEY, "base_model.model.bert.evil"))),
-        400, "unknown_tensor"),
+        400,
+        "unknown_tensor",
+    ),
     "missing-head": Case(
-        lambda g: form(g, weights=with_tensors(g, lambda t: [t.pop(k) for k in list(t)
-                                                             if "classifier" in k])),
-        400, "invalid_head"),
+        lambda g: form(
+            g, weights=with_tensors(g, lambda t: [t.pop(k) for k in list(t) if "classifier" in k])
+        ),
+        400,
+        "invalid_head",
+    ),
     "wrong-base-hidden-size": Case(
         lambda g: form(g, config=g.other_base[CONFIG], weights=g.other_base[WEIGHTS]),
-        400, "shape_mismatch"),
+        400,
+        "shape_mismatch",
+    ),
     "wrong-base-fingerprint": Case(
-        lambda g: form(g, extra={META: json.dumps(
-            {"task": "classification", "labels": LABELS, "base_fingerprint": "sha256:" + "0" * 64}
-        ).encode()}), 409, "base_mismatch"),
+        lambda g: form(
+            g,
+            extra={
+                META: json.dumps(
+                    {
+                        "task": "classification",
+                        "labels": LABELS,
+                        "base_fingerprint": "sha256:" + "0" * 64,
+                    }
+                ).encode()
+            },
+        ),
+        409,
+        "base_mismatch",
+    ),
     "wrong-base-fingerprint-field": Case(
-        lambda g: form(g, fields={"base_fingerprint": "sha256:" + "1" * 64}),
-        409, "base_mismatch"),
+        lambda g: form(g, fields={"base_fingerprint": "sha256:" + "1" * 64}), 409, "base_mismatch"
+    ),
     "labels-count-mismatch": Case(lambda g: form(g, labels=["a", "b", "c"]), 400, "shape_mismatch"),
     "labels-not-json": Case(lambda g: form(g, labels="neg,pos"), 400, "invalid_labels"),
     # ---- configs
     "config-not-json": Case(lambda g: form(g, config=b"peft_type: LORA\n"), 400, "invalid_json"),
     "config-not-object": Case(lambda g: form(g, config=b"[1, 2]"), 400, "invalid_json"),
-    "config-nan-literal": Case(lambda g: form(g, config=b'{"peft_type": "LORA", "r": NaN}'),
-                               400, "invalid_json"),
+    "config-nan-literal": Case(
+        lambda g: form(g, config=b'{"peft_type": "LORA", "r": NaN}'), 400, "invalid_json"
+    ),
     "config-duplicate-keys": Case(lambda g: form(g, config=dup_config(g)), 400, "invalid_json"),
     "config-unknown-method": Case(
         lambda g: form(g, config=json.dumps({**g.config_json(), "peft_type": "ADALORA"}).encode()),
-        400, "unsupported_method"),
+        400,
+        "unsupported_method",
+    ),
     "config-dora": Case(
         lambda g: form(g, config=json.dumps({**g.config_json(), "use_dora": True}).encode()),
-        400, "invalid_adapter_config"),
+        400,
+        "invalid_adapter_config",
+    ),
     "meta-duplicate-keys": Case(
         lambda g: form(g, extra={META: b'{"task": "classification", "task": "regression"}'}),
-        400, "invalid_json"),
+        400,
+        "invalid_json",
+    ),
     "meta-lineage-not-object": Case(
         lambda g: form(g, extra={META: b'{"task": "classification", "lineage": ["x"]}'}),
-        400, "invalid_metadata"),
-    "meta-not-object": Case(lambda g: form(g, extra={META: b'["classification"]'}),
-                            400, "invalid_json"),
+        400,
+        "invalid_metadata",
+    ),
+    "meta-not-object": Case(
+        lambda g: form(g, extra={META: b'["classification"]'}), 400, "invalid_json"
+    ),
     "meta-duplicate-labels": Case(
-        lambda g: form(g, labels=None, extra={META: b'{"task": "classification", '
-                                                    b'"labels": ["same", "same"]}'}),
-        400, "invalid_labels"),
+        lambda g: form(
+            g, labels=None, extra={META: b'{"task": "classification", "labels": ["same", "same"]}'}
+        ),
+        400,
+        "invalid_labels",
+    ),
     # ---- issue 13: user regexes, derived overflow, nesting, text, ambiguous heads
     "config-invalid-regex": Case(with_config(rank_pattern={"(": 8}), 400, "invalid_config"),
-    "config-backreference-regex": Case(with_config(alpha_pattern={r"(q)\1": 1}),
-                                       400, "invalid_config"),
+    "config-backreference-regex": Case(
+        with_config(alpha_pattern={r"(q)\1": 1}), 400, "invalid_config"
+    ),
     "config-alpha-1e308": Case(with_config(lora_alpha=1e308), 400, "invalid_adapter_config"),
-    "config-deep-nesting": Case(lambda g: form(g, config=b'{"a": ' * 100 + b"1" + b"}" * 100),
-                                400, "invalid_json"),
+    "config-deep-nesting": Case(
+        lambda g: form(g, config=b'{"a": ' * 100 + b"1" + b"}" * 100), 400, "invalid_json"
+    ),
     "config-lone-surrogate": Case(with_config(note="\ud800"), 400, "invalid_text"),
-    "two-heads": Case(lambda g: form(g, weights=with_tensors(g, lambda t: t.__setitem__(
-        "base_model.model.score.weight", torch.zeros(2, 32)))), 400, "invalid_head"),
+    "two-heads": Case(
+        lambda g: form(
+            g,
+            weights=with_tensors(
+                g, lambda t: t.__setitem__("base_model.model.score.weight", torch.zeros(2, 32))
+            ),
+        ),
+        400,
+        "invalid_head",
+    ),
     "f64-beyond-float32": Case(
         lambda g: form(g, weights=with_tensors(g, as_dtype(B_KEY, torch.float64, 1e300))),
-        400, "non_finite_weights"),
+        400,
+        "non_finite_weights",
+    ),
     # ---- sizes and missing parts
-    "over-upload-limit": Case(lambda g: form(g), 413, "payload_too_large",
-                              {"max_upload_bytes": 4096}),
+    "over-upload-limit": Case(
+        lambda g: form(g), 413, "payload_too_large", {"max_upload_bytes": 4096}
+    ),
     "missing-weights": Case(lambda g: form(g, drop=(WEIGHTS,)), 400, "missing_file"),
     "missing-config": Case(lambda g: form(g, drop=(CONFIG,)), 400, "missing_file"),
     "duplicate-file": Case(
-        lambda g: Upload({"name": "fresh", "labels": json.dumps(LABELS)},
-                         [(CONFIG, (CONFIG, g.config)), (WEIGHTS, (WEIGHTS, g.weights)),
-                          (WEIGHTS, (WEIGHTS, g.weights))]),
-        400, "duplicate_field"),
+        lambda g: Upload(
+            {"name": "fresh", "labels": json.dumps(LABELS)},
+            [
+                (CONFIG, (CONFIG, g.config)),
+                (WEIGHTS, (WEIGHTS, g.weights)),
+                (WEIGHTS, (WEIGHTS, g.weights)),
+            ],
+        ),
+        400,
+        "duplicate_field",
+    ),
 }
 
 
 # ---------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
-def good(tiny_bert_dir: Path, tokenizer: PreTrainedTokenizerBase,
-         tmp_path_factory: pytest.TempPathFactory) -> Good:
+def good(
+    tiny_bert_dir: Path,
+    tokenizer: PreTrainedTokenizerBase,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Good:
     work = tmp_path_factory.mktemp("hostile")
     files = peft_adapter(tiny_bert_dir, r=4, out=work / "good")
     rank8 = peft_adapter(tiny_bert_dir, r=8, out=work / "rank8")
@@ -361,8 +499,13 @@ def make_client(tmp_path: Path, tiny_base: Base) -> Iterator[Callable[..., TestC
     clients: list[TestClient] = []
 
     def make(**overrides: Any) -> TestClient:
-        settings = Settings(store=tmp_path / "store", database_url=f"sqlite:///{tmp_path}/db.sqlite",
-                            max_wait_ms=1.0, _env_file=None, **overrides)  # type: ignore[call-arg]
+        settings = Settings(
+            store=tmp_path / "store",
+            database_url=f"sqlite:///{tmp_path}/db.sqlite",
+            max_wait_ms=1.0,
+            _env_file=None,
+            **overrides,
+        )
         client = TestClient(create_app(settings, base=tiny_base))
         client.__enter__()
         clients.append(client)
@@ -391,9 +534,14 @@ def test_hostile_upload_is_refused(
     client = make_client(**case.settings)
     # the adapter already there, stored under default limits (some cases shrink them)
     state = client.app.state  # type: ignore[attr-defined]
-    seed = Registry(state.registry.store, state.base, Settings(_env_file=None))  # type: ignore[call-arg]
-    seed.register("victim", config_bytes=good.config, weights_bytes=good.weights,
-                  task="classification", labels=LABELS)
+    seed = Registry(state.registry.store, state.base, Settings(_env_file=None))
+    seed.register(
+        "victim",
+        config_bytes=good.config,
+        weights_bytes=good.weights,
+        task="classification",
+        labels=LABELS,
+    )
     store = tmp_path / "store"
     outside = tmp_path / "outside"
     outside.mkdir()

@@ -41,7 +41,8 @@ def _tree(root: Path) -> dict[str, bytes | None]:
 
 # ---------------------------------------------------------------- names
 @pytest.mark.parametrize(
-    "name", ["a", "0", "sst2", "a-b_c", "9lives", "x" * 64],
+    "name",
+    ["a", "0", "sst2", "a-b_c", "9lives", "x" * 64],
     ids=["one-letter", "digit", "plain", "dash-underscore", "leading-digit", "64-chars"],
 )
 def test_valid_names(name: str) -> None:
@@ -50,13 +51,52 @@ def test_valid_names(name: str) -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["", "../x", "..", ".", "a/b", "a/../../b", "/etc", "A", "Sst2", "sst2\u0430",
-     "\u0430bc", "\uff53st2", "x" * 65, "-abc", "_abc", ".hidden", "abc\n", "ab c", "a\x00b",
-     "a.b", "a\\b"],
-    ids=["empty", "dotdot-slash", "dotdot", "dot", "slash", "nested-traversal", "absolute",
-         "upper", "mixed-case", "cyrillic-a-suffix", "cyrillic-a-prefix", "fullwidth-s",
-         "65-chars", "leading-dash", "leading-underscore", "hidden", "newline", "space", "nul",
-         "dot-inside", "backslash"],
+    [
+        "",
+        "../x",
+        "..",
+        ".",
+        "a/b",
+        "a/../../b",
+        "/etc",
+        "A",
+        "Sst2",
+        "sst2\u0430",
+        "\u0430bc",
+        "\uff53st2",
+        "x" * 65,
+        "-abc",
+        "_abc",
+        ".hidden",
+        "abc\n",
+        "ab c",
+        "a\x00b",
+        "a.b",
+        "a\\b",
+    ],
+    ids=[
+        "empty",
+        "dotdot-slash",
+        "dotdot",
+        "dot",
+        "slash",
+        "nested-traversal",
+        "absolute",
+        "upper",
+        "mixed-case",
+        "cyrillic-a-suffix",
+        "cyrillic-a-prefix",
+        "fullwidth-s",
+        "65-chars",
+        "leading-dash",
+        "leading-underscore",
+        "hidden",
+        "newline",
+        "space",
+        "nul",
+        "dot-inside",
+        "backslash",
+    ],
 )
 def test_invalid_names(store: AdapterStore, name: str) -> None:
     with pytest.raises(SwitchyardError) as info:
@@ -130,7 +170,9 @@ def test_unknown_versions_are_404(store: AdapterStore) -> None:
     with pytest.raises(SwitchyardError) as info:
         store.resolve("sst2", 7)
     assert (info.value.status, info.value.code, info.value.param) == (
-        404, "version_not_found", "version",
+        404,
+        "version_not_found",
+        "version",
     )
 
 
@@ -165,8 +207,10 @@ def test_delete_all_versions(store: AdapterStore) -> None:
 def test_sweep_removes_interrupted_writes(store: AdapterStore) -> None:
     store.write_version("sst2", FILES, {})
     leftovers = [
-        store.root / ".tmp-0123", store.root / ".trash-9",
-        store.root / "sst2" / ".tmp-abc", store.root / "sst2" / ".trash-2-def",
+        store.root / ".tmp-0123",
+        store.root / ".trash-9",
+        store.root / "sst2" / ".tmp-abc",
+        store.root / "sst2" / ".trash-2-def",
     ]
     for folder in leftovers:
         folder.mkdir()

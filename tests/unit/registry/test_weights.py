@@ -110,7 +110,7 @@ def test_pattern_keys_follow_peft(base: Base, tiny_bert_dir: Path, tmp_path: Pat
     for name, param in peft.named_parameters():
         if "lora_B" in name:
             param.data.normal_(0, 0.1)  # PEFT starts B at zero: the scale would not show
-    peft.save_pretrained(tmp_path)
+    peft.save_pretrained(str(tmp_path))
     files = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
     weights = build(base, *parts(files))
     assert weights.lora[QUERY][0].shape[0] == 8
@@ -281,7 +281,7 @@ class ProbeModel(torch.nn.Module):
         states = self.bert(**batch, output_hidden_states=True).hidden_states
         mask = batch["attention_mask"].unsqueeze(-1).float()
         pooled = [(states[i] * mask).sum(1) / mask.sum(1) for i in self.layers]
-        return self.classifier(torch.cat(pooled, dim=-1))  # type: ignore[no-any-return]
+        return self.classifier(torch.cat(pooled, dim=-1))
 
 
 def test_linear_probe_download_loads_in_plain_peft(

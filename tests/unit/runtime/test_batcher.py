@@ -44,19 +44,31 @@ class FakeEngine:
 
 
 def job(name: str, rows: int = 1, **params: Any) -> Job:
-    return Job(key=(name, 1), task="classification", params=params,
-               rows=[EncodedRow([101, 102], None, text=f"{name}-{i}") for i in range(rows)])
+    return Job(
+        key=(name, 1),
+        task="classification",
+        params=params,
+        rows=[EncodedRow([101, 102], None, text=f"{name}-{i}") for i in range(rows)],
+    )
 
 
 def run(
-    scenario: Callable[[Batcher, FakeEngine], Awaitable[None]], *, max_batch_rows: int = 8,
-    max_wait_ms: float = 200.0, queue_rows: int = 64,
+    scenario: Callable[[Batcher, FakeEngine], Awaitable[None]],
+    *,
+    max_batch_rows: int = 8,
+    max_wait_ms: float = 200.0,
+    queue_rows: int = 64,
 ) -> tuple[FakeEngine, Metrics]:
     engine, metrics = FakeEngine(), Metrics()
 
     async def main() -> None:
-        batcher = Batcher(engine, max_batch_rows=max_batch_rows, max_wait_ms=max_wait_ms,
-                          queue_rows=queue_rows, metrics=metrics)
+        batcher = Batcher(
+            engine,
+            max_batch_rows=max_batch_rows,
+            max_wait_ms=max_wait_ms,
+            queue_rows=queue_rows,
+            metrics=metrics,
+        )
         batcher.start()
         try:
             await asyncio.wait_for(scenario(batcher, engine), 10)
@@ -126,8 +138,9 @@ def test_full_queue_is_429_with_retry_after() -> None:
         assert await batcher.submit(job("c", rows=1)) == [(("c", 1), "c-0")]
 
     _engine, metrics = run(scenario, queue_rows=4, max_wait_ms=1)
-    rejected = metrics.registry.get_sample_value("switchyard_rejected_total",
-                                                 {"reason": "queue_full"})
+    rejected = metrics.registry.get_sample_value(
+        "switchyard_rejected_total", {"reason": "queue_full"}
+    )
     assert rejected == 1
 
 
@@ -145,8 +158,9 @@ def test_oversized_job_is_refused_at_once() -> None:
 
 def test_engine_exception_fails_only_that_batch() -> None:
     async def scenario(batcher: Batcher, engine: FakeEngine) -> None:
-        doomed = await asyncio.gather(batcher.submit(job("x", explode=True)),
-                                      batcher.submit(job("y")), return_exceptions=True)
+        doomed = await asyncio.gather(
+            batcher.submit(job("x", explode=True)), batcher.submit(job("y")), return_exceptions=True
+        )
         assert all(isinstance(r, RuntimeError) for r in doomed)  # the same batch
         assert batcher.pending_rows == 0
         # the worker is still alive and later batches run normally
@@ -161,8 +175,11 @@ def test_engine_exception_fails_only_that_batch() -> None:
 
 def test_a_job_error_fails_only_that_job() -> None:
     async def scenario(batcher: Batcher, _engine: FakeEngine) -> None:
-        results = await asyncio.gather(batcher.submit(job("bad", refuse=True)),
-                                       batcher.submit(job("good")), return_exceptions=True)
+        results = await asyncio.gather(
+            batcher.submit(job("bad", refuse=True)),
+            batcher.submit(job("good")),
+            return_exceptions=True,
+        )
         assert isinstance(results[0], SwitchyardError) and results[0].code == "adapter_corrupted"
         assert results[1] == [(("good", 1), "good-0")]
 

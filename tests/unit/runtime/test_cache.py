@@ -34,19 +34,29 @@ class Loader:
         seed = sum(map(ord, name)) + version
         gen = torch.Generator().manual_seed(seed)
         pair = (torch.randn(1, WIDTH, generator=gen), torch.randn(WIDTH, 1, generator=gen))
-        return AdapterWeights(method="lora", task="classification", labels=["a", "b"],
-                              lora={"0": pair}, rank=1)
+        return AdapterWeights(
+            method="lora", task="classification", labels=["a", "b"], lora={"0": pair}, rank=1
+        )
 
 
 def build(
-    *, max_slots: int = 8, device_bytes: int = 10 * BYTES, cpu_bytes: int = 10 * BYTES,
+    *,
+    max_slots: int = 8,
+    device_bytes: int = 10 * BYTES,
+    cpu_bytes: int = 10 * BYTES,
     pinned: Callable[[str], bool] = lambda _n: False,
 ) -> tuple[AdapterCache, Loader, Metrics, LayerSet]:
     model = nn.Sequential(nn.Linear(WIDTH, WIDTH))
     layers = LayerSet(model, ["0"])
     loader, metrics = Loader(), Metrics()
-    cache = AdapterCache(layers, loader, limits=CacheLimits(max_slots, device_bytes, cpu_bytes),
-                         device=torch.device("cpu"), metrics=metrics, is_pinned=pinned)
+    cache = AdapterCache(
+        layers,
+        loader,
+        limits=CacheLimits(max_slots, device_bytes, cpu_bytes),
+        device=torch.device("cpu"),
+        metrics=metrics,
+        is_pinned=pinned,
+    )
     return cache, loader, metrics, layers
 
 
@@ -58,7 +68,8 @@ def use(cache: AdapterCache, *names: str, version: int = 1) -> None:
 
 def loads(metrics: Metrics, name: str, source: str) -> float:
     value = metrics.registry.get_sample_value(
-        "switchyard_adapter_loads_total", {"adapter": name, "source": source})
+        "switchyard_adapter_loads_total", {"adapter": name, "source": source}
+    )
     return value or 0.0
 
 
@@ -93,7 +104,8 @@ def test_lru_eviction_by_bytes() -> None:
     use(cache, "e")
     assert where(cache, "c", "e") == ["cpu", "device"]
     evicted = metrics.registry.get_sample_value(
-        "switchyard_adapter_evictions_total", {"adapter": "b", "tier": "device"})
+        "switchyard_adapter_evictions_total", {"adapter": "b", "tier": "device"}
+    )
     assert evicted == 1
 
 
@@ -173,7 +185,8 @@ def test_cpu_tier_is_bounded_by_bytes() -> None:
     assert where(cache, "a", "b", "c", "d") == ["disk", "cpu", "cpu", "device"]
     assert cache.stats()["cpu_bytes"] == 2 * BYTES
     dropped = metrics.registry.get_sample_value(
-        "switchyard_adapter_evictions_total", {"adapter": "a", "tier": "cpu"})
+        "switchyard_adapter_evictions_total", {"adapter": "a", "tier": "cpu"}
+    )
     assert dropped == 1
 
 
@@ -293,7 +306,12 @@ def test_retire_hides_with_no_load_in_progress_and_keeps_in_flight_copies() -> N
     thread = threading.Thread(target=load_v2)
     thread.start()
     loading.wait(5)
-    cache.retire("a", [1, 2], lambda: (gone.update({("a", 1), ("a", 2)}), hidden.set()))
+
+    def on_hidden() -> None:
+        gone.update({("a", 1), ("a", 2)})
+        hidden.set()
+
+    cache.retire("a", [1, 2], on_hidden)
     thread.join()
     assert where(cache, "a") == ["disk"] and cache.residency("a", 2) == "disk"
     v2 = result["v2"]

@@ -58,19 +58,33 @@ def adapters(model: LlamaForCausalLM) -> dict[str, tuple[PeftModel, dict[str, by
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(store=tmp_path / "store", max_wait_ms=1.0, max_new_tokens=32,
-                    max_prompt_tokens=24, max_batch_size=8, _env_file=None)
+    return Settings(
+        store=tmp_path / "store",
+        max_wait_ms=1.0,
+        max_new_tokens=32,
+        max_prompt_tokens=24,
+        max_batch_size=8,
+        _env_file=None,
+    )
 
 
 @pytest.fixture
-def runtime(model: LlamaForCausalLM, tok: PreTrainedTokenizerFast, settings: Settings,
-            adapters: dict[str, tuple[PeftModel, dict[str, bytes]]]) -> Runtime:
+def runtime(
+    model: LlamaForCausalLM,
+    tok: PreTrainedTokenizerFast,
+    settings: Settings,
+    adapters: dict[str, tuple[PeftModel, dict[str, bytes]]],
+) -> Runtime:
     base = serving_base(model, tok)
     registry = Registry(AdapterStore(settings.store), base, settings)
     for name, (_peft, files) in adapters.items():
-        registry.register(name, config_bytes=files["adapter_config.json"],
-                          weights_bytes=files["adapter_model.safetensors"],
-                          task="generation", labels=[])
+        registry.register(
+            name,
+            config_bytes=files["adapter_config.json"],
+            weights_bytes=files["adapter_model.safetensors"],
+            task="generation",
+            labels=[],
+        )
     return Runtime(base, registry, settings, Metrics())
 
 
@@ -97,9 +111,13 @@ def peft_greedy(peft: Any, tok: PreTrainedTokenizerFast, prompt: str, *, prefix:
     ids = tok(prompt, return_tensors="pt")["input_ids"]
     with torch.no_grad():
         if not prefix:
-            out = peft.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
-                                max_new_tokens=N, do_sample=False)
-            tokens = out[0, ids.shape[1]:].tolist()
+            out = peft.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=N,
+                do_sample=False,
+            )
+            tokens = out[0, ids.shape[1] :].tolist()
         else:
             tokens = []
             for _ in range(N):
@@ -112,16 +130,18 @@ def peft_greedy(peft: Any, tok: PreTrainedTokenizerFast, prompt: str, *, prefix:
 
 
 @pytest.mark.parametrize("name", ["lora-a", "pre"])
-def test_served_greedy_equals_plain_peft(engine: GenerationEngine, adapters: dict[str, Any],
-                                         tok: PreTrainedTokenizerFast, name: str) -> None:
+def test_served_greedy_equals_plain_peft(
+    engine: GenerationEngine, adapters: dict[str, Any], tok: PreTrainedTokenizerFast, name: str
+) -> None:
     peft = adapters[name][0]
     for prompt in PROMPTS:
         expected = peft_greedy(peft, tok, prompt, prefix=name.startswith("pre"))
         assert alone(engine, name, prompt) == expected
 
 
-def test_bare_base_equals_transformers_generate(engine: GenerationEngine, model: LlamaForCausalLM,
-                                                tok: PreTrainedTokenizerFast) -> None:
+def test_bare_base_equals_transformers_generate(
+    engine: GenerationEngine, model: LlamaForCausalLM, tok: PreTrainedTokenizerFast
+) -> None:
     for prompt in PROMPTS:
         assert alone(engine, None, prompt) == peft_greedy(model, tok, prompt, prefix=False)
 
@@ -166,8 +186,9 @@ def test_more_rows_than_the_batch_wait_for_room(engine: GenerationEngine) -> Non
 def test_stop_string_cuts_the_text(engine: GenerationEngine, tok: PreTrainedTokenizerFast) -> None:
     full = str(tok.decode(alone(engine, "lora-a", PROMPTS[1]), skip_special_tokens=True))
     stop = full[len(full) // 2 : len(full) // 2 + 2]
-    job = engine.run([engine.prepare(key("lora-a"), [PROMPTS[1]],
-                                     {"max_new_tokens": N, "stop": stop})])[0]
+    job = engine.run(
+        [engine.prepare(key("lora-a"), [PROMPTS[1]], {"max_new_tokens": N, "stop": stop})]
+    )[0]
     out = job.outputs[0]
     assert out is not None and out.finish_reason == "stop"
     assert out.text == full[: full.index(stop)]
@@ -176,30 +197,37 @@ def test_stop_string_cuts_the_text(engine: GenerationEngine, tok: PreTrainedToke
 def test_seeded_sampling_is_reproducible_in_any_batch(engine: GenerationEngine) -> None:
     params = {"max_new_tokens": N, "temperature": 1.5, "top_p": 0.9, "seed": 7}
     first = alone(engine, "pre", PROMPTS[0], **params)
-    jobs = [engine.prepare(key("pre"), [PROMPTS[0]], params),
-            engine.prepare(key("lora-a"), PROMPTS, {"max_new_tokens": N, "temperature": 1.0})]
+    jobs = [
+        engine.prepare(key("pre"), [PROMPTS[0]], params),
+        engine.prepare(key("lora-a"), PROMPTS, {"max_new_tokens": N, "temperature": 1.0}),
+    ]
     engine.run(jobs)
     assert jobs[0].outputs[0] is not None and jobs[0].outputs[0].token_ids == first
     others = {tuple(alone(engine, "pre", PROMPTS[0], **{**params, "seed": s})) for s in range(4)}
     assert len(others) > 1  # the seed, not the batch, decides
 
 
-@pytest.mark.parametrize(("inputs", "params", "code"), [
-    (["hi"], {"max_new_tokens": 33}, "max_new_tokens_too_large"),
-    (["hello world " * 10], {}, "prompt_too_long"),
-    (["hi"], {"top_p": 0}, "invalid_parameter"),
-    (["hi"], {"beams": 2}, "invalid_parameter"),
-    ([{"messages": []}], {}, "invalid_input"),
-])
-def test_limits_and_bad_parameters_are_400(engine: GenerationEngine, inputs: list[Any],
-                                           params: dict[str, Any], code: str) -> None:
+@pytest.mark.parametrize(
+    ("inputs", "params", "code"),
+    [
+        (["hi"], {"max_new_tokens": 33}, "max_new_tokens_too_large"),
+        (["hello world " * 10], {}, "prompt_too_long"),
+        (["hi"], {"top_p": 0}, "invalid_parameter"),
+        (["hi"], {"beams": 2}, "invalid_parameter"),
+        ([{"messages": []}], {}, "invalid_input"),
+    ],
+)
+def test_limits_and_bad_parameters_are_400(
+    engine: GenerationEngine, inputs: list[Any], params: dict[str, Any], code: str
+) -> None:
     with pytest.raises(SwitchyardError) as info:
         engine.prepare(None, inputs, params)
     assert info.value.status == 400 and info.value.code == code
 
 
-def test_cancelled_job_leaves_and_releases_its_adapter(engine: GenerationEngine,
-                                                       runtime: Runtime) -> None:
+def test_cancelled_job_leaves_and_releases_its_adapter(
+    engine: GenerationEngine, runtime: Runtime
+) -> None:
     job = engine.prepare(key("lora-a"), PROMPTS, {"max_new_tokens": N})
     engine.tick([job])
     resident = job.resident
@@ -218,7 +246,8 @@ def test_finished_job_releases_and_unknown_adapter_fails_alone(engine: Generatio
 
 
 def test_scheduler_batches_concurrent_requests_and_drops_abandoned_ones(
-        runtime: Runtime, engine: GenerationEngine) -> None:
+    runtime: Runtime, engine: GenerationEngine
+) -> None:
     """Through the async side: concurrent requests of three kinds answer as alone; a caller
     that stops waiting gets its rows dropped and its adapter released."""
     names = ["lora-a", "pre", None]
@@ -229,8 +258,9 @@ def test_scheduler_batches_concurrent_requests_and_drops_abandoned_ones(
     async def scenario() -> list[list[list[int]]]:
         service.start()
         try:
-            outs = await asyncio.gather(*(service.complete(key(n), PROMPTS, {"max_new_tokens": N})
-                                          for n in names))
+            outs = await asyncio.gather(
+                *(service.complete(key(n), PROMPTS, {"max_new_tokens": N}) for n in names)
+            )
             job = engine.prepare(key("lora-b"), PROMPTS, {"max_new_tokens": 32})
             with pytest.raises(TimeoutError):
                 await asyncio.wait_for(service.scheduler.submit(job), 0.001)
@@ -246,40 +276,53 @@ def test_scheduler_batches_concurrent_requests_and_drops_abandoned_ones(
 
 # ------------------------------------------------------------------ over HTTP
 @pytest.fixture
-def client(model: LlamaForCausalLM, tok: PreTrainedTokenizerFast,
-           settings: Settings) -> Iterator[TestClient]:
+def client(
+    model: LlamaForCausalLM, tok: PreTrainedTokenizerFast, settings: Settings
+) -> Iterator[TestClient]:
     from app.main import create_app
 
     with TestClient(create_app(settings, base=serving_base(model, tok))) as test_client:
         yield test_client
 
 
-def test_http_predict_completions_chat_and_base(client: TestClient,
-                                                adapters: dict[str, Any]) -> None:
+def test_http_predict_completions_chat_and_base(
+    client: TestClient, adapters: dict[str, Any]
+) -> None:
     for name, (_peft, files) in adapters.items():
-        response = client.post("/v1/adapters", data={"name": name, "task": "generation"},
-                               files={k: (k, v) for k, v in files.items() if k != "README.md"})
+        response = client.post(
+            "/v1/adapters",
+            data={"name": name, "task": "generation"},
+            files={k: (k, v) for k, v in files.items() if k != "README.md"},
+        )
         assert response.status_code == 201, response.text
     body = {"inputs": PROMPTS[:2], "parameters": {"max_new_tokens": 4}}
     lora = client.post("/v1/adapters/lora-a/predict", json=body).json()
     assert [set(o) for o in lora["outputs"]] == [{"generated_text"}] * 2
     base = client.post("/v1/adapters/_base/predict", json=body).json()
     assert base["adapter"] == "_base" and base["outputs"] != lora["outputs"]
-    comp = client.post("/v1/completions", json={"model": "lora-a", "prompt": PROMPTS[:2],
-                                                "max_tokens": 4}).json()
+    comp = client.post(
+        "/v1/completions", json={"model": "lora-a", "prompt": PROMPTS[:2], "max_tokens": 4}
+    ).json()
     assert [c["text"] for c in comp["choices"]] == [o["generated_text"] for o in lora["outputs"]]
     assert comp["usage"]["completion_tokens"] <= 8
-    chat = client.post("/v1/chat/completions", json={
-        "model": "pre", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3,
-    })
+    chat = client.post(
+        "/v1/chat/completions",
+        json={
+            "model": "pre",
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 3,
+        },
+    )
     assert chat.status_code == 200 and chat.json()["choices"][0]["message"]["role"] == "assistant"
     bare = client.post("/v1/completions", json={"prompt": "hi", "max_tokens": 2})
     assert bare.json()["model"] == "_base"
 
 
 def test_http_limits_are_4xx_with_the_error_shape(client: TestClient) -> None:
-    too_many = client.post("/v1/adapters/_base/predict",
-                           json={"inputs": ["hi"], "parameters": {"max_new_tokens": 10**6}})
+    too_many = client.post(
+        "/v1/adapters/_base/predict",
+        json={"inputs": ["hi"], "parameters": {"max_new_tokens": 10**6}},
+    )
     assert too_many.status_code == 400
     assert too_many.json()["error"]["param"] == "parameters.max_new_tokens"
     missing = client.post("/v1/completions", json={"model": "nope", "prompt": "hi"})
@@ -287,7 +330,8 @@ def test_http_limits_are_4xx_with_the_error_shape(client: TestClient) -> None:
     several = client.post("/v1/completions", json={"prompt": "hi", "n": 2})
     assert several.status_code == 400 and several.json()["error"]["param"] == "n"
     # `stream` is served (tests/unit/api/test_openai_sdk.py); its limits are checked up front.
-    stream = client.post("/v1/completions", json={"prompt": "hi", "stream": True,
-                                                  "max_tokens": 10**6})
+    stream = client.post(
+        "/v1/completions", json={"prompt": "hi", "stream": True, "max_tokens": 10**6}
+    )
     assert stream.status_code == 400
     assert stream.json()["error"]["code"] == "max_new_tokens_too_large"

@@ -23,8 +23,12 @@ from app.tasks import EMBEDDINGS
 from tests.conftest import peft_adapter
 from tests.unit.peft_reference import as_vector, peft_logits, peft_model
 
-TEXTS = ["a gripping, beautiful film", "the plot falls apart", "meh",
-         "an unexpectedly long sentence about nothing in particular at all"]
+TEXTS = [
+    "a gripping, beautiful film",
+    "the plot falls apart",
+    "meh",
+    "an unexpectedly long sentence about nothing in particular at all",
+]
 RAW = {"top_k": None, "function_to_apply": "none"}
 
 
@@ -54,12 +58,18 @@ def test_multi_lora_linear_matches_the_formula() -> None:
     with torch.no_grad():
         assert torch.equal(layer(x), base(x))  # no route: the base layer alone
         ctx.slot_ids, ctx.uniform_slot, ctx.active_slots = (
-            torch.tensor([1, 0, 2, 1]), None, frozenset({1, 2}))
+            torch.tensor([1, 0, 2, 1]),
+            None,
+            frozenset({1, 2}),
+        )
         mixed = layer(x)
         assert (mixed - expected).abs().max() < 1e-5
         assert torch.equal(mixed[1], base(x)[1])
         ctx.slot_ids, ctx.uniform_slot, ctx.active_slots = (
-            torch.tensor([2, 2, 2, 2]), 2, frozenset({2}))
+            torch.tensor([2, 2, 2, 2]),
+            2,
+            frozenset({2}),
+        )
         uniform = layer(x)
         assert (uniform - (base(x) + x @ a2.t() @ b2.t())).abs().max() < 1e-5
         # growing keeps what is loaded; clearing a slot zeroes only that slot
@@ -76,19 +86,34 @@ def test_multi_lora_linear_matches_the_formula() -> None:
 def runtime(tiny_base: Base, settings: Settings, tmp_path: Path) -> Runtime:
     registry = Registry(AdapterStore(settings.store), tiny_base, settings)
     runtime = Runtime(tiny_base, registry, settings, Metrics())
-    runtime.registry = registry  # type: ignore[attr-defined]
+    runtime.registry = registry
     return runtime
 
 
-def make(runtime: Runtime, tiny_bert_dir: Path, tmp_path: Path, name: str, *, r: int,
-         labels: int, targets: str | list[str], seed: int) -> Made:
+def make(
+    runtime: Runtime,
+    tiny_bert_dir: Path,
+    tmp_path: Path,
+    name: str,
+    *,
+    r: int,
+    labels: int,
+    targets: str | list[str],
+    seed: int,
+) -> Made:
     folder = tmp_path / name
-    files = peft_adapter(tiny_bert_dir, num_labels=labels, r=r, seed=seed,
-                         target_modules=targets, out=folder)
+    files = peft_adapter(
+        tiny_bert_dir, num_labels=labels, r=r, seed=seed, target_modules=targets, out=folder
+    )
     names = [f"{name}-{i}" for i in range(labels)]
-    registry: Registry = runtime.registry  # type: ignore[attr-defined]
-    registry.register(name, config_bytes=files[CONFIG_FILE], weights_bytes=files[WEIGHTS_FILE],
-                      task="classification", labels=names)
+    registry: Registry = runtime.registry
+    registry.register(
+        name,
+        config_bytes=files[CONFIG_FILE],
+        weights_bytes=files[WEIGHTS_FILE],
+        task="classification",
+        labels=names,
+    )
     return Made(name, folder, names)
 
 
@@ -97,8 +122,16 @@ def three(runtime: Runtime, tiny_bert_dir: Path, tmp_path: Path) -> list[Made]:
     """Different ranks, label counts and target modules."""
     return [
         make(runtime, tiny_bert_dir, tmp_path, "wide", r=2, labels=2, targets="all-linear", seed=1),
-        make(runtime, tiny_bert_dir, tmp_path, "qv", r=8, labels=3, targets=["query", "value"],
-             seed=2),
+        make(
+            runtime,
+            tiny_bert_dir,
+            tmp_path,
+            "qv",
+            r=8,
+            labels=3,
+            targets=["query", "value"],
+            seed=2,
+        ),
         make(runtime, tiny_bert_dir, tmp_path, "dense", r=4, labels=4, targets=["dense"], seed=3),
     ]
 
@@ -116,8 +149,14 @@ def test_mixed_batch_equals_each_adapters_peft_forward(
     jobs = []
     for n, made in enumerate(three):
         inputs = TEXTS[n:] + TEXTS[:n]  # every adapter sees every text, at different positions
-        jobs.append(Job(key=(made.name, 1), task="classification",
-                        rows=engine.prepare(inputs, task="classification"), params=RAW))
+        jobs.append(
+            Job(
+                key=(made.name, 1),
+                task="classification",
+                rows=engine.prepare(inputs, task="classification"),
+                params=RAW,
+            )
+        )
     jobs.append(Job(key=None, task=EMBEDDINGS, rows=engine.prepare(TEXTS, task="classification")))
     forwards = count_forwards(runtime.base.model)
     results = engine.run(jobs)
@@ -126,8 +165,9 @@ def test_mixed_batch_equals_each_adapters_peft_forward(
     for n, made in enumerate(three):
         inputs = TEXTS[n:] + TEXTS[:n]
         served = torch.stack([as_vector(o, made.labels) for o in results[n].outputs or []])
-        reference = peft_logits(peft_model(tiny_bert_dir, made.folder, len(made.labels)),
-                                tokenizer, inputs)
+        reference = peft_logits(
+            peft_model(tiny_bert_dir, made.folder, len(made.labels)), tokenizer, inputs
+        )
         assert served.shape == reference.shape
         assert (served - reference).abs().max() < 1e-5, made.name
     # the same adapters one at a time agree with the mixed batch
@@ -143,8 +183,7 @@ def test_rows_without_adapter_get_exactly_the_base_output(
     model, layers = runtime.base.model, runtime.layers
     residents = [runtime.cache.acquire(m.name, 1) for m in three]
     batch = tokenizer(TEXTS * 2, padding=True, return_tensors="pt")
-    slots = [residents[0].slot, 0, residents[1].slot, 0, residents[2].slot, 0, 0,
-             residents[0].slot]
+    slots = [residents[0].slot, 0, residents[1].slot, 0, residents[2].slot, 0, 0, residents[0].slot]
     with torch.inference_mode():
         bare = model(**batch).last_hidden_state
         layers.route(slots, runtime.base.device)
@@ -166,11 +205,16 @@ def test_rows_without_adapter_get_exactly_the_base_output(
 def test_slot_growth_keeps_loaded_adapters(
     runtime: Runtime, tiny_bert_dir: Path, tmp_path: Path, tokenizer: PreTrainedTokenizerBase
 ) -> None:
-    first = make(runtime, tiny_bert_dir, tmp_path, "first", r=2, labels=2, targets="all-linear",
-                 seed=5)
+    first = make(
+        runtime, tiny_bert_dir, tmp_path, "first", r=2, labels=2, targets="all-linear", seed=5
+    )
     engine = runtime.engine
-    job = Job(key=("first", 1), task="classification",
-              rows=engine.prepare(TEXTS, task="classification"), params=RAW)
+    job = Job(
+        key=("first", 1),
+        task="classification",
+        rows=engine.prepare(TEXTS, task="classification"),
+        params=RAW,
+    )
     before = torch.stack([as_vector(o, first.labels) for o in engine.run([job])[0].outputs or []])
     slot = runtime.cache.acquire("first", 1).slot
     layer = runtime.layers.layers["encoder.layer.0.attention.self.query"]
@@ -178,8 +222,19 @@ def test_slot_growth_keeps_loaded_adapters(
     b_before = layer.lora_b[slot, :, :2].clone()
     capacity = (runtime.layers.slot_capacity, runtime.layers.rank_capacity)
 
-    others = [make(runtime, tiny_bert_dir, tmp_path, f"more{i}", r=8, labels=2,
-                   targets=["query", "key"], seed=10 + i) for i in range(capacity[0])]
+    others = [
+        make(
+            runtime,
+            tiny_bert_dir,
+            tmp_path,
+            f"more{i}",
+            r=8,
+            labels=2,
+            targets=["query", "key"],
+            seed=10 + i,
+        )
+        for i in range(capacity[0])
+    ]
     for made in others:
         runtime.cache.release(runtime.cache.acquire(made.name, 1))
     assert runtime.layers.slot_capacity > capacity[0]
@@ -194,9 +249,15 @@ def test_slot_growth_keeps_loaded_adapters(
     reference = peft_logits(peft_model(tiny_bert_dir, first.folder, 2), tokenizer, TEXTS)
     assert (after - reference).abs().max() < 1e-5
     # and the newcomers are right too, in one mixed batch with the first
-    jobs = [job] + [Job(key=(m.name, 1), task="classification",
-                        rows=engine.prepare(TEXTS, task="classification"), params=RAW)
-                    for m in others]
+    jobs = [job] + [
+        Job(
+            key=(m.name, 1),
+            task="classification",
+            rows=engine.prepare(TEXTS, task="classification"),
+            params=RAW,
+        )
+        for m in others
+    ]
     results = engine.run(jobs)
     for made, result in zip([first, *others], results, strict=True):
         served = torch.stack([as_vector(o, made.labels) for o in result.outputs or []])

@@ -34,9 +34,12 @@ from tests.unit.method_adapters import (
     register,
 )
 
-TEXTS = ["a gripping, beautiful film", "meh",
-         {"text": "the plot falls apart", "text_pair": "but the actors shine"},
-         "an unexpectedly long sentence about nothing in particular at all"]
+TEXTS = [
+    "a gripping, beautiful film",
+    "meh",
+    {"text": "the plot falls apart", "text_pair": "but the actors shine"},
+    "an unexpectedly long sentence about nothing in particular at all",
+]
 LABELS = ["l0", "l1", "l2"]
 
 
@@ -49,7 +52,8 @@ def forwards(model: nn.Module) -> list[tuple[int, ...]]:
     """Shapes of the base's forwards from now on (rows x width of its output)."""
     calls: list[tuple[int, ...]] = []
     model.register_forward_hook(
-        lambda _m, _a, out: calls.append(tuple(out.last_hidden_state.shape[:2])))
+        lambda _m, _a, out: calls.append(tuple(out.last_hidden_state.shape[:2]))
+    )
     return calls
 
 
@@ -62,7 +66,10 @@ def close(served: list[torch.Tensor], reference: list[torch.Tensor], what: str) 
 
 @pytest.mark.parametrize("task", [SEQ, TOKEN])
 def test_mixed_methods_in_one_forward_equal_their_references(
-    task: str, served: tuple[Runtime, Registry], tiny_bert_dir: Path, tmp_path: Path,
+    task: str,
+    served: tuple[Runtime, Registry],
+    tiny_bert_dir: Path,
+    tmp_path: Path,
     tokenizer: PreTrainedTokenizerBase,
 ) -> None:
     runtime, registry = served
@@ -73,11 +80,20 @@ def test_mixed_methods_in_one_forward_equal_their_references(
     folders = {}
     for n, (method, virtual) in enumerate(specs):
         name = f"{method}{virtual}"
-        folders[name] = peft_files(tiny_bert_dir, tmp_path / name, method=method, task=task,
-                                   labels=3, seed=n, virtual=max(virtual, 1))
+        folders[name] = peft_files(
+            tiny_bert_dir,
+            tmp_path / name,
+            method=method,
+            task=task,
+            labels=3,
+            seed=n,
+            virtual=max(virtual, 1),
+        )
         register(registry, name, folders[name], task=task, labels=LABELS)
-    jobs = [Job(key=(name, 1), task=task, rows=engine.prepare(inputs, task=task), raw=True)
-            for name in folders]
+    jobs = [
+        Job(key=(name, 1), task=task, rows=engine.prepare(inputs, task=task), raw=True)
+        for name in folders
+    ]
     jobs.append(Job(key=None, task=EMBEDDINGS, rows=engine.prepare(inputs, task=task)))
     calls = forwards(runtime.base.model)
     results = engine.run(jobs)
@@ -88,22 +104,35 @@ def test_mixed_methods_in_one_forward_equal_their_references(
         if method == "prefix":
             reference = prefix_logits(tiny_bert_dir, folders[name], tokenizer, inputs, task=task)
         else:
-            reference = peft_logits(tiny_bert_dir, folders[name], tokenizer, inputs, task=task,
-                                    labels=3, virtual=virtual)
+            reference = peft_logits(
+                tiny_bert_dir,
+                folders[name],
+                tokenizer,
+                inputs,
+                task=task,
+                labels=3,
+                virtual=virtual,
+            )
         close(result.outputs or [], reference, name)
     # the bare rows are what the bare base gives them alone
     alone = engine.run([jobs[-1]])[0].outputs or []
-    close([torch.tensor(v) for v in results[-1].outputs or []],
-          [torch.tensor(v) for v in alone], "bare")
+    close(
+        [torch.tensor(v) for v in results[-1].outputs or []],
+        [torch.tensor(v) for v in alone],
+        "bare",
+    )
 
 
 def test_prefix_batch_leaves_rows_without_prefix_as_the_unpatched_base(
-    served: tuple[Runtime, Registry], tiny_bert_dir: Path, tmp_path: Path,
+    served: tuple[Runtime, Registry],
+    tiny_bert_dir: Path,
+    tmp_path: Path,
     tokenizer: PreTrainedTokenizerBase,
 ) -> None:
     runtime, registry = served
-    folder = peft_files(tiny_bert_dir, tmp_path / "p", method="prefix", task=SEQ, labels=3,
-                        seed=7, virtual=6)
+    folder = peft_files(
+        tiny_bert_dir, tmp_path / "p", method="prefix", task=SEQ, labels=3, seed=7, virtual=6
+    )
     register(registry, "p", folder, task=SEQ, labels=LABELS)
     plain = BertModel.from_pretrained(tiny_bert_dir).eval()  # never patched
     texts = [t for t in TEXTS if isinstance(t, str)]
@@ -130,36 +159,48 @@ def _probe_files(folder: Path, *, layers: list[int], rows: int, width: int, seed
     folder.mkdir()
     config = {"peft_type": "LINEAR_PROBE", "layers": layers, "pooling": "mean"}
     (folder / CONFIG_FILE).write_text(json.dumps(config))
-    save_file({"classifier.weight": torch.randn(rows, width), "classifier.bias": torch.randn(rows)},
-              str(folder / WEIGHTS_FILE))
+    save_file(
+        {"classifier.weight": torch.randn(rows, width), "classifier.bias": torch.randn(rows)},
+        str(folder / WEIGHTS_FILE),
+    )
     return folder
 
 
 def test_head_only_adapters_over_the_same_inputs_share_one_base_pass(
-    served: tuple[Runtime, Registry], tiny_base: Base, tmp_path: Path,
+    served: tuple[Runtime, Registry],
+    tiny_base: Base,
+    tmp_path: Path,
 ) -> None:
     runtime, registry = served
     engine = runtime.engine
     hidden = tiny_base.hidden_size
     for n in range(5):
         layers = [-1] if n % 2 else [1, -1]
-        folder = _probe_files(tmp_path / f"probe{n}", layers=layers, rows=3,
-                              width=hidden * len(layers), seed=n)
+        folder = _probe_files(
+            tmp_path / f"probe{n}", layers=layers, rows=3, width=hidden * len(layers), seed=n
+        )
         register(registry, f"probe{n}", folder, task=SEQ, labels=LABELS)
-    jobs = [Job(key=(f"probe{n}", 1), task=SEQ, rows=engine.prepare(TEXTS, task=SEQ), raw=True)
-            for n in range(5)]
+    jobs = [
+        Job(key=(f"probe{n}", 1), task=SEQ, rows=engine.prepare(TEXTS, task=SEQ), raw=True)
+        for n in range(5)
+    ]
     calls = forwards(runtime.base.model)
     shared = engine.run(jobs)
     assert calls == [(len(TEXTS), calls[0][1])]  # five adapters, one pass over 4 distinct rows
     for job, result in zip(jobs, shared, strict=True):
         alone = engine.run([job])[0].outputs or []
         close(result.outputs or [], alone, str(job.key))
-    assert all(resident_slot == 0 for resident_slot in
-               [runtime.cache.acquire(f"probe{n}", 1).slot for n in range(5)])
+    assert all(
+        resident_slot == 0
+        for resident_slot in [runtime.cache.acquire(f"probe{n}", 1).slot for n in range(5)]
+    )
 
 
 def test_linear_probe_on_tokens_reads_the_chosen_layers(
-    served: tuple[Runtime, Registry], tiny_base: Base, tmp_path: Path, tiny_bert_dir: Path,
+    served: tuple[Runtime, Registry],
+    tiny_base: Base,
+    tmp_path: Path,
+    tiny_bert_dir: Path,
     tokenizer: PreTrainedTokenizerBase,
 ) -> None:
     runtime, registry = served
@@ -177,8 +218,9 @@ def test_linear_probe_on_tokens_reads_the_chosen_layers(
     reference = []
     with torch.inference_mode():
         for text in texts:
-            states = plain(**tokenizer(text, return_tensors="pt"),
-                           output_hidden_states=True).hidden_states
+            states = plain(
+                **tokenizer(text, return_tensors="pt"), output_hidden_states=True
+            ).hidden_states
             x = torch.cat([states[1][0], states[2][0]], dim=-1)
             reference.append(x @ head["classifier.weight"].t() + head["classifier.bias"])
     close(out.outputs or [], reference, "token probe")
@@ -187,7 +229,9 @@ def test_linear_probe_on_tokens_reads_the_chosen_layers(
 
 
 def test_slots_are_reused_across_methods(
-    served: tuple[Runtime, Registry], tiny_bert_dir: Path, tmp_path: Path,
+    served: tuple[Runtime, Registry],
+    tiny_bert_dir: Path,
+    tmp_path: Path,
     tokenizer: PreTrainedTokenizerBase,
 ) -> None:
     """Evicting an IA3 / prompt / prefix adapter clears its slot for the next one."""
@@ -196,14 +240,23 @@ def test_slots_are_reused_across_methods(
     inputs = ["a gripping, beautiful film", "meh"]
     for n, method in enumerate(["ia3", "prompt", "prefix", "lora", "ia3"]):
         name = f"{method}-{n}"
-        folder = peft_files(tiny_bert_dir, tmp_path / name, method=method, task=SEQ, labels=3,
-                            seed=20 + n, virtual=3)
+        folder = peft_files(
+            tiny_bert_dir,
+            tmp_path / name,
+            method=method,
+            task=SEQ,
+            labels=3,
+            seed=20 + n,
+            virtual=3,
+        )
         register(registry, name, folder, task=SEQ, labels=LABELS)
         job = Job(key=(name, 1), task=SEQ, rows=runtime.engine.prepare(inputs, task=SEQ), raw=True)
         got = runtime.engine.run([job])[0].outputs or []
-        reference = (prefix_logits(tiny_bert_dir, folder, tokenizer, inputs, task=SEQ)
-                     if method == "prefix" else
-                     peft_logits(tiny_bert_dir, folder, tokenizer, inputs, task=SEQ, labels=3))
+        reference = (
+            prefix_logits(tiny_bert_dir, folder, tokenizer, inputs, task=SEQ)
+            if method == "prefix"
+            else peft_logits(tiny_bert_dir, folder, tokenizer, inputs, task=SEQ, labels=3)
+        )
         close(got, reference, name)
     assert runtime.layers.prompts.empty and runtime.layers.prefixes is not None
     assert runtime.layers.prefixes.empty

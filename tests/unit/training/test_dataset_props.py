@@ -76,7 +76,7 @@ def client(
         device=torch.device("cpu"),
     )
     store = tmp_path_factory.mktemp("dataset-props") / "store"
-    app_settings = Settings(store=store, _env_file=None)  # type: ignore[call-arg]
+    app_settings = Settings(store=store, _env_file=None)
     with TestClient(create_app(app_settings, base=base)) as test_client:
         yield test_client
 

@@ -19,7 +19,7 @@ SHARED_DATASETS = Path(__file__).resolve().parents[4] / "shared" / "datasets"
 
 @pytest.fixture
 def cfg(tmp_path: Path) -> Settings:
-    return Settings(store=tmp_path / "store", max_dataset_bytes=4096, _env_file=None)  # type: ignore[call-arg]
+    return Settings(store=tmp_path / "store", max_dataset_bytes=4096, _env_file=None)
 
 
 @pytest.fixture
@@ -189,7 +189,7 @@ def test_unusable_files_are_400(service: DatasetService, data: bytes, fragment: 
 
 
 def test_too_many_rows_are_rejected(db: Database, tmp_path: Path) -> None:
-    small = Settings(store=tmp_path / "store", max_training_rows=2, _env_file=None)  # type: ignore[call-arg]
+    small = Settings(store=tmp_path / "store", max_training_rows=2, _env_file=None)
     service = DatasetService(db, small)
     with pytest.raises(SwitchyardError) as caught:
         service.create("d.jsonl", jsonl(*[{"text": "x", "label": "a"}] * 3))
@@ -238,7 +238,7 @@ def test_leftover_temporary_files_are_swept_at_start(db: Database, cfg: Settings
 
 @pytest.mark.skipif(not SHARED_DATASETS.is_dir(), reason="shared datasets are not present")
 def test_a_real_dataset_file_uploads(db: Database, tmp_path: Path) -> None:
-    cfg = Settings(store=tmp_path / "store", _env_file=None)  # type: ignore[call-arg]
+    cfg = Settings(store=tmp_path / "store", _env_file=None)
     data = (SHARED_DATASETS / "rte" / "dev.jsonl").read_bytes()
     created = DatasetService(db, cfg).create("rte.jsonl", data)
     assert created["task"] == "classification" and created["rows"] == 277

@@ -26,8 +26,24 @@ from app.training.trainer import train
 from app.training.types import CancelToken, TrainingOutcome, TrainingPlan
 from tests.unit.tiny_decoder import serving_base, tiny_llama, tiny_tokenizer
 
-WORDS = ["apple", "banana", "cherry", "dog", "fox", "quick", "brown", "lazy", "hello", "world",
-         "paris", "alice", "bob", "today", "fine", "code"]
+WORDS = [
+    "apple",
+    "banana",
+    "cherry",
+    "dog",
+    "fox",
+    "quick",
+    "brown",
+    "lazy",
+    "hello",
+    "world",
+    "paris",
+    "alice",
+    "bob",
+    "today",
+    "fine",
+    "code",
+]
 
 
 class _Reporter:
@@ -70,29 +86,41 @@ def rows(words: list[str]) -> list[dict[str, str]]:
 
 
 def run(base: Base, method: str, **hp: Any) -> TrainingOutcome:
-    plan = TrainingPlan(adapter="a", task="generation", method=method, train_rows=rows(WORDS[:12]),
-                        validation_rows=rows(WORDS[12:]), labels=[],
-                        hyperparameters={"batch_size": 4, "seed": 0, **hp})
-    return train(plan, base=base, reporter=_Reporter(), cancel=CancelToken(), max_rank=16,
-                 max_tokens=64)
+    plan = TrainingPlan(
+        adapter="a",
+        task="generation",
+        method=method,
+        train_rows=rows(WORDS[:12]),
+        validation_rows=rows(WORDS[12:]),
+        labels=[],
+        hyperparameters={"batch_size": 4, "seed": 0, **hp},
+    )
+    return train(
+        plan, base=base, reporter=_Reporter(), cancel=CancelToken(), max_rank=16, max_tokens=64
+    )
 
 
 def test_prompt_completion_labels_cover_the_completion_and_eos(
-        tok: PreTrainedTokenizerFast) -> None:
-    ids, labels = example_ids(tok, {"prompt": "word: fox ->", "completion": " fine"},
-                              max_length=64)
+    tok: PreTrainedTokenizerFast,
+) -> None:
+    ids, labels = example_ids(tok, {"prompt": "word: fox ->", "completion": " fine"}, max_length=64)
     prompt = tok("word: fox ->")["input_ids"]
     assert ids[: len(prompt)] == prompt and labels[: len(prompt)] == [IGNORE] * len(prompt)
-    assert labels[len(prompt):] == ids[len(prompt):] and ids[-1] == tok.eos_token_id
-    short, _labels = example_ids(tok, {"prompt": "word: fox ->" * 9, "completion": " fine"},
-                                      max_length=8)
+    assert labels[len(prompt) :] == ids[len(prompt) :] and ids[-1] == tok.eos_token_id
+    short, _labels = example_ids(
+        tok, {"prompt": "word: fox ->" * 9, "completion": " fine"}, max_length=8
+    )
     assert len(short) == 8 and short[-1] == tok.eos_token_id  # the prompt's start was cut
 
 
 def test_chat_labels_cover_assistant_turns_only(tok: PreTrainedTokenizerFast) -> None:
-    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"},
-                {"role": "assistant", "content": "hello"}, {"role": "user", "content": "bye"},
-                {"role": "assistant", "content": "fine"}]
+    messages = [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"},
+        {"role": "user", "content": "bye"},
+        {"role": "assistant", "content": "fine"},
+    ]
     ids, labels = example_ids(tok, {"messages": messages}, max_length=256)
     learned = tok.decode([t for t, label in zip(ids, labels, strict=True) if label != IGNORE])
     assert learned == "hello<|im_end|>\nfine<|im_end|>\n"
@@ -100,8 +128,9 @@ def test_chat_labels_cover_assistant_turns_only(tok: PreTrainedTokenizerFast) ->
     assert tok.decode(ids) == rendered
 
 
-def test_lora_learns_and_is_served_like_peft(base: Base, model: LlamaForCausalLM,
-                                             tok: PreTrainedTokenizerFast, tmp_path: Path) -> None:
+def test_lora_learns_and_is_served_like_peft(
+    base: Base, model: LlamaForCausalLM, tok: PreTrainedTokenizerFast, tmp_path: Path
+) -> None:
     before = {k: v.clone() for k, v in base.parameters.items()}
     outcome = run(base, "lora", epochs=12, learning_rate=1e-2, rank=4)
     assert outcome.best["metric"] == "loss" and outcome.metrics["token_accuracy"] == 1.0
@@ -112,13 +141,13 @@ def test_lora_learns_and_is_served_like_peft(base: Base, model: LlamaForCausalLM
     for prompt, (_text, ids) in zip(["word: lazy ->", "word: zebra ->"], served, strict=True):
         enc = tok(prompt, return_tensors="pt")
         out = reference.generate(**enc, max_new_tokens=6, do_sample=False)
-        out = out[0, enc.input_ids.shape[1]:]
+        out = out[0, enc.input_ids.shape[1] :]
         assert out.tolist()[: len(ids)] == ids and out.tolist()[len(ids)] == tok.eos_token_id
 
 
-def test_prefix_trains_and_is_served_like_peft(base: Base, model: LlamaForCausalLM,
-                                               tok: PreTrainedTokenizerFast,
-                                               tmp_path: Path) -> None:
+def test_prefix_trains_and_is_served_like_peft(
+    base: Base, model: LlamaForCausalLM, tok: PreTrainedTokenizerFast, tmp_path: Path
+) -> None:
     outcome = run(base, "prefix", epochs=3, num_virtual_tokens=5)
     config = outcome.files["adapter_config.json"].decode()
     assert '"PREFIX_TUNING"' in config and len(outcome.history) >= 1
@@ -142,18 +171,28 @@ def test_methods_without_a_generation_path_are_refused(base: Base) -> None:
     assert info.value.status == 400 and info.value.code == "unsupported_method"
 
 
-def serve(base: Base, outcome: TrainingOutcome, tmp_path: Path, prompts: list[str],
-          max_new_tokens: int = 8) -> list[tuple[str, list[int]]]:
+def serve(
+    base: Base,
+    outcome: TrainingOutcome,
+    tmp_path: Path,
+    prompts: list[str],
+    max_new_tokens: int = 8,
+) -> list[tuple[str, list[int]]]:
     settings = Settings(store=tmp_path / "store", _env_file=None)
     registry = Registry(AdapterStore(settings.store), base, settings)
-    version = registry.register("a", config_bytes=outcome.files["adapter_config.json"],
-                                weights_bytes=outcome.files["adapter_model.safetensors"],
-                                task="generation", labels=[])
+    version = registry.register(
+        "a",
+        config_bytes=outcome.files["adapter_config.json"],
+        weights_bytes=outcome.files["adapter_model.safetensors"],
+        task="generation",
+        labels=[],
+    )
     runtime = Runtime(base, registry, settings, Metrics())
     assert runtime.generation is not None
     engine = runtime.generation.engine
-    job = engine.run([engine.prepare(("a", version), prompts,
-                                     {"max_new_tokens": max_new_tokens})])[0]
+    job = engine.run([engine.prepare(("a", version), prompts, {"max_new_tokens": max_new_tokens})])[
+        0
+    ]
     return [(out.text, out.token_ids) for out in job.outputs if out is not None]
 
 

@@ -86,7 +86,7 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
 
 @pytest.fixture
 def cfg(tmp_path: Path) -> Settings:
-    return Settings(store=tmp_path / "store", _env_file=None)  # type: ignore[call-arg]
+    return Settings(store=tmp_path / "store", _env_file=None)
 
 
 @pytest.fixture

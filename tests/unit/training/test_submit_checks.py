@@ -11,13 +11,14 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from peft import LoraConfig, TaskType, get_peft_model
+from peft.tuners.tuners_utils import BaseTuner
 
 from app.base import BaseModel as Base
 from app.config import Settings
@@ -118,6 +119,7 @@ def test_task_and_base_kind_are_checked_at_submission(manager: JobManager) -> No
 
 def test_lone_surrogates_in_hyperparameters_are_refused(manager: JobManager) -> None:
     error = submit(manager, target_modules=["query\ud800"])
+    assert error.param is not None
     assert error.code == "invalid_text" and error.param.startswith("hyperparameters")
 
 
@@ -238,7 +240,7 @@ def peft_targets(base: Base, target_modules: str | list[str]) -> list[str] | Exc
         model = get_peft_model(view, config)
     except ValueError as exc:
         return exc
-    return sorted(model.base_model.targeted_module_names)
+    return sorted(cast(BaseTuner, model.base_model).targeted_module_names)
 
 
 def suffixes(base: Base) -> list[str]:

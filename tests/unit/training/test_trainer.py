@@ -40,10 +40,19 @@ def rows(count: int, seed: int) -> list[dict[str, Any]]:
 def make_plan(method: str = "lora", **hp: Any) -> TrainingPlan:
     """32 rows, batch 8: four steps an epoch, an evaluation after each."""
     return TrainingPlan(
-        adapter="a", task="classification", method=method, train_rows=rows(32, 0),
-        validation_rows=rows(8, 1), labels=["neg", "pos"],
-        hyperparameters={"batch_size": 8, "log_every_steps": 1, "seed": 0,
-                         "head_init": "random", **hp},
+        adapter="a",
+        task="classification",
+        method=method,
+        train_rows=rows(32, 0),
+        validation_rows=rows(8, 1),
+        labels=["neg", "pos"],
+        hyperparameters={
+            "batch_size": 8,
+            "log_every_steps": 1,
+            "seed": 0,
+            "head_init": "random",
+            **hp,
+        },
     )
 
 
@@ -64,10 +73,22 @@ class Recorder:
         return [data for k, data in self.events if k == kind]
 
 
-def run(base: Base, plan: TrainingPlan, reporter: Recorder | None = None,
-        cancel: CancelToken | None = None, pause: Any = None) -> TrainingOutcome:
-    return train(plan, base=base, reporter=reporter or Recorder(), cancel=cancel or CancelToken(),
-                 max_rank=64, max_tokens=64, pause=pause)
+def run(
+    base: Base,
+    plan: TrainingPlan,
+    reporter: Recorder | None = None,
+    cancel: CancelToken | None = None,
+    pause: Any = None,
+) -> TrainingOutcome:
+    return train(
+        plan,
+        base=base,
+        reporter=reporter or Recorder(),
+        cancel=cancel or CancelToken(),
+        max_rank=64,
+        max_tokens=64,
+        pause=pause,
+    )
 
 
 @pytest.fixture
@@ -79,8 +100,13 @@ def scripted(monkeypatch: pytest.MonkeyPatch) -> Any:
         scores = iter(values)
 
         def fake(model: nn.Module, _examples: Any, **_kw: Any) -> dict[str, float]:
-            snapshots.append({n.replace(".default", ""): p.detach().clone()
-                              for n, p in model.named_parameters() if "lora_" in n})
+            snapshots.append(
+                {
+                    n.replace(".default", ""): p.detach().clone()
+                    for n, p in model.named_parameters()
+                    if "lora_" in n
+                }
+            )
             return {"accuracy": next(scores)}
 
         monkeypatch.setattr(evaluation, "evaluate", fake)
@@ -120,8 +146,7 @@ def test_early_stopping_after_patience_evaluations(tiny_base: Base, scripted: An
 
 def test_eval_every_steps_is_honoured(tiny_base: Base, scripted: Any) -> None:
     scripted([0.5] * 10)
-    outcome = run(tiny_base, make_plan(epochs=2, eval_every_steps=3,
-                                       early_stopping_patience=None))
+    outcome = run(tiny_base, make_plan(epochs=2, eval_every_steps=3, early_stopping_patience=None))
     assert [e["step"] for e in outcome.history] == [3, 6, 8]  # and the last step
 
 
@@ -148,8 +173,9 @@ def test_cancel_lands_inside_the_probe_fit(tiny_base: Base) -> None:
     assert len(calls) == 1 and reporter.kinds("loss") == [] and reporter.kinds("evaluation") == []
 
 
-def test_cancel_lands_inside_an_evaluation(tiny_base: Base,
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cancel_lands_inside_an_evaluation(
+    tiny_base: Base, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cancel, reporter = CancelToken(), Recorder()
     original = evaluation.predict_logits
 
@@ -201,10 +227,16 @@ class NanModel(nn.Module):
 
 def test_a_diverged_loss_names_the_learning_rate(tiny_base: Base) -> None:
     plan = make_plan()
-    examples = encode_rows(plan.train_rows, tiny_base.tokenizer, task=plan.task,
-                           labels=plan.labels, max_length=16)
-    hp = fill_defaults(Hyperparameters(learning_rate=0.5, epochs=1), method="lora", rows=32,
-                       lengths=[8], max_tokens=64)
+    examples = encode_rows(
+        plan.train_rows, tiny_base.tokenizer, task=plan.task, labels=plan.labels, max_length=16
+    )
+    hp = fill_defaults(
+        Hyperparameters(learning_rate=0.5, epochs=1),
+        method="lora",
+        rows=32,
+        lengths=[8],
+        max_tokens=64,
+    )
     loop = TrainLoop(plan, tiny_base, NanModel(), hp, Recorder(), Ticker(CancelToken()))
     with pytest.raises(SwitchyardError) as caught:
         loop.run(examples, examples, evaluate_start=False)
@@ -229,21 +261,44 @@ def test_linear_probe_picks_layers_and_strength_on_validation(tiny_base: Base) -
     ("method", "rows", "given", "expected"),
     [
         ("lora", 100, {}, {"batch_size": 8, "epochs": 20, "eval_every_steps": None}),
-        ("lora", 800, {}, {"batch_size": 16, "epochs": 6, "learning_rate": 1e-3,
-                           "head_learning_rate": 3e-3, "dropout": 0.05}),
-        ("lora", 5000, {}, {"batch_size": 32, "epochs": 3, "early_stopping_patience": 2,
-                            "dropout": 0.0}),
-        ("lora", 40000, {}, {"epochs": 2, "eval_every_steps": 250,
-                             "early_stopping_patience": 10}),
+        (
+            "lora",
+            800,
+            {},
+            {
+                "batch_size": 16,
+                "epochs": 6,
+                "learning_rate": 1e-3,
+                "head_learning_rate": 3e-3,
+                "dropout": 0.05,
+            },
+        ),
+        (
+            "lora",
+            5000,
+            {},
+            {"batch_size": 32, "epochs": 3, "early_stopping_patience": 2, "dropout": 0.0},
+        ),
+        ("lora", 40000, {}, {"epochs": 2, "eval_every_steps": 250, "early_stopping_patience": 10}),
         ("prefix", 800, {}, {"epochs": 12, "learning_rate": 1e-2}),
-        ("lora", 800, {"batch_size": 64, "epochs": 1, "early_stopping_patience": None},
-         {"batch_size": 64, "epochs": 1, "early_stopping_patience": None}),
+        (
+            "lora",
+            800,
+            {"batch_size": 64, "epochs": 1, "early_stopping_patience": None},
+            {"batch_size": 64, "epochs": 1, "early_stopping_patience": None},
+        ),
     ],
 )
-def test_defaults_follow_the_data(method: str, rows: int, given: dict[str, Any],
-                                  expected: dict[str, Any]) -> None:
-    hp = fill_defaults(Hyperparameters.model_validate(given), method=method, rows=rows,
-                       lengths=[10] * 98 + [40, 300], max_tokens=128)
+def test_defaults_follow_the_data(
+    method: str, rows: int, given: dict[str, Any], expected: dict[str, Any]
+) -> None:
+    hp = fill_defaults(
+        Hyperparameters.model_validate(given),
+        method=method,
+        rows=rows,
+        lengths=[10] * 98 + [40, 300],
+        max_tokens=128,
+    )
     assert {k: getattr(hp, k) for k in expected} == expected
     assert hp.max_length == 40  # the 98th percentile of the lengths
 
@@ -255,8 +310,11 @@ def test_cancel_a_real_job_over_http_within_seconds(client: Any) -> None:
 
     # No early stopping: the tiny model fits these rows at once, and patience would end the
     # job (succeeded, so 409 on cancel) before the cancel arrives on a slow box.
-    body = {"adapter": "never", "examples": rows(64, 0),
-            "hyperparameters": {"epochs": 100, "batch_size": 4, "early_stopping_patience": None}}
+    body = {
+        "adapter": "never",
+        "examples": rows(64, 0),
+        "hyperparameters": {"epochs": 100, "batch_size": 4, "early_stopping_patience": None},
+    }
     job = client.post("/v1/training-jobs", json=body).json()
     deadline = time.monotonic() + 60
     while (client.get(f"/v1/training-jobs/{job['id']}").json()["progress"]["step"] or 0) < 2:
@@ -274,6 +332,12 @@ def test_cancel_a_real_job_over_http_within_seconds(client: Any) -> None:
     assert events[-1]["kind"] == "status" and events[-1]["data"] == {"status": "cancelled"}
     assert any(e["kind"] == "loss" for e in events)
     assert client.get("/v1/adapters/never").status_code == 404
+
+
+def _grad(param: torch.Tensor) -> torch.Tensor:
+    """The gradient after a backward pass (read anew: mypy would keep a `grad = None` narrowing)."""
+    assert param.grad is not None
+    return param.grad
 
 
 def test_micro_batches_add_up_to_the_batch() -> None:
@@ -302,8 +366,8 @@ def test_micro_batches_add_up_to_the_batch() -> None:
         return nn.functional.cross_entropy(logits.flatten(0, 1), part["labels"].flatten())
 
     loss_of(batch).backward()
-    whole = head.weight.grad.clone()
+    whole = _grad(head.weight).clone()
     head.weight.grad = None
     for part in parts:
         (loss_of(part) * _weight(part) / _weight(batch)).backward()
-    assert torch.allclose(head.weight.grad, whole, atol=1e-6)
+    assert torch.allclose(_grad(head.weight), whole, atol=1e-6)

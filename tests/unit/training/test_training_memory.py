@@ -34,8 +34,13 @@ def test_checkpointed_training_gives_the_same_weights(
     weights = []
     for recompute in (False, True):
         outcome = train(
-            make_plan(method, epochs=1, dropout=0.1), base=tiny_base, reporter=Recorder(),
-            cancel=CancelToken(), max_rank=64, max_tokens=64, checkpoint_activations=recompute,
+            make_plan(method, epochs=1, dropout=0.1),
+            base=tiny_base,
+            reporter=Recorder(),
+            cancel=CancelToken(),
+            max_rank=64,
+            max_tokens=64,
+            checkpoint_activations=recompute,
         )
         weights.append(load(outcome.files[WEIGHTS_FILE]))
     plain, checkpointed = weights
@@ -49,8 +54,15 @@ def test_checkpointed_training_gives_the_same_weights(
 
 def test_the_base_is_left_without_checkpointing(tiny_base: Base) -> None:
     """The view shares the base's tensors, not its modules: serving never recomputes."""
-    train(make_plan("lora", epochs=1), base=tiny_base, reporter=Recorder(), cancel=CancelToken(),
-          max_rank=64, max_tokens=64, checkpoint_activations=True)
+    train(
+        make_plan("lora", epochs=1),
+        base=tiny_base,
+        reporter=Recorder(),
+        cancel=CancelToken(),
+        max_rank=64,
+        max_tokens=64,
+        checkpoint_activations=True,
+    )
     assert not tiny_base.model.is_gradient_checkpointing
 
 
@@ -61,8 +73,14 @@ def test_the_heap_is_trimmed_after_every_step(
     trims = []
     monkeypatch.setattr(loop, "trim_heap", lambda: trims.append(1))
     reporter = Recorder()
-    train(make_plan("lora", epochs=1), base=tiny_base, reporter=reporter, cancel=CancelToken(),
-          max_rank=64, max_tokens=64)
+    train(
+        make_plan("lora", epochs=1),
+        base=tiny_base,
+        reporter=reporter,
+        cancel=CancelToken(),
+        max_rank=64,
+        max_tokens=64,
+    )
     assert len(trims) >= max(reporter.steps) == 4
 
 
@@ -78,7 +96,14 @@ def test_micro_batch_tokens_reach_the_loop(
         return real(batch, budget)
 
     monkeypatch.setattr(loop, "micro_batches", spy)
-    outcome = train(make_plan("lora", epochs=1), base=tiny_base, reporter=Recorder(),
-                    cancel=CancelToken(), max_rank=64, max_tokens=64, micro_batch_tokens=tokens)
+    outcome = train(
+        make_plan("lora", epochs=1),
+        base=tiny_base,
+        reporter=Recorder(),
+        cancel=CancelToken(),
+        max_rank=64,
+        max_tokens=64,
+        micro_batch_tokens=tokens,
+    )
     assert budgets and set(budgets) == {tokens}
     assert outcome.best["step"] >= 0

@@ -69,7 +69,7 @@ def trainer() -> Trainer:
 
 @pytest.fixture
 def client(tmp_path: Path, trainer: Trainer) -> Iterator[TestClient]:
-    cfg = Settings(store=tmp_path / "store", max_dataset_bytes=2048, _env_file=None)  # type: ignore[call-arg]
+    cfg = Settings(store=tmp_path / "store", max_dataset_bytes=2048, _env_file=None)
     db = open_database(cfg)
     app = FastAPI()
 
@@ -147,8 +147,11 @@ def test_dataset_errors_list_bad_rows_and_limits(client: TestClient) -> None:
     error = bad.json()["error"]
     assert error["code"] == "invalid_dataset" and error["param"] == "file"
     assert error["details"] == [
-        {"line": 3, "message": "text must be a non-empty string, got nothing "
-                               "(the row has columns ['label'])"}
+        {
+            "line": 3,
+            "message": "text must be a non-empty string, got nothing "
+            "(the row has columns ['label'])",
+        }
     ]
     big = upload(client, b"x" * 5000)
     assert big.status_code == 413 and big.json()["error"]["code"] == "payload_too_large"

@@ -378,11 +378,7 @@ def failure(exc: Exception, job_id: str) -> dict[str, Any]:
         message = "training ran out of memory; lower batch_size or max_length"
         return {"code": "out_of_memory", "message": message, "param": "hyperparameters.batch_size"}
     log.exception("training job %s failed", job_id, exc_info=exc)
-    # Only the type: an unexpected exception's text can carry paths or a module repr, which
-    # are the operator's; the traceback is in the log under the job id.
-    message = (
-        f"training failed unexpectedly ({type(exc).__name__}); the service log has job {job_id}"
-    )
+    message = f"training failed unexpectedly: {type(exc).__name__}: {exc}"[:1000]
     return {"code": "internal_error", "message": message, "param": None}
 
 

@@ -172,7 +172,9 @@ def train(
     adapter: Annotated[str, typer.Option(help="the adapter a finished job adds a version to")],
     data: Annotated[str, typer.Option(help="a JSONL/CSV file (uploaded first) or a dataset id")],
     validation: Annotated[str | None, typer.Option(help="a file or dataset id")] = None,
-    method: Annotated[str, typer.Option(help="lora, ia3, prompt, prefix, linear_probe")] = "lora",
+    method: Annotated[
+        str, typer.Option(help="auto, lora, ia3, prompt, prefix, linear_probe, contrastive")
+    ] = "auto",
     task: Annotated[str | None, typer.Option(help="[default: the data's]")] = None,
     epochs: Annotated[int | None, typer.Option(help="[default: from the data]")] = None,
     learning_rate: Annotated[float | None, typer.Option(help="[default: per method]")] = None,

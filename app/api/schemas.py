@@ -15,7 +15,11 @@ class TrainingJobRequest(BaseModel):
 
     adapter: str = Field(description="adapter name; a finished job adds its next version")
     task: str | None = Field(None, description="the task; the training data's task when omitted")
-    method: str = Field("lora", description="lora, prefix, prompt, ia3 or linear_probe")
+    method: str = Field(
+        "auto",
+        description="auto (measure the candidates and keep the best), lora, prefix, prompt, "
+        "ia3, linear_probe or contrastive",
+    )
     training_data: str | None = Field(None, description="a dataset id (or give `examples`)")
     validation_data: str | None = Field(None, description="a dataset id; else a split is held out")
     examples: list[dict[str, Any]] | None = Field(None, description="inline training rows")

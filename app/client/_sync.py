@@ -196,7 +196,7 @@ class Client:
         examples: Rows | None = None,
         validation_data: str | None = None,
         task: str | None = None,
-        method: str = "lora",
+        method: str = "auto",
         hyperparameters: Mapping[str, Any] | None = None,
     ) -> TrainingJob:
         """Submit a training job (a dataset id in `training_data`, or inline `examples`)."""

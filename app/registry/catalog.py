@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from app.base import BaseModel as Base
 from app.config import Settings
 from app.errors import SwitchyardError, bad_request
+from app.registry.pooled_head import shown_method
 from app.registry.store import (
     CONFIG_FILE,
     WEIGHTS_FILE,
@@ -105,7 +106,7 @@ class Registry:
         meta.update(
             task=task,
             labels=labels,
-            method=weights.method,
+            method=shown_method(config, weights.method),
             rank=weights.rank,
             base_model=self.base.name,
             base_fingerprint=self.base.fingerprint,

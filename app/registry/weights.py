@@ -20,6 +20,7 @@ from app.errors import bad_request
 from app.registry.finite import as_float32, fold_lora_scale
 from app.registry.heads import HEAD_MODULES, check_head, normalise_key, normalised, split_head
 from app.registry.patterns import compile_patterns
+from app.registry.pooled_head import check_layers, has_pooled_head, parse_pooled_head
 from app.registry.probe_format import ProbeSpec, check_probe_body, is_probe_in_lora
 from app.tasks import TASKS
 
@@ -99,6 +100,8 @@ class AdapterWeights:
     prompt: torch.Tensor | None = None
     # prefix tuning: per layer (key, value), each [kv_heads, virtual tokens, head_dim]
     prefix: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    # Set (probes, and LoRA/IA3 with a pooled head): the head reads these hidden states,
+    # pooled and concatenated, instead of the pooler (app/registry/pooled_head.py).
     probe_layers: list[int] = field(default_factory=list)
     pooling: str = "mean"
     rank: int = 0
@@ -155,6 +158,7 @@ def build_weights(
     else:
         spec = _spec(PrefixConfigSpec, config)
         weights.prefix = _parse_prefix(spec, body, base)
+    in_features *= _pooled_width(config, base, weights)
     weights.head = check_head(
         head, module=head_module, task=task, labels=labels, in_features=in_features
     )
@@ -278,13 +282,22 @@ def _parse_probe(
 ) -> int:
     """Check a probe's layers; returns how many layers its head concatenates."""
     check_probe_body(body)
-    for layer in spec.layers:
-        if not -base.num_layers - 1 <= layer <= base.num_layers:
-            raise bad_request(
-                "invalid_layer",
-                f"layer {layer} is outside this base's {base.num_layers} layers (+ embeddings)",
-                param="layers",
-            )
+    return _read_pooled(spec, base, weights)
+
+
+def _pooled_width(config: dict[str, Any], base: Base, weights: AdapterWeights) -> int:
+    """A LoRA/IA3 head over pooled hidden states (app/registry/pooled_head.py): how many
+    layers it concatenates; 1 for every other adapter (probes are read by `_parse_probe`)."""
+    if weights.method == "linear_probe" or not has_pooled_head(config):
+        return 1
+    spec = parse_pooled_head(config, method=weights.method, task=weights.task)
+    return _read_pooled(spec, base, weights)
+
+
+def _read_pooled(spec: ProbeSpec, base: Base, weights: AdapterWeights) -> int:
+    """Where the head reads (a probe's, or a pooled LoRA/IA3's); how many layers it
+    concatenates."""
+    check_layers(spec.layers, base)
     weights.probe_layers = list(spec.layers)
     weights.pooling = spec.pooling
     return len(spec.layers)

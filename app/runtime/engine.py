@@ -232,7 +232,9 @@ class Engine:
             )
         weights, head = resident.weights, resident.head
         token_task = job.task == TOKEN_CLASSIFICATION
-        probe = weights.probe_layers if weights.method == "linear_probe" else None
+        # Probes and pooled-head LoRA/IA3 read pooled hidden states of their own rows' forward
+        # (its deltas applied); every other head reads the pooler (app/registry/pooled_head.py).
+        probe = weights.probe_layers or None
         if token_task:
             x = features.tokens(positions, probe)
         elif probe is not None:
@@ -302,7 +304,8 @@ def _needs_hidden(job: Job, residents: dict[Key, Resident]) -> bool:
     if job.task == EMBEDDINGS:
         return list(job.params.get("layers", [-1])) != [-1]
     resident = residents.get(job.key) if job.key else None
-    return bool(resident and resident.weights.method == "linear_probe")
+    # The last layer is the forward's own output: only other layers need all hidden states.
+    return bool(resident and any(layer != -1 for layer in resident.weights.probe_layers))
 
 
 def _split_input(item: Any, index: int) -> tuple[str, str | None]:

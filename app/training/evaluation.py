@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from app.tasks import MULTI_LABEL, REGRESSION, TOKEN_CLASSIFICATION
@@ -73,6 +75,35 @@ def evaluate(
     return metrics_from_logits(pairs, task=task, labels=labels)
 
 
+@dataclass
+class Evaluation:
+    """One evaluation: the task's metrics, the mean loss, and the logits they came from."""
+
+    metrics: dict[str, float]
+    loss: float
+    pairs: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+
+
+def evaluate_run(
+    model: nn.Module,
+    examples: list[Example],
+    *,
+    task: str,
+    labels: list[str],
+    pad_id: int,
+    device: torch.device,
+    batch_size: int,
+    pause: Callable[[], None] | None = None,
+) -> Evaluation:
+    """Metrics, loss and logits of `model` on `examples` (one pass for all three)."""
+    pairs = predict_logits(
+        model, examples, task=task, pad_id=pad_id, device=device, batch_size=batch_size, pause=pause
+    )
+    return Evaluation(
+        metrics_from_logits(pairs, task=task, labels=labels), mean_loss(pairs, task=task), pairs
+    )
+
+
 def metrics_from_logits(
     pairs: list[tuple[torch.Tensor, torch.Tensor]], *, task: str, labels: list[str]
 ) -> dict[str, float]:
@@ -94,3 +125,26 @@ def metrics_from_logits(
         pred = (torch.sigmoid(logits) >= 0.5).int().numpy()
         return multi_label_metrics(pred, gold.int().numpy())
     return classification_metrics(logits.argmax(-1).tolist(), gold.tolist())
+
+
+def mean_loss(pairs: list[tuple[torch.Tensor, torch.Tensor]], *, task: str) -> float:
+    """The task's training loss over batches of (logits, gold): what selection compares when
+    accuracy moves in steps too coarse to rank checkpoints."""
+    total, count = 0.0, 0
+    for logits, gold in pairs:
+        if task == TOKEN_CLASSIFICATION:
+            value = F.cross_entropy(
+                logits.flatten(0, 1), gold.flatten(), ignore_index=IGNORE, reduction="sum"
+            )
+            n = int((gold != IGNORE).sum())
+        elif task == REGRESSION:
+            value = F.mse_loss(logits[:, 0], gold.float(), reduction="sum")
+            n = len(gold)
+        elif task == MULTI_LABEL:
+            value = F.binary_cross_entropy_with_logits(logits, gold.float(), reduction="sum")
+            n = gold.numel()
+        else:
+            value = F.cross_entropy(logits, gold, reduction="sum")
+            n = len(gold)
+        total, count = total + float(value), count + n
+    return total / max(count, 1)

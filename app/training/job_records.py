@@ -214,10 +214,21 @@ class JobReporter:
         except DatabaseUnavailable:
             log.warning("job %s: %s event lost, the catalog is unavailable", self._job_id, kind)
 
-    def final(self) -> dict[str, Any]:
-        """Progress of a finished job."""
-        total = self._latest.get("total_steps") or self._latest.get("step")
-        return {**self._latest, "step": total, "percent": 100.0, "eta_seconds": 0.0}
+    def final(self, *, stopped_early: bool = False) -> dict[str, Any]:
+        """Progress of a finished job. A run that stopped early says so, and keeps the step it
+        stopped at (of the steps it had planned) rather than claiming the whole schedule."""
+        step = self._latest.get("step")
+        # Planned totals of multi-part jobs (folds, candidates) are estimates: once done, the
+        # steps run are the total, unless the run stopped short of its plan.
+        total = self._latest.get("total_steps") if stopped_early else step
+        return {
+            **self._latest,
+            "step": step,
+            "total_steps": total,
+            "percent": 100.0,
+            "eta_seconds": 0.0,
+            "stopped_early": stopped_early,
+        }
 
 
 def job_to_json(record: TrainingJob) -> dict[str, Any]:
@@ -241,6 +252,8 @@ def job_to_json(record: TrainingJob) -> dict[str, Any]:
         "progress": record.progress or initial_progress(),
         "metrics": record.metrics,
         "best": record.best,
+        "selection": (record.best or {}).get("selection"),
+        "candidates": (record.result or {}).get("candidates"),
         "result": record.result,
         "error": record.error,
         "hyperparameters": record.hyperparameters,

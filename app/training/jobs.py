@@ -295,14 +295,19 @@ class JobManager:
         except Exception as exc:
             self._fail(record.id, token, exc)
             return
+        result: dict[str, Any] = {"adapter": record.adapter, "version": version}
+        if outcome.candidates is not None:
+            result["candidates"] = outcome.candidates
         self._final_write(
             record.id,
             SUCCEEDED,
-            result={"adapter": record.adapter, "version": version},
+            result=jsonable(result),
             metrics=outcome.history or self.records.get(record.id).metrics,
-            best={**outcome.best, "metrics": outcome.metrics},
+            best=jsonable(
+                {**outcome.best, "metrics": outcome.metrics, "selection": outcome.selection}
+            ),
             hyperparameters=outcome.hyperparameters,
-            progress=reporter.final(),
+            progress=reporter.final(stopped_early=bool(outcome.selection.get("stopped_early"))),
         )
         log.info("training job %s registered %s v%d", record.id, record.adapter, version)
 

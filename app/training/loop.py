@@ -27,6 +27,7 @@ from app.errors import SwitchyardError
 from app.training import evaluation
 from app.training.encoding import IGNORE, Example, batches
 from app.training.hyperparameters import Hyperparameters
+from app.training.selection import Rule
 from app.training.types import CancelToken, TrainingCancelled, TrainingPlan, TrainingReporter
 
 Pause = Callable[[], None]
@@ -59,7 +60,8 @@ class Schedule:
     def of(cls, rows: int, hp: Hyperparameters) -> Schedule:
         """From the training rows and the (filled) hyperparameters."""
         per_epoch = max(1, math.ceil(rows / hp.batch_size))
-        total = per_epoch * (hp.epochs or 1)
+        # epochs 0 is cross-validation's verdict that the LP-FT start is best: no step.
+        total = per_epoch * (1 if hp.epochs is None else hp.epochs)
         if hp.max_steps:
             total = min(total, hp.max_steps)
         return cls(per_epoch, total, hp.eval_every_steps or per_epoch)
@@ -111,24 +113,35 @@ class TrainLoop:
         tick: Ticker,
         *,
         token_budget: int | None = None,
+        rule: Rule | None = None,
     ) -> None:
         self.plan, self.base, self.model, self.hp = plan, base, model, hp
         self.reporter, self.tick = reporter, tick
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] = {}
         self.best_metrics: dict[str, float] = {}
+        # The chosen evaluation's (logits, gold): what calibration is fitted on.
+        self.best_logits: tuple[torch.Tensor, torch.Tensor] | None = None
         self.metric = evaluation.primary_metric(plan.task)
+        self.rule = rule or Rule("validation_metric", criterion=self.metric, early_stop=True)
+        self.steps = Steps()
+        # Cross-validation pools each epoch's out-of-fold logits over the folds.
+        self.record_logits = False
+        self.logits_by_epoch: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.pad_id = int(base.tokenizer.pad_token_id or 0)
         # Micro-batches bound the activation peak (bench/README.md, train_memory); their
         # weighted gradients add up to the whole batch's, only dropout draws differ. Opt-in
         # (Settings.train_micro_batch_tokens): those draws moved the SST-2 acceptance run.
         self.token_budget = token_budget
         self._stale = 0
+        self._per_epoch = 1
 
     def run(self, train: list[Example], val: list[Example], *, evaluate_start: bool) -> State:
         """Train; `evaluate_start` makes the untrained model (an LP-FT probe head) a candidate,
         so that fine-tuning that only hurts falls back to the probe instead of shipping worse."""
         plan = Schedule.of(len(train), self.hp)
+        self.steps = Steps(planned=plan.total)
+        self._per_epoch = plan.per_epoch
         optimizer, scheduler = self._optimizer(plan.total)
         best_state = self._trainable_state()
         if evaluate_start:
@@ -147,6 +160,7 @@ class TrainLoop:
                 self.tick()
                 loss = self._step(batch, optimizer, scheduler, step + 1)
                 step += 1
+                self.steps.run = step
                 self.reporter.progress(
                     step=step, total_steps=plan.total, epoch=step / plan.per_epoch
                 )
@@ -165,16 +179,23 @@ class TrainLoop:
 
     def _should_stop(self, step: int) -> bool:
         patience = self.hp.early_stopping_patience
+        if not self.rule.early_stop or step / self._per_epoch < self.rule.min_epochs:
+            return False
         if patience and self._stale >= patience:
+            self.steps.stopped_early = True
             self.reporter.event(
                 "info",
                 {
-                    "message": f"early stop at step {step}: {patience} "
-                    f"evaluations without a better {self.metric}"
+                    "message": f"early stop at step {step} of {self.steps.planned}: {patience} "
+                    f"evaluations without a better {self._criterion_name}"
                 },
             )
             return True
         return False
+
+    @property
+    def _criterion_name(self) -> str:
+        return "validation loss" if self.rule.criterion == "loss" else self.rule.criterion
 
     def _optimizer(
         self, total: int
@@ -237,7 +258,9 @@ class TrainLoop:
 
     def _evaluate(self, val: list[Example], *, step: int, epoch: float) -> bool:
         """Evaluate, log, and keep the best; True when this evaluation is the new best."""
-        metrics = evaluation.evaluate(
+        if not val:
+            return self.rule.keep_last
+        result = evaluation.evaluate_run(
             self.model,
             val,
             task=self.plan.task,
@@ -247,17 +270,27 @@ class TrainLoop:
             batch_size=max(self.hp.batch_size, 64),
             pause=self.tick,
         )
-        entry = {"step": step, "epoch": round(epoch, 3), **metrics}
+        metrics, loss, pairs = result.metrics, result.loss, result.pairs
+        entry = {"step": step, "epoch": round(epoch, 3), **metrics, "validation_loss": loss}
         self.history.append(entry)
+        joined = _joined(pairs) if pairs else None
+        if self.record_logits and joined is not None:
+            self.logits_by_epoch[round(epoch)] = joined
         self.reporter.event("evaluation", entry)
-        value = metrics.get(self.metric, float("-inf"))
+        value = (
+            -loss if self.rule.criterion == "loss" else metrics.get(self.rule.criterion, -math.inf)
+        )
         if not math.isfinite(value):
             value = float("-inf")  # a constant prediction has no Pearson: never the best
-        if self.best and value <= self.best["value"]:
+        if self.best and value <= self.best["value"] and not self.rule.keep_last:
             self._stale += 1
             return False
         self.best = {"step": step, "epoch": round(epoch, 3), "metric": self.metric, "value": value}
+        if self.rule.criterion != self.metric:  # the value is the criterion's; show the metric
+            self.best["value"] = metrics.get(self.metric, float("nan"))
+            self.best["criterion"] = self._criterion_name
         self.best_metrics, self._stale = metrics, 0
+        self.best_logits = joined
         return True
 
     def _trainable_state(self) -> State:
@@ -266,6 +299,23 @@ class TrainLoop:
             for name, param in self.model.named_parameters()
             if param.requires_grad
         }
+
+
+@dataclass
+class Steps:
+    """How far a run went: the steps planned, the steps run, and whether it stopped early."""
+
+    planned: int = 0
+    run: int = 0
+    stopped_early: bool = False
+
+
+def _joined(
+    pairs: list[tuple[torch.Tensor, torch.Tensor]],
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    if pairs[0][0].dim() > 2:  # per-token logits of batches of different widths: not pooled
+        return None
+    return torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])
 
 
 def release_memory() -> None:

@@ -18,7 +18,8 @@ from app.training.rows import derive_labels, detect_task, label_counts, validate
 from app.training.split import holdout_split
 from app.training.types import TrainingPlan
 
-METHODS = ("lora", "prefix", "prompt", "ia3", "linear_probe")
+# "auto" (the default) measures the others and keeps the best (app/training/auto.py).
+METHODS = ("auto", "lora", "prefix", "prompt", "ia3", "linear_probe", "contrastive")
 MIN_ROWS_PER_CLASS = 2
 Rows = list[dict[str, Any]]
 
@@ -104,6 +105,7 @@ def prepare_job(
         validation_rows=validation,
         labels=labels,
         hyperparameters=request.hyperparameters,
+        validation_source=source,
     )
     summary = {
         "labels": labels,
@@ -145,7 +147,7 @@ def _adapter_name(value: Any) -> str:
 
 
 def _method(value: Any) -> str:
-    method = value or "lora"
+    method = value or "auto"
     if method not in METHODS:
         raise bad_request(
             "invalid_method", f"method {method!r} is not one of {list(METHODS)}", param="method"

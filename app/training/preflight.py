@@ -13,13 +13,13 @@ from dataclasses import dataclass
 
 from app.base import BaseModel as Base
 from app.errors import bad_request
-from app.tasks import GENERATION
+from app.tasks import CLASSIFICATION, GENERATION
 from app.training.hyperparameters import Hyperparameters, parse_hyperparameters
 from app.training.targets import resolve_targets
 from app.training.types import TrainingPlan
 from app.untrusted import check_tree
 
-GENERATION_METHODS = ("lora", "prefix")
+GENERATION_METHODS = ("lora", "prefix", "auto")  # auto: lora, the one candidate
 _MIN_TEXT_TOKENS = 8  # the schema's least max_length
 
 
@@ -71,6 +71,14 @@ def _check_task_and_method(base: Base, task: str, method: str) -> None:
             f"method {method!r} cannot train task generation; use one of "
             f"{list(GENERATION_METHODS)}",
             param="method",
+        )
+    if method == "contrastive" and task != CLASSIFICATION:
+        # Pairs are "same label or not": that needs exactly one label a row.
+        raise bad_request(
+            "unsupported_task",
+            f"method 'contrastive' trains single-label classification (texts or text pairs); "
+            f"task {task!r} needs another method, such as 'lora' or 'linear_probe'",
+            param="task",
         )
 
 

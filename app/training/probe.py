@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -22,9 +22,15 @@ from app.training.encoding import IGNORE, Example, batch_order, collate
 from app.training.heads import Tick, choose_c, fit_head
 from app.training.heads import no_tick as _no_tick
 from app.training.hyperparameters import Hyperparameters
-from app.training.loop import Ticker, yielding
+from app.training.loop import yielding
+from app.training.pooled import LAYERS, POOLING
+from app.training.selection import Rule
+from app.training.split import fold_indices
 from app.training.types import TrainingOutcome, TrainingPlan, TrainingReporter
 from app.training.view import build_view
+
+if TYPE_CHECKING:  # the recipe builds LP-FT heads with this module
+    from app.training.recipe import Recipe
 
 __all__ = ["fit_head", "init_head", "sentence_features", "token_features", "train_probe"]
 
@@ -132,10 +138,12 @@ def init_head(
     task: str,
     examples: list[Example],
     hp: Hyperparameters,
+    pooled: bool = False,
     tick: Tick = _no_tick,
 ) -> None:
     """LP-FT: start the task head from a probe fitted on frozen features (of a sample of at
-    most a few thousand rows), its regularisation picked on a held-out fifth."""
+    most a few thousand rows), its regularisation picked on a held-out fifth. `pooled`: the
+    head reads the mean of the last layer (app.training.pooled), else the pooler."""
     backbone = getattr(view, base.prefix)
     pad = int(base.tokenizer.pad_token_id or 0)
     head: Any = view.classifier
@@ -147,8 +155,8 @@ def init_head(
         x = sentence_features(
             backbone,
             sample,
-            layers=None,
-            pooling="cls",
+            layers=list(LAYERS) if pooled else None,
+            pooling=POOLING if pooled else "cls",
             task=task,
             device=base.device,
             pad_id=pad,
@@ -171,18 +179,18 @@ def _sample(examples: list[Example], limit: int, seed: int) -> list[Example]:
     return random.Random(seed).sample(examples, limit)
 
 
-def train_probe(
-    plan: TrainingPlan,
-    *,
-    base: Base,
-    hp: Hyperparameters,
-    train: list[Example],
-    val: list[Example],
-    reporter: TrainingReporter,
-    tick: Ticker,
-) -> TrainingOutcome:
-    """`linear_probe`: frozen pooled (or per-token) features of some layers, the head picked on
-    validation among regularisation strengths and, unless `layers` was given, two layer sets."""
+def train_probe(recipe: Recipe, *, rule: Rule, reporter: TrainingReporter) -> TrainingOutcome:
+    """`linear_probe`: frozen pooled (or per-token) features of some layers, the head picked
+    among regularisation strengths and, unless `layers` was given, two layer sets: on the
+    validation rows, or by k-fold cross-validation over all rows when `rule` says so (then
+    the head is fitted on all of them)."""
+    plan, base, hp, tick = recipe.plan, recipe.base, recipe.hp, recipe.tick
+    folds = (
+        rule.folds if rule.name == "cross_validation" and plan.task != TOKEN_CLASSIFICATION else 0
+    )
+    train_rows = plan.train_rows + plan.validation_rows if folds else plan.train_rows
+    train = recipe.encode(train_rows)
+    val = [] if folds else recipe.encode(plan.validation_rows)
     backbone = getattr(build_view(base, task=plan.task, num_labels=1), base.prefix)
     candidates = _layer_candidates(plan.task, hp, base)
     with yielding(backbone, tick):
@@ -200,8 +208,13 @@ def train_probe(
     ):
         # Candidates are prefixes of the last one: their features are its first columns.
         x = x_train[:, : width * len(layers)]
-        weight, bias = fit_head(x, y_train, task=plan.task, rows=rows, c=c, tick=tick)
-        metrics = score(weight, bias)
+        pair: Logits | None
+        if folds:
+            weight, bias = np.zeros(0), np.zeros(0)  # fitted on all rows once chosen
+            metrics, pair = _cross_validated(x, y_train, plan, train_rows, rows, c, folds, tick)
+        else:
+            weight, bias = fit_head(x, y_train, task=plan.task, rows=rows, c=c, tick=tick)
+            metrics, pair = score(weight, bias)
         entry = {"step": step, "layers": layers, "C": c, **metrics}
         history.append(entry)
         reporter.event("evaluation", entry)
@@ -209,17 +222,38 @@ def train_probe(
         value = metrics.get(metric, 0.0)
         if not best or value > best["value"]:
             best = {
-                "step": step,
-                "metric": metric,
-                "value": value,
-                "weight": weight,
-                "bias": bias,
-                "metrics": metrics,
-                "layers": layers,
-                "C": c,
+                **{"step": step, "metric": metric, "value": value, "metrics": metrics},
+                **{"weight": weight, "bias": bias, "layers": layers, "C": c, "logits": pair},
             }
+    if folds:
+        x = x_train[:, : width * len(best["layers"])]
+        best["weight"], best["bias"] = fit_head(
+            x, y_train, task=plan.task, rows=rows, c=best["C"], tick=tick
+        )
+        best["criterion"] = f"{folds}-fold cross-validation"
     hp.layers = best["layers"]
-    return _probe_outcome(base, hp, best, history)
+    selection = {**rule.as_json(), "planned_steps": total, "steps": total, "stopped_early": False}
+    return _probe_outcome(base, hp, best, history, selection)
+
+
+def _cross_validated(
+    x: np.ndarray,
+    y: np.ndarray,
+    plan: TrainingPlan,
+    rows_of: list[dict[str, Any]],
+    rows: int,
+    c: float,
+    folds: int,
+    tick: Tick,
+) -> tuple[dict[str, float], Logits]:
+    """Out-of-fold metrics (and logits) of a head of strength `c` over all rows."""
+    logits = np.zeros((len(x), rows), dtype=np.float32)
+    for held in fold_indices(rows_of, plan.task, folds=folds):
+        kept = np.setdiff1d(np.arange(len(x)), held)
+        weight, bias = fit_head(x[kept], y[kept], task=plan.task, rows=rows, c=c, tick=tick)
+        logits[held] = x[held] @ weight.T + bias
+    pair = (torch.as_tensor(logits), torch.as_tensor(y))
+    return evaluation.metrics_from_logits([pair], task=plan.task, labels=plan.labels), pair
 
 
 def _layer_candidates(task: str, hp: Hyperparameters, base: Base) -> list[list[int]]:
@@ -234,7 +268,11 @@ def _layer_candidates(task: str, hp: Hyperparameters, base: Base) -> list[list[i
 
 
 def _probe_outcome(
-    base: Base, hp: Hyperparameters, best: dict[str, Any], history: list[dict[str, Any]]
+    base: Base,
+    hp: Hyperparameters,
+    best: dict[str, Any],
+    history: list[dict[str, Any]],
+    selection: dict[str, Any],
 ) -> TrainingOutcome:
     # Saved so that plain PEFT loads it (see app.registry.probe_format).
     files = probe_files(
@@ -248,12 +286,15 @@ def _probe_outcome(
         files=files,
         metrics=best.pop("metrics"),
         history=history,
+        validation_logits=best.pop("logits"),
         best=best,
         hyperparameters=hp.model_dump(),
+        selection=selection,
     )
 
 
-Scorer = Callable[[np.ndarray, np.ndarray], dict[str, float]]
+Logits = tuple[torch.Tensor, torch.Tensor]
+Scorer = Callable[[np.ndarray, np.ndarray], tuple[dict[str, float], Logits | None]]
 
 
 def _probe_data(
@@ -277,11 +318,11 @@ def _probe_data(
             backbone, val, device=base.device, pad_id=pad, layers=layers, tick=tick
         )
 
-        def score_tokens(weight: np.ndarray, bias: np.ndarray) -> dict[str, float]:
+        def score_tokens(weight: np.ndarray, bias: np.ndarray) -> tuple[dict[str, float], None]:
             w = torch.as_tensor(weight, dtype=torch.float32)
             b = torch.as_tensor(bias, dtype=torch.float32)
             pairs = [(feats[..., : w.shape[1]] @ w.t() + b, tags) for feats, tags in val_batches]
-            return evaluation.metrics_from_logits(pairs, task=plan.task, labels=plan.labels)
+            return evaluation.metrics_from_logits(pairs, task=plan.task, labels=plan.labels), None
 
         return x, y, score_tokens
     x_train, x_val = [
@@ -295,12 +336,15 @@ def _probe_data(
             pad_id=pad,
             tick=tick,
         )
-        for ex in (train, val)
+        for ex in (train, val or train[:1])  # no validation under cross-validation
     ]
     gold = torch.as_tensor(np.asarray([e.label for e in val]))
 
-    def score(weight: np.ndarray, bias: np.ndarray) -> dict[str, float]:
+    def score(weight: np.ndarray, bias: np.ndarray) -> tuple[dict[str, float], Logits | None]:
+        if not val:
+            return {}, None
         logits = torch.as_tensor(x_val[:, : weight.shape[1]] @ weight.T + bias, dtype=torch.float32)
-        return evaluation.metrics_from_logits([(logits, gold)], task=plan.task, labels=plan.labels)
+        pair = (logits, gold)
+        return evaluation.metrics_from_logits([pair], task=plan.task, labels=plan.labels), pair
 
     return x_train, np.asarray([e.label for e in train]), score

@@ -39,11 +39,11 @@ def holdout_split(
         return list(rows), []
     rate = min(fraction, max_rows / len(rows))
     rng = random.Random(seed)
-    strata = _strata(rows, task)
+    strata_of_rows = strata(rows, task)
     shuffled: dict[Hashable, list[int]] = {}
     shares: dict[Hashable, int] = {}
-    for key in sorted(strata, key=repr):  # sorted: the split must not depend on dict order
-        indices = list(strata[key])
+    for key in sorted(strata_of_rows, key=repr):  # sorted: the split must not depend on dict order
+        indices = list(strata_of_rows[key])
         rng.shuffle(indices)
         shuffled[key] = indices
         shares[key] = _share(len(indices), rate)
@@ -70,12 +70,12 @@ def _trim(shares: dict[Hashable, int], max_rows: int) -> None:
         excess -= 1
 
 
-def _strata(rows: Sequence[Row], task: str) -> dict[Hashable, list[int]]:
-    strata: dict[Hashable, list[int]] = defaultdict(list)
-    keys = _keys(rows, task)
-    for index, key in enumerate(keys):
-        strata[key].append(index)
-    return strata
+def strata(rows: Sequence[Row], task: str) -> dict[Hashable, list[int]]:
+    """Row indices by stratum: the label, a multi-label row's rarest label, a score's bin."""
+    groups: dict[Hashable, list[int]] = defaultdict(list)
+    for index, key in enumerate(_keys(rows, task)):
+        groups[key].append(index)
+    return groups
 
 
 def _keys(rows: Sequence[Row], task: str) -> list[Hashable]:
@@ -94,3 +94,21 @@ def _keys(rows: Sequence[Row], task: str) -> list[Hashable]:
             keys[index] = rank * bins // len(rows)
         return keys
     return [None] * len(rows)
+
+
+def fold_indices(
+    rows: Sequence[Row], task: str, *, folds: int, seed: int = SPLIT_SEED
+) -> list[list[int]]:
+    """`folds` disjoint sets of row indices covering all rows, each stratum dealt round-robin
+    after a seeded shuffle, so every fold sees every class that has `folds` rows or more."""
+    rng = random.Random(seed)
+    out: list[list[int]] = [[] for _ in range(folds)]
+    dealt = 0
+    groups = strata(rows, task)
+    for key in sorted(groups, key=repr):
+        indices = list(groups[key])
+        rng.shuffle(indices)
+        for index in indices:
+            out[dealt % folds].append(index)
+            dealt += 1
+    return [sorted(fold) for fold in out]

@@ -7,22 +7,27 @@ keeps a fair share of the CPU and a cancel lands within one batch (see `app.trai
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
+from dataclasses import replace
+from typing import Any
 
 import torch
 
 from app.base import BaseModel as Base
-from app.tasks import GENERATION, head_rows
-from app.training import methods, probe
-from app.training.encoding import encode_rows, token_lengths
+from app.tasks import GENERATION
+from app.training import evaluation, probe
+from app.training.auto import AUTO, train_auto
+from app.training.calibration import calibrate
+from app.training.contrastive_run import contrastive_run
+from app.training.crossval import Pending, PhaseReporter, cross_validate_adapter, cv_best
+from app.training.encoding import token_lengths
 from app.training.generation import train_generation
-from app.training.hyperparameters import fill_defaults
-from app.training.loop import Pause, Ticker, TrainLoop, release_memory, yielding
-from app.training.methods import AdapterModel
+from app.training.hyperparameters import Hyperparameters, fill_defaults
+from app.training.loop import Pause, Steps, Ticker, release_memory
 from app.training.preflight import preflight
+from app.training.recipe import Recipe, save_files
+from app.training.rows import label_counts
+from app.training.selection import Rule, choose_rule
 from app.training.types import CancelToken, TrainingOutcome, TrainingPlan, TrainingReporter
-from app.training.view import build_view
 
 
 def train(
@@ -68,7 +73,7 @@ def _train(
 ) -> TrainingOutcome:
     if plan.task == GENERATION:  # causal-LM loss on completions: its own module
         return train_generation(
-            plan,
+            replace(plan, method="lora") if plan.method == AUTO else plan,
             base=base,
             reporter=reporter,
             cancel=cancel,
@@ -79,55 +84,110 @@ def _train(
     # The submit-time dry run again, on the same base: the same checks, the same targets.
     setup = preflight(plan, base=base, max_rank=max_rank, max_tokens=max_tokens)
     lengths = token_lengths(plan.train_rows, base.tokenizer, task=plan.task)
-    hp = fill_defaults(
-        setup.hp,
-        method=plan.method,
-        rows=len(plan.train_rows),
-        lengths=lengths,
-        max_tokens=setup.max_length_cap,
-    )
-    torch.manual_seed(hp.seed)
     tick = Ticker(cancel, pause)
-    encode = lambda rows: encode_rows(  # noqa: E731
-        rows, base.tokenizer, task=plan.task, labels=plan.labels, max_length=hp.max_length or 128
-    )
-    train_ex, val_ex = encode(plan.train_rows), encode(plan.validation_rows)
+
+    def recipe_of(method: str) -> Recipe:
+        hp = fill_defaults(
+            setup.hp.model_copy(deep=True),
+            method=method,
+            rows=len(plan.train_rows),
+            lengths=lengths,
+            max_tokens=setup.max_length_cap,
+        )
+        return Recipe(
+            replace(plan, method=method),
+            base,
+            setup,
+            hp,
+            tick,
+            checkpoint_activations=checkpoint_activations,
+            micro_batch_tokens=micro_batch_tokens,
+        )
+
+    if plan.method == AUTO:
+        outcome = train_auto(plan, recipe_of=recipe_of, estimate=estimate_method, reporter=reporter)
+    else:
+        outcome = train_method(recipe_of(plan.method), reporter)
+    return calibrate(outcome, task=plan.task)
+
+
+def train_method(recipe: Recipe, reporter: TrainingReporter) -> TrainingOutcome:
+    """One method's run under the selection rule its rows call for."""
+    phase = PhaseReporter(reporter, offset=0, total=0)
+    pending = estimate_method(recipe, phase)
+    return pending.finish(PhaseReporter(reporter, offset=phase.last_step, total=phase.total))
+
+
+def estimate_method(recipe: Recipe, reporter: TrainingReporter) -> Pending:
+    """A method's honest estimate (validation or out-of-fold metrics), and how to finish it:
+    under cross-validation the final adapter on all rows is trained only when asked for, so
+    `auto` pays for the winner's alone."""
+    plan, hp = recipe.plan, recipe.hp
+    torch.manual_seed(hp.seed)
+    rule = rule_for(plan, hp)
+    reporter.event("info", {"message": rule.message, "selection": rule.as_json()})
     if plan.method == "linear_probe":
-        return probe.train_probe(
-            plan, base=base, hp=hp, train=train_ex, val=val_ex, reporter=reporter, tick=tick
-        )
-    view = build_view(base, task=plan.task, num_labels=head_rows(plan.task, plan.labels))
-    if hp.head_init == "probe":
-        reporter.event(
-            "info",
-            {"message": f"fitting the head on frozen features of {len(train_ex)} rows (LP-FT)"},
-        )
-        with yielding(view, tick):
-            probe.init_head(view, base=base, task=plan.task, examples=train_ex, hp=hp, tick=tick)
-    model = methods.wrap(view, plan.method, hp, plan.task, base, targets=setup.targets)
-    if checkpoint_activations and plan.method != "prefix":
-        # Keep only each layer's input and recompute the rest in the backward pass: the
-        # activation peak becomes one layer's instead of all of them (bench/README.md,
-        # train_contention). Non-reentrant, so frozen inputs need no requires_grad trick and
-        # dropout draws are replayed exactly. Not prefix: its attention reads the batch's
-        # prefixes from a router that is cleared once the forward returns, before recompute.
-        view.activation_checkpointing_enable(
-            activation_checkpointing_kwargs={"use_reentrant": False}
-        )
-    loop = TrainLoop(plan, base, model, hp, reporter, tick, token_budget=micro_batch_tokens)
-    with yielding(model, tick):
-        best_state = loop.run(train_ex, val_ex, evaluate_start=hp.head_init == "probe")
-    model.load_state_dict(best_state, strict=False)
-    return TrainingOutcome(
-        files=_save(model),
-        metrics=loop.best_metrics,
-        history=loop.history,
-        best=loop.best,
-        hyperparameters=hp.model_dump(),
+        return Pending.done(probe.train_probe(recipe, rule=rule, reporter=reporter))
+    if plan.method == "contrastive":
+        return contrastive_run(recipe, rule=rule, reporter=reporter)
+    if rule.name == "cross_validation":
+        return _cross_validated(recipe, rule, reporter)
+    train_ex, val_ex = recipe.encode(plan.train_rows), recipe.encode(plan.validation_rows)
+    fitted = recipe.fit(train_ex, val_ex, rule=rule, reporter=reporter)
+    return Pending.done(recipe.outcome(fitted, selection=_selection(rule, fitted.loop.steps)))
+
+
+def rule_for(plan: TrainingPlan, hp: Hyperparameters) -> Rule:
+    """The selection rule for this plan's rows (app.training.selection)."""
+    counts = label_counts(plan.train_rows + plan.validation_rows, plan.task)
+    return choose_rule(
+        rows=len(plan.train_rows),
+        validation_rows=len(plan.validation_rows),
+        source=plan.validation_source,
+        epochs=hp.epochs or 1,
+        metric=evaluation.primary_metric(plan.task),
+        smallest_class=min(counts.values()) if counts else len(plan.train_rows),
+        asked=hp.selection,
     )
 
 
-def _save(model: AdapterModel) -> dict[str, bytes]:
-    with tempfile.TemporaryDirectory() as tmp:
-        model.save_pretrained(tmp)
-        return {p.name: p.read_bytes() for p in Path(tmp).iterdir() if p.is_file()}
+def _cross_validated(recipe: Recipe, rule: Rule, reporter: TrainingReporter) -> Pending:
+    """k folds pick the number of epochs; the final adapter then trains on every row."""
+    plan, hp = recipe.plan, recipe.hp
+    rows = plan.train_rows + plan.validation_rows
+    examples = recipe.encode(rows)
+    per_epoch = -(-len(rows) // hp.batch_size)
+    total = (rule.folds + 1) * per_epoch * (hp.epochs or 1)
+    cv = cross_validate_adapter(recipe, examples, rows, rule=rule, reporter=reporter, total=total)
+    metric = evaluation.primary_metric(plan.task)
+
+    def finish(final: TrainingReporter) -> TrainingOutcome:
+        final.event(
+            "info",
+            {
+                "message": f"{rule.folds}-fold cross-validation chose {cv.epochs} of {hp.epochs} "
+                f"epochs (out-of-fold {metric} {cv.metrics.get(metric, float('nan')):.3f}); "
+                f"training on all {len(rows)} rows"
+            },
+        )
+        fitted = recipe.fit(examples, [], rule=rule, reporter=final, epochs=cv.epochs)
+        return TrainingOutcome(
+            files=save_files(fitted.model),
+            metrics=cv.metrics,
+            history=cv.curve,
+            best=cv_best(cv, metric=metric),
+            hyperparameters={**hp.model_dump(), "epochs": cv.epochs},
+            validation_logits=cv.logits,
+            selection={**_selection(rule, fitted.loop.steps), "chosen_epochs": cv.epochs},
+        )
+
+    return Pending(metrics=cv.metrics, seconds=cv.seconds, finish=finish)
+
+
+def _selection(rule: Rule, steps: Steps) -> dict[str, Any]:
+    return {
+        **rule.as_json(),
+        "planned_steps": steps.planned,
+        "steps": steps.run,
+        "stopped_early": steps.stopped_early,
+    }

@@ -6,6 +6,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import torch
+
 
 @dataclass
 class TrainingPlan:
@@ -18,6 +20,9 @@ class TrainingPlan:
     validation_rows: list[dict[str, Any]]
     labels: list[str]  # head order; [] for regression and generation
     hyperparameters: dict[str, Any] = field(default_factory=dict)  # user-given, unvalidated
+    # Where validation_rows came from: "held_out" (our split of the training rows, which
+    # cross-validation may redraw), "validation_data" (the user's), "training_rows" (none).
+    validation_source: str = "validation_data"
     checkpoint_dir: str | None = None  # where resumable state may be written
 
 
@@ -38,6 +43,15 @@ class TrainingOutcome:
     history: list[dict[str, Any]]  # one entry per evaluation
     best: dict[str, Any]  # {"step", "epoch", "metric", "value"}
     hyperparameters: dict[str, Any]  # effective values after defaults
+    # The chosen checkpoint's raw logits on the validation rows and their gold labels, as the
+    # served head computes them: what calibration (a temperature) is fitted on. None where the
+    # run has no such logits (generation, token classification).
+    validation_logits: tuple[torch.Tensor, torch.Tensor] | None = None
+    # How the run was judged (app.training.selection): rule, folds, steps planned and run,
+    # whether it stopped early; shown on the job.
+    selection: dict[str, Any] = field(default_factory=dict)
+    # method "auto": what was tried, [{method, metric, value, seconds, ...}]
+    candidates: list[dict[str, Any]] | None = None
 
 
 @dataclass

@@ -20,6 +20,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from app.client import Client
 from tests.conftest import DATASETS, peft_adapter
 from tests.integration.conftest import LiveServer
+from tests.unit.method_adapters import mean_pooled_logits
 
 pytestmark = pytest.mark.slow
 TEXTS = [
@@ -47,14 +48,22 @@ def _store_snapshot(store: Path) -> dict[str, bytes]:
     }
 
 
-def _peft_logits(model: PeftModel, tokenizer: Any, inputs: list[Any]) -> torch.Tensor:
+def _peft_logits(
+    model: PeftModel, tokenizer: Any, inputs: list[Any], folder: Path | None = None
+) -> torch.Tensor:
+    # A trained adapter's head reads the mean-pooled last layer when its config says so
+    # (`pooling`, a key plain PEFT ignores); an uploaded plain PEFT adapter reads the pooler.
+    config = json.loads((folder / "adapter_config.json").read_text()) if folder else {}
+    pooled = "pooling" in config
     rows = []
     with torch.no_grad():
         for item in inputs:  # one by one: no padding questions
             text, pair = (
                 (item, None) if isinstance(item, str) else (item["text"], item["text_pair"])
             )
-            rows.append(model(**tokenizer(text, pair, return_tensors="pt")).logits[0])
+            batch = tokenizer(text, pair, return_tensors="pt")
+            logits = mean_pooled_logits(model, batch) if pooled else model(**batch).logits
+            rows.append(logits[0])
     return torch.stack(rows)
 
 
@@ -121,7 +130,9 @@ def test_trained_adapter_reaches_accuracy_and_downloads(
     labels = state_labels = live.http.get("/v1/adapters/sst2").json()["labels"]
     base = AutoModelForSequenceClassification.from_pretrained(minilm_dir, num_labels=len(labels))
     model = PeftModel.from_pretrained(base, tmp_path / "dl").eval()
-    expected = _peft_logits(model, AutoTokenizer.from_pretrained(minilm_dir), TEXTS)
+    expected = _peft_logits(
+        model, AutoTokenizer.from_pretrained(minilm_dir), TEXTS, folder=tmp_path / "dl"
+    )
     served = _served_logits(api_client, "sst2", state_labels, TEXTS)
     assert (served - expected).abs().max().item() < 1e-4
 

@@ -10,6 +10,7 @@ positions start after the prefix (PEFT offsets position ids by num_virtual_token
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any, cast
@@ -108,13 +109,26 @@ def peft_logits(
     model = PeftModel.from_pretrained(
         cls.from_pretrained(base_dir, num_labels=labels), folder
     ).eval()
+    pooled = "pooling" in json.loads((folder / CONFIG_FILE).read_text())
     out = []
     with torch.inference_mode():
         for item in inputs:
             batch = tokenizer(*_text(item), return_tensors="pt")
-            logits = model(**batch).logits[0]
+            logits = (mean_pooled_logits(model, batch) if pooled else model(**batch).logits)[0]
             out.append(logits[virtual:] if task == TOKEN else logits)
     return out
+
+
+def mean_pooled_logits(model: PeftModel, batch: Any) -> torch.Tensor:
+    """What a pooled-head adapter computes (its config has `pooling`): plain PEFT's model,
+    its head applied to the attention-masked mean of the last hidden states."""
+    view: Any = model.base_model.model
+    backbone = getattr(view, view.base_model_prefix)
+    hidden = backbone(**batch).last_hidden_state
+    mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+    pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1)
+    result: torch.Tensor = view.classifier(pooled)
+    return result
 
 
 def prefix_logits(

@@ -66,7 +66,11 @@ class SwitchyardOptions(BaseModel):
     """What OpenAI has no field for (send it with the SDK's `extra_body`)."""
 
     model_config = ConfigDict(extra="forbid")
-    method: str = Field("lora", description="lora, prefix, prompt, ia3 or linear_probe")
+    method: str = Field(
+        "auto",
+        description="auto (measure the candidates and keep the best), lora, prefix, prompt, "
+        "ia3, linear_probe or contrastive",
+    )
     task: str | None = None
     hyperparameters: dict[str, Any] = Field(default_factory=dict)
 

@@ -429,6 +429,21 @@ CASES = {
         lambda g: form(g, config=b'{"a": ' * 100 + b"1" + b"}" * 100), 400, "invalid_json"
     ),
     "config-lone-surrogate": Case(with_config(note="\ud800"), 400, "invalid_text"),
+    # ---- a pooled head (`layers`/`pooling`, app/registry/pooled_head.py): as a probe's keys
+    "config-pooling-unknown": Case(with_config(pooling="median"), 400, "invalid_adapter_config"),
+    "config-layers-not-a-list": Case(with_config(layers="-1"), 400, "invalid_adapter_config"),
+    "config-layers-of-bools": Case(with_config(layers=[True]), 400, "invalid_adapter_config"),
+    "config-layers-past-the-end": Case(with_config(layers=[10**18]), 400, "invalid_layer"),
+    "config-layers-wider-than-head": Case(with_config(layers=[-1, -2]), 400, "shape_mismatch"),
+    "config-pooled-token-head": Case(
+        lambda g: form(
+            g,
+            config=json.dumps({**g.config_json(), "pooling": "mean"}).encode(),
+            fields={"task": "token_classification"},
+        ),
+        400,
+        "unsupported_task",
+    ),
     "two-heads": Case(
         lambda g: form(
             g,

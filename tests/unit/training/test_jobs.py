@@ -195,7 +195,7 @@ def test_the_plan_holds_out_a_stratified_split(make: Callable[..., JobManager]) 
         {"text": f"b{i}", "label": "b"} for i in range(10)
     ]
     job = manager.create({"adapter": "split", "examples": rows})
-    assert job["task"] == "classification" and job["method"] == "lora"  # both defaulted
+    assert job["task"] == "classification" and job["method"] == "auto"  # both defaulted
     assert job["rows"] == {"train": 36, "validation": 4, "validation_source": "held_out"}
     wait_for(finished(manager, job["id"]))
     plan = trainer.plans[0]

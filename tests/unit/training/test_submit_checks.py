@@ -177,6 +177,8 @@ BAD_VALUES: dict[str, list[Any]] = {
     "layers": [True, -1, [], [1.0], ["1"], [True], [99], [-99], list(range(17)), [HUGE], None],
     "pooling": [True, 1, "sum", "", None, []],
     "max_steps": [True, "5", 5.0, 0, -5, 10**8, HUGE, NAN],
+    "selection": [True, 1, "best", "", None, [], "AUTO"],
+    "budget_seconds": [True, "60", 0, -1.0, 0.5, 10**9, HUGE, NAN, INF, None],
 }
 CASES = [(field, value) for field, values in BAD_VALUES.items() for value in values]
 

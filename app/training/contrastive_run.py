@@ -1,0 +1,71 @@
+"""`contrastive` under the job's selection rule: a direct run, or k folds for an honest estimate.
+
+Contrastive training picks nothing on validation rows (its pairs, epochs and head strength come
+from the training rows), so with few rows it trains on all of them; the folds only measure
+it, out of fold, so that its metrics (and `auto`'s comparison) are not the training rows'.
+"""
+
+from __future__ import annotations
+
+import time
+
+from app.training import evaluation
+from app.training.contrastive import contrastive_adapter
+from app.training.crossval import Logits, Pending, cross_validate, cv_best
+from app.training.encoding import Example
+from app.training.recipe import Recipe
+from app.training.selection import Rule
+from app.training.types import TrainingOutcome, TrainingReporter
+
+
+def contrastive_run(recipe: Recipe, *, rule: Rule, reporter: TrainingReporter) -> Pending:
+    """The contrastive adapter's estimate, and its final run on all rows when asked for."""
+    plan = recipe.plan
+    selection = {**rule.as_json(), "stopped_early": False}
+
+    def run(train: list[Example], val: list[Example], sub: TrainingReporter) -> TrainingOutcome:
+        return contrastive_adapter(
+            plan,
+            base=recipe.base,
+            hp=recipe.hp,
+            train=train,
+            val=val,
+            reporter=sub,
+            tick=recipe.tick,
+            targets=recipe.setup.targets,
+        )
+
+    if rule.name != "cross_validation":
+        started = time.monotonic()
+        outcome = run(recipe.encode(plan.train_rows), recipe.encode(plan.validation_rows), reporter)
+        outcome.selection = selection
+        return Pending.done(outcome, seconds=time.monotonic() - started)
+    rows = plan.train_rows + plan.validation_rows
+    examples = recipe.encode(rows)
+
+    def fold(train: list[Example], val: list[Example], sub: TrainingReporter) -> Logits:
+        logits = run(train, val, sub).validation_logits
+        assert logits is not None  # a classification run always has them
+        return logits
+
+    cv = cross_validate(
+        fold,
+        examples,
+        rows,
+        task=plan.task,
+        labels=plan.labels,
+        folds=rule.folds,
+        seed=recipe.hp.seed,
+        reporter=reporter,
+    )
+
+    def finish(final: TrainingReporter) -> TrainingOutcome:
+        outcome = run(examples, examples, final)  # its own metrics would be training rows'
+        metric = evaluation.primary_metric(plan.task)
+        outcome.metrics, outcome.validation_logits = cv.metrics, cv.logits
+        outcome.best = cv_best(cv, metric=metric)
+        outcome.history = [{"folds": cv.folds, **cv.metrics}]
+        outcome.selection = selection
+        return outcome
+
+    return Pending(metrics=cv.metrics, seconds=cv.seconds, finish=finish)

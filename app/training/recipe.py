@@ -1,0 +1,147 @@
+"""One training recipe, fitted on any rows: what cross-validation repeats and the final run uses.
+
+A `Recipe` holds what a job fixed before training (its plan, the base, the parsed and filled
+hyperparameters, the resolved targets, the cancel ticker); `fit` trains an adapter of the
+plan's method on the rows it is given and evaluates it on others, under a selection rule.
+Folds and the final run call the same `fit`, so the schedule cross-validation measures is the
+one that ships.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from app.base import BaseModel as Base
+from app.tasks import head_rows
+from app.training import methods, probe
+from app.training.encoding import Example, encode_rows
+from app.training.hyperparameters import Hyperparameters
+from app.training.loop import Ticker, TrainLoop, yielding
+from app.training.methods import AdapterModel
+from app.training.pooled import PooledHeadModel, reads_pooled
+from app.training.preflight import Setup
+from app.training.selection import Rule
+from app.training.types import TrainingOutcome, TrainingPlan, TrainingReporter
+from app.training.view import build_view
+
+Rows = list[dict[str, Any]]
+Model = AdapterModel | PooledHeadModel
+
+
+@dataclass
+class Fitted:
+    """A trained model (its chosen state loaded) and the loop that trained it."""
+
+    model: Model
+    loop: TrainLoop
+
+
+@dataclass
+class Recipe:
+    """A job's fixed choices; `fit` applies them to some rows."""
+
+    plan: TrainingPlan
+    base: Base
+    setup: Setup
+    hp: Hyperparameters
+    tick: Ticker
+    checkpoint_activations: bool = False
+    micro_batch_tokens: int | None = None
+
+    def encode(self, rows: Rows) -> list[Example]:
+        """Rows tokenized and labelled for the plan's task."""
+        return encode_rows(
+            rows,
+            self.base.tokenizer,
+            task=self.plan.task,
+            labels=self.plan.labels,
+            max_length=self.hp.max_length or 128,
+        )
+
+    def fit(
+        self,
+        train: list[Example],
+        val: list[Example],
+        *,
+        rule: Rule,
+        reporter: TrainingReporter,
+        epochs: int | None = None,
+        record_logits: bool = False,
+    ) -> Fitted:
+        """Train the plan's adapter on `train`, evaluating on `val` (may be empty) under `rule`;
+        `epochs` overrides the schedule's length (0: the LP-FT start only)."""
+        hp = self.hp.model_copy(update={"epochs": epochs}) if epochs is not None else self.hp
+        torch.manual_seed(hp.seed)
+        model = self._model(train, hp, reporter)
+        loop = TrainLoop(
+            self.plan,
+            self.base,
+            model,
+            hp,
+            reporter,
+            self.tick,
+            token_budget=self.micro_batch_tokens,
+            rule=rule,
+        )
+        loop.record_logits = record_logits
+        with yielding(model, self.tick):
+            state = loop.run(train, val, evaluate_start=hp.head_init == "probe")
+        model.load_state_dict(state, strict=False)
+        return Fitted(model, loop)
+
+    def _model(
+        self, train: list[Example], hp: Hyperparameters, reporter: TrainingReporter
+    ) -> Model:
+        plan, base = self.plan, self.base
+        view = build_view(base, task=plan.task, num_labels=head_rows(plan.task, plan.labels))
+        pooled = reads_pooled(base, task=plan.task, method=plan.method)
+        if hp.head_init == "probe":
+            reporter.event(
+                "info",
+                {"message": f"fitting the head on frozen features of {len(train)} rows (LP-FT)"},
+            )
+            with yielding(view, self.tick):
+                probe.init_head(
+                    view, base=base, task=plan.task, examples=train, hp=hp, pooled=pooled,
+                    tick=self.tick,
+                )  # fmt: skip
+        model: Model = methods.wrap(
+            view, plan.method, hp, plan.task, base, targets=self.setup.targets
+        )
+        if pooled:
+            model = PooledHeadModel(model, backbone=base.prefix, task=plan.task)
+        if self.checkpoint_activations and plan.method != "prefix":
+            # Keep only each layer's input and recompute the rest in the backward pass: the
+            # activation peak becomes one layer's instead of all of them (bench/README.md,
+            # train_contention). Non-reentrant, so frozen inputs need no requires_grad trick
+            # and dropout draws are replayed exactly. Not prefix: its attention reads the
+            # batch's prefixes from a router that is cleared once the forward returns.
+            view.activation_checkpointing_enable(
+                activation_checkpointing_kwargs={"use_reentrant": False}
+            )
+        return model
+
+    def outcome(self, fitted: Fitted, *, selection: dict[str, Any]) -> TrainingOutcome:
+        """The files and records of a fitted model."""
+        loop = fitted.loop
+        return TrainingOutcome(
+            files=save_files(fitted.model),
+            metrics=loop.best_metrics,
+            history=loop.history,
+            best=loop.best,
+            hyperparameters=self.hp.model_dump(),
+            validation_logits=loop.best_logits,
+            selection=selection,
+        )
+
+
+def save_files(model: Model) -> dict[str, bytes]:
+    """The PEFT files `model.save_pretrained` writes, read back into memory."""
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp)
+        return {p.name: p.read_bytes() for p in Path(tmp).iterdir() if p.is_file()}

@@ -1,0 +1,130 @@
+"""How a run picks its schedule and its checkpoint: by how many rows can judge it.
+
+A validation split of a handful of rows cannot tell two checkpoints apart: with 6 rows every
+accuracy is 0, 1/6, 2/6, ..., and "the best" is whichever got lucky. Early stopping on such
+rows ended planned 20-epoch runs after 2 epochs, and the checkpoint picked was often the
+untrained start. So the rule depends on the size of what judges the run:
+
+- fewer than `SMALL_VALIDATION` held-out rows of our own split: k-fold cross-validation of the
+  whole recipe chooses the number of epochs (the mean out-of-fold loss over all rows, not a
+  handful), and the final adapter is trained on all rows with that schedule;
+- fewer than `SMALL_VALIDATION` rows the user gave (or none to spare): the fixed schedule,
+  no early stop, the last state ships (nothing can judge it better);
+- up to `LARGE_VALIDATION` rows: validation loss (smooth, where accuracy moves in steps)
+  picks the checkpoint, and patience counts only after a third of the schedule;
+- more: the task's primary metric picks it, with the job's patience.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, cast
+
+from app.errors import bad_request
+
+SMALL_VALIDATION = 50
+LARGE_VALIDATION = 500
+MAX_FOLDS = 5
+MIN_FOLDS = 2
+RuleName = Literal["cross_validation", "fixed", "validation_loss", "validation_metric"]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """The selection rule of one run, and why it was chosen."""
+
+    name: RuleName
+    folds: int = 0  # cross_validation only
+    criterion: str = "loss"  # "loss" (lower is better) or a metric name (higher is better)
+    early_stop: bool = False
+    min_epochs: int = 0  # patience counts only once this many epochs have run
+    keep_last: bool = False  # the last state ships: no checkpoint is picked
+    message: str = ""
+
+    def as_json(self) -> dict[str, object]:
+        """What the job shows under `selection`."""
+        return {
+            "rule": self.name,
+            "folds": self.folds or None,
+            "criterion": None if self.keep_last else self.criterion,
+            "early_stopping": self.early_stop,
+        }
+
+
+def choose_rule(
+    *,
+    rows: int,
+    validation_rows: int,
+    source: str,
+    epochs: int,
+    metric: str,
+    smallest_class: int,
+    asked: str = "auto",
+) -> Rule:
+    """The rule for a run with `rows` training and `validation_rows` validation rows.
+
+    `source` is where validation came from ("held_out": our split, which cross-validation may
+    redraw; "validation_data": the user's; "training_rows": nothing to spare), `smallest_class`
+    the fewest rows of one class (or `rows` for tasks without classes): folds need one each.
+    """
+    if asked != "auto":
+        return _asked(
+            cast(RuleName, asked),
+            rows=rows,
+            validation_rows=validation_rows,
+            metric=metric,
+            folds=min(MAX_FOLDS, smallest_class, rows + validation_rows),
+        )
+    if validation_rows < SMALL_VALIDATION:
+        folds = min(MAX_FOLDS, smallest_class, rows + validation_rows)
+        if source == "held_out" and folds >= MIN_FOLDS:
+            total = rows + validation_rows
+            return Rule(
+                "cross_validation",
+                folds=folds,
+                criterion=metric,
+                keep_last=True,
+                message=f"{total} rows: {folds}-fold cross-validation for the schedule; "
+                "the final adapter is trained on all rows",
+            )
+        return Rule(
+            "fixed",
+            keep_last=True,
+            message=f"{validation_rows} validation rows are too few to pick a checkpoint: "
+            f"the full schedule of {epochs} epochs runs without early stopping",
+        )
+    if validation_rows < LARGE_VALIDATION:
+        floor = max(2, -(-epochs // 3))
+        return Rule(
+            "validation_loss",
+            criterion="loss",
+            early_stop=True,
+            min_epochs=floor,
+            message=f"{validation_rows} validation rows: validation loss picks the checkpoint; "
+            f"early stopping counts only after {floor} epochs",
+        )
+    return Rule(
+        "validation_metric",
+        criterion=metric,
+        early_stop=True,
+        min_epochs=1,
+        message=f"{validation_rows} validation rows: {metric} picks the checkpoint",
+    )
+
+
+def _asked(name: RuleName, *, rows: int, validation_rows: int, metric: str, folds: int) -> Rule:
+    """The rule a job named in `hyperparameters.selection`."""
+    said = f"selection {name!r} as asked"
+    if name == "cross_validation":
+        if folds < MIN_FOLDS:
+            raise bad_request(
+                "invalid_hyperparameter",
+                f"cross_validation needs {MIN_FOLDS} rows of every class; the smallest has {folds}",
+                param="hyperparameters.selection",
+            )
+        return Rule(name, folds=folds, criterion=metric, keep_last=True, message=said)
+    if name == "fixed":
+        return Rule(name, keep_last=True, message=said)
+    if name == "validation_loss":
+        return Rule(name, criterion="loss", early_stop=True, message=said)
+    return Rule("validation_metric", criterion=metric, early_stop=True, message=said)

@@ -11,7 +11,9 @@ from tests.integration.conftest import LiveServer, read_rows, run_job
 
 pytestmark = pytest.mark.slow
 
-METHODS = ["lora", "prefix", "prompt", "ia3", "linear_probe"]
+METHODS = ["lora", "prefix", "prompt", "ia3", "linear_probe", "contrastive", "auto"]
+# Contrastive pairs need one label a row: other tasks are refused at submission.
+CONTRASTIVE_TASKS = ["classification"]
 TASKS = ["classification", "multi_label_classification", "regression", "token_classification"]
 
 
@@ -51,16 +53,19 @@ def test_every_method_and_task_trains_and_serves(live: LiveServer, method: str, 
     for folder in ("sst2", "trec", "stsb", "conll2003"):
         _need(folder)
     name = f"m-{method}-{task}".replace("_", "-")[:60]
-    job = run_job(
-        live,
-        {
-            "adapter": name,
-            "task": task,
-            "method": method,
-            "examples": _examples(task, 48),
-            "hyperparameters": {"epochs": 1, "max_steps": 3, "batch_size": 16, "max_length": 48},
-        },
-    )
+    body = {
+        "adapter": name,
+        "task": task,
+        "method": method,
+        "examples": _examples(task, 48),
+        "hyperparameters": {"epochs": 1, "max_steps": 3, "batch_size": 16, "max_length": 48},
+    }
+    if method == "contrastive" and task not in CONTRASTIVE_TASKS:
+        refused = live.http.post("/v1/training-jobs", json=body)
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["error"]["code"] == "unsupported_task"
+        return
+    job = run_job(live, body)
     assert job["status"] == "succeeded", job
     inputs = (
         ["EU rejects German call to boycott British lamb ."]

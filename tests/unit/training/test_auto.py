@@ -1,0 +1,106 @@
+"""`method: "auto"` (app/training/auto.py), the default when a job names no method: it measures
+its candidates by the job's selection rule, trains the winner, lists the comparison in the job,
+keeps to `budget_seconds`, and the adapter it registers serves calibrated scores."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import zipfile
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.training import auto
+from app.training.auto import candidates_for
+from app.training.types import TrainingPlan
+from tests.unit.training.test_contrastive import wait
+from tests.unit.training.test_trainer import rows
+
+
+def submit(client: TestClient, name: str, count: int, **hp: Any) -> dict[str, Any]:
+    body = {"adapter": name, "examples": rows(count, 0), "hyperparameters": {"seed": 0, **hp}}
+    submitted = client.post("/v1/training-jobs", json=body)
+    assert submitted.status_code == 202, submitted.text
+    assert submitted.json()["method"] == "auto"  # no method named: auto
+    job = wait(client, submitted.json()["id"])
+    assert job["status"] == "succeeded", job.get("error")
+    return job
+
+
+def test_auto_measures_its_candidates_and_registers_the_best(client: TestClient) -> None:
+    job = submit(client, "picked", 40, epochs=3)
+    table = job["candidates"]
+    assert [row["method"] for row in table] == ["linear_probe", "contrastive", "lora"]
+    measured = [row for row in table if row["status"] == "measured"]
+    assert len(measured) == 3 and all(row["metric"] == "accuracy" for row in measured)
+    assert all(isinstance(row["seconds"], float) and row["seconds"] >= 0 for row in table)
+    chosen = [row for row in table if row["chosen"]]
+    assert len(chosen) == 1
+    best = max(row["value"] for row in measured)
+    assert chosen[0]["value"] == best
+    # Ties go to the cheaper (earlier) candidate.
+    assert chosen[0] == next(row for row in measured if row["value"] == best)
+    assert job["selection"]["method"] == chosen[0]["method"]
+    assert job["selection"]["rule"] == "cross_validation"
+    adapter = client.get("/v1/adapters/picked").json()
+    expected = {"linear_probe": "linear_probe", "contrastive": "contrastive", "lora": "lora"}
+    assert adapter["method"] == expected[chosen[0]["method"]]
+    answer = client.post("/v1/adapters/picked/predict", json={"inputs": ["good great"]})
+    assert answer.status_code == 200, answer.text
+
+
+def test_the_registered_adapter_is_calibrated(client: TestClient) -> None:
+    job = submit(client, "calibrated", 40, epochs=2)
+    metrics = job["best"]["metrics"]
+    assert 0.0 <= metrics["ece"] <= 1.0 and 0.0 <= metrics["ece_uncalibrated"] <= 1.0
+    temperature = job["best"]["temperature"]
+    archive = client.get("/v1/adapters/calibrated/download")
+    assert archive.status_code == 200
+    config = json.loads(zipfile.ZipFile(io.BytesIO(archive.content)).read("adapter_config.json"))
+    assert math.isclose(config["switchyard_temperature"], temperature, rel_tol=1e-3)
+
+
+def test_budget_spent_skips_the_remaining_candidates(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each clock reading is a minute later: after the probe the 30 s budget is gone."""
+    ticks = iter(range(0, 10**6, 60))
+    monkeypatch.setattr(auto, "clock", lambda: float(next(ticks)))
+    job = submit(client, "thrifty", 40, budget_seconds=30)
+    table = job["candidates"]
+    assert table[0]["method"] == "linear_probe" and table[0]["chosen"] is True
+    assert [row["status"].split(":")[0] for row in table[1:]] == ["skipped", "skipped"]
+    assert "of 30 s spent" in table[1]["status"]
+
+
+def plan(task: str, count: int, labels: list[str]) -> TrainingPlan:
+    return TrainingPlan(
+        adapter="x",
+        task=task,
+        method="auto",
+        train_rows=[{}] * count,
+        validation_rows=[],
+        labels=labels,
+    )
+
+
+def test_candidates_follow_the_task_and_the_rows_a_class() -> None:
+    assert candidates_for(plan("classification", 40, ["a", "b"])) == [
+        "linear_probe",
+        "contrastive",
+        "lora",
+    ]
+    assert candidates_for(plan("classification", 400, ["a", "b"])) == [
+        "linear_probe",
+        "lora",
+        "contrastive",
+    ]
+    assert candidates_for(plan("regression", 40, [])) == ["linear_probe", "lora"]
+    assert candidates_for(plan("token_classification", 40, ["O", "B-X"])) == [
+        "linear_probe",
+        "lora",
+    ]
+    assert candidates_for(plan("generation", 40, [])) == ["lora"]

@@ -40,15 +40,20 @@ Pair = tuple[int, int, float]  # (row, other row, 1.0 same label / 0.0 different
 # SetFit's default: 20 iterations, each one positive and one negative pair per row.
 MAX_ITERATIONS = 20
 # Past this many pairs more rows buy little and cost linearly: hundreds of rows get fewer
-# iterations, and a 50-label task with 8 rows a class trains within SetFit's time (README.md).
+# iterations. A step here costs 0.55 s against SetFit's 0.65 s (TREC fine, one thread;
+# bench/README.md, contrastive_tune), so 50 labels x 8 rows (5,460 pairs, 342 steps) train
+# in about a third of SetFit's 15,600 pairs.
 MAX_PAIRS = 6000
 PAIR_BATCH = 16  # SetFit's batch of pairs, unless the job gives batch_size
-# Logistic-regression strengths on standardised features; SetFit's C=1 on unit-norm
-# embeddings is about C=0.003 in these units, so the grid reaches that far down.
-C_GRID = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
-DEFAULT_C = 0.1  # too few rows a class to cross-validate
+# Logistic-regression strengths on standardised features. SetFit's C=1 on unit-norm
+# embeddings is about C=0.003 in these units, and cross-validation picked 0.003-0.03 in every
+# measured run (CR, TREC coarse and fine, 8 rows a class), so the grid stays there.
+C_GRID = (0.003, 0.01, 0.03, 0.1)
+DEFAULT_C = 0.003  # a class with one row: nothing to cross-validate
 MAX_FOLDS = 5
-_FEATURE_BATCH = 64
+# Folds x rows bounded: 50 labels x 8 rows took 75 s for 5 folds of 6 strengths on a busy
+# core; hundreds of rows get 3 folds, thousands 2.
+FOLD_ROWS = 1500
 
 
 def pair_iterations(rows: int, max_pairs: int = MAX_PAIRS) -> int:
@@ -275,7 +280,7 @@ def _fit_head(
     """The head, its C (cross-validated when every class has two rows or more) and the folds
     used (0: none, the default C)."""
     counts = np.bincount(y)
-    folds = min(MAX_FOLDS, int(counts[counts > 0].min()))
+    folds = min(MAX_FOLDS, int(counts[counts > 0].min()), max(2, FOLD_ROWS // len(y)))
     c = _cross_validated_c(x, y, rows=rows, folds=folds, tick=tick) if folds >= 2 else DEFAULT_C
     head = fit_head(x, y, task=CLASSIFICATION, rows=rows, c=c, tick=tick)
     return head, c, folds if folds >= 2 else 0

@@ -12,6 +12,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
@@ -97,6 +98,24 @@ def test_iterations_follow_the_data_and_bound_the_pairs(rows: int) -> None:
         assert iterations < MAX_ITERATIONS
     labels = [n % 7 for n in range(rows)]
     assert len(sample_pairs(labels, iterations=iterations, seed=0)) <= MAX_PAIRS
+
+
+def test_the_head_strength_is_cross_validated_when_every_class_has_two_rows() -> None:
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1, 2], 6)
+    x = rng.normal(size=(18, 8)) + 3 * np.eye(8)[y]
+    tick = Ticker(CancelToken())
+    (weight, _bias), c, folds = contrastive._fit_head(x, y, rows=3, tick=tick)
+    assert folds == 5 and c in contrastive.C_GRID and weight.shape == (3, 8)
+    # one class with a single row: nothing to fold, SetFit's strength
+    _head, c, folds = contrastive._fit_head(x[:13], y[:13], rows=3, tick=tick)
+    assert (c, folds) == (contrastive.DEFAULT_C, 0)
+    # hundreds of rows: fewer folds, so the grid costs folds x rows, not more
+    many = np.repeat(np.arange(3), 200)
+    _head, _c, folds = contrastive._fit_head(
+        rng.normal(size=(600, 8)) + 3 * np.eye(8)[many], many, rows=3, tick=tick
+    )
+    assert folds == contrastive.FOLD_ROWS // 600
 
 
 # ---------------------------------------------------------------- one run

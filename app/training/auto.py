@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from app.tasks import CLASSIFICATION, GENERATION
 from app.training import evaluation
@@ -27,7 +27,13 @@ AUTO = "auto"
 # two there, and the likelier winner: SetFit's regime).
 _FEW_SHOT_PER_CLASS = 32
 
-Estimate = Callable[[Recipe, TrainingReporter], Pending]
+
+class Estimate(Protocol):
+    """How auto gets a candidate's estimate (app.training.trainer.estimate_method)."""
+
+    def __call__(self, recipe: Recipe, reporter: TrainingReporter, *, compare: bool) -> Pending: ...
+
+
 clock = time.monotonic  # the budget's clock (tests advance their own)
 
 
@@ -69,7 +75,7 @@ def train_auto(
         # A candidate's failure fails the job, as it would the method asked for by name: a
         # fault hidden behind the next candidate would ship a model nobody chose.
         sub = _Tagged(reporter, method, offset=offset)
-        pending = estimate(recipe_of(method), sub)
+        pending = estimate(recipe_of(method), sub, compare=True)
         offset = sub.last_step
         tried.append((method, pending))
         value = pending.metrics.get(metric)

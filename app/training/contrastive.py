@@ -125,7 +125,10 @@ def contrastive_adapter(
     head, c, folds = _fit_head(x_train, np.asarray(labels), rows=len(plan.labels), tick=tick)
     _set_head(model, head)
     reporter.event("info", {"message": _head_message(len(train), c, folds)})
-    metrics, logits = _evaluate(plan, head, x_val, val)
+    if val:
+        metrics, logits = _evaluate(plan, head, x_val, val)
+    else:  # every row trained the adapter: the head's out-of-fold view is what is left
+        metrics, logits = _head_out_of_fold(plan, x_train, np.asarray(labels), c=c, folds=folds)
     entry = {"step": steps, "epoch": float(hp.epochs or 1), **metrics}
     reporter.event("evaluation", entry)
     metric = evaluation.primary_metric(plan.task)
@@ -156,6 +159,22 @@ def _evaluate(
     logits = torch.as_tensor(x @ head[0].T + head[1], dtype=torch.float32)
     gold = torch.as_tensor([int(e.label) for e in val], dtype=torch.long)
     pair = (logits, gold)
+    return evaluation.metrics_from_logits([pair], task=plan.task, labels=plan.labels), pair
+
+
+def _head_out_of_fold(
+    plan: TrainingPlan, x: np.ndarray, y: np.ndarray, *, c: float, folds: int
+) -> tuple[dict[str, float], tuple[torch.Tensor, torch.Tensor] | None]:
+    """Metrics and logits of the head, each row scored by a head fitted without it, on
+    features the adapter learned from every row: optimistic, but not the training fit."""
+    if folds < 2:
+        return {}, None
+    rows = len(plan.labels)
+    logits = np.zeros((len(y), rows), dtype=np.float32)
+    for kept, held in StratifiedKFold(n_splits=folds, shuffle=True, random_state=0).split(x, y):
+        weight, bias = fit_head(x[kept], y[kept], task=CLASSIFICATION, rows=rows, c=c)
+        logits[held] = x[held] @ weight.T + bias
+    pair = (torch.as_tensor(logits), torch.as_tensor(y, dtype=torch.long))
     return evaluation.metrics_from_logits([pair], task=plan.task, labels=plan.labels), pair
 
 

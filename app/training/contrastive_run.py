@@ -18,8 +18,15 @@ from app.training.selection import Rule
 from app.training.types import TrainingOutcome, TrainingReporter
 
 
-def contrastive_run(recipe: Recipe, *, rule: Rule, reporter: TrainingReporter) -> Pending:
-    """The contrastive adapter's estimate, and its final run on all rows when asked for."""
+def contrastive_run(
+    recipe: Recipe, *, rule: Rule, reporter: TrainingReporter, compare: bool
+) -> Pending:
+    """The contrastive adapter's estimate, and its final run on all rows when asked for.
+
+    Asked for by name (`compare` False) with few rows, it trains once, on every row: nothing
+    is chosen on held-out rows, and its metrics are its head's out-of-fold scores over the
+    adapted features. Compared with other methods by `auto`, it is cross-validated like
+    them, so that no candidate is judged on rows it learned from."""
     plan = recipe.plan
     selection = {**rule.as_json(), "stopped_early": False}
 
@@ -42,6 +49,12 @@ def contrastive_run(recipe: Recipe, *, rule: Rule, reporter: TrainingReporter) -
         return Pending.done(outcome, seconds=time.monotonic() - started)
     rows = plan.train_rows + plan.validation_rows
     examples = recipe.encode(rows)
+    if not compare:
+        started = time.monotonic()
+        outcome = run(examples, [], reporter)
+        outcome.best["criterion"] = "head cross-validation on the adapted features"
+        outcome.selection = {**selection, "rule": "fixed", "trained_on": "all rows"}
+        return Pending.done(outcome, seconds=time.monotonic() - started)
 
     def fold(train: list[Example], val: list[Example], sub: TrainingReporter) -> Logits:
         logits = run(train, val, sub).validation_logits

@@ -114,14 +114,15 @@ def _train(
 def train_method(recipe: Recipe, reporter: TrainingReporter) -> TrainingOutcome:
     """One method's run under the selection rule its rows call for."""
     phase = PhaseReporter(reporter, offset=0, total=0)
-    pending = estimate_method(recipe, phase)
+    pending = estimate_method(recipe, phase, compare=False)
     return pending.finish(PhaseReporter(reporter, offset=phase.last_step, total=phase.total))
 
 
-def estimate_method(recipe: Recipe, reporter: TrainingReporter) -> Pending:
+def estimate_method(recipe: Recipe, reporter: TrainingReporter, *, compare: bool) -> Pending:
     """A method's honest estimate (validation or out-of-fold metrics), and how to finish it:
     under cross-validation the final adapter on all rows is trained only when asked for, so
-    `auto` pays for the winner's alone."""
+    `auto` pays for the winner's alone. `compare`: the estimate must be out of fold for every
+    method (auto), even one that picks nothing on held-out rows (contrastive)."""
     plan, hp = recipe.plan, recipe.hp
     torch.manual_seed(hp.seed)
     rule = rule_for(plan, hp)
@@ -129,7 +130,7 @@ def estimate_method(recipe: Recipe, reporter: TrainingReporter) -> Pending:
     if plan.method == "linear_probe":
         return Pending.done(probe.train_probe(recipe, rule=rule, reporter=reporter))
     if plan.method == "contrastive":
-        return contrastive_run(recipe, rule=rule, reporter=reporter)
+        return contrastive_run(recipe, rule=rule, reporter=reporter, compare=compare)
     if rule.name == "cross_validation":
         return _cross_validated(recipe, rule, reporter)
     train_ex, val_ex = recipe.encode(plan.train_rows), recipe.encode(plan.validation_rows)

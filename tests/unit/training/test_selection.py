@@ -41,11 +41,11 @@ def test_a_handful_of_held_out_rows_means_cross_validation_on_all_rows() -> None
     chosen = rule(SMALL_VALIDATION - 1)
     assert (chosen.name, chosen.folds, chosen.keep_last, chosen.early_stop) == (
         "cross_validation",
-        3,
+        2,
         True,
         False,
     )
-    assert "3-fold cross-validation for the schedule" in chosen.message
+    assert "2-fold cross-validation for the schedule" in chosen.message
     assert "trained on all rows" in chosen.message
 
 
@@ -145,16 +145,16 @@ def test_the_cross_validation_path_runs_its_folds_and_trains_on_all_rows(
     job = plan("held_out", train_rows=28, validation_rows=8, epochs=3, head_init="probe")
     outcome = run(tiny_base, job, reporter)
     folds = {e.get("fold") for e in reporter.kinds("evaluation")}
-    assert folds == {1, 2, 3}
+    assert folds == {1, 2}
     assert outcome.selection["rule"] == "cross_validation"
-    assert outcome.best["criterion"] == "3-fold cross-validation"
+    assert outcome.best["criterion"] == "2-fold cross-validation"
     chosen = outcome.selection["chosen_epochs"]
     assert 0 <= chosen <= 3 and outcome.hyperparameters["epochs"] == chosen
     # Out-of-fold logits: every one of the 36 rows judged once, by a model that never saw it.
     assert outcome.validation_logits is not None and len(outcome.validation_logits[1]) == 36
     assert [c["epoch"] for c in outcome.history] == [0, 1, 2, 3]
     messages = [e["message"] for e in reporter.kinds("info")]
-    assert any("36 rows: 3-fold cross-validation for the schedule" in m for m in messages)
+    assert any("36 rows: 2-fold cross-validation for the schedule" in m for m in messages)
     assert any("training on all 36 rows" in m for m in messages)
     # The job's steps run on across folds and the final run: never back to 1.
     assert reporter.steps == sorted(reporter.steps)

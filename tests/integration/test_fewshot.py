@@ -7,7 +7,7 @@ from __future__ import annotations
 import random
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -60,7 +60,7 @@ def test_the_default_job_beats_a_logistic_regression_at_16_rows_a_class(
     baseline = float(np.mean(regression.predict(_features(minilm_dir, texts)) == np.array(gold)))
 
     started = time.monotonic()
-    body = {
+    body: dict[str, object] = {
         "adapter": "trec-few",
         "examples": [{"text": r["text"], "label": r["label"]} for r in train],
     }
@@ -76,7 +76,8 @@ def test_the_default_job_beats_a_logistic_regression_at_16_rows_a_class(
         assert response.status_code == 200, response.text
         outputs += response.json()["outputs"]
     accuracy = float(np.mean([o[0]["label"] == g for o, g in zip(outputs, gold, strict=True)]))
-    table = [(c["method"], c["value"], c["seconds"]) for c in job["candidates"]]
+    candidates = cast(list[dict[str, Any]], job["candidates"])
+    table = [(c["method"], c["value"], c["seconds"]) for c in candidates]
     print(f"TREC 16/class: auto {accuracy:.3f} vs logistic regression {baseline:.3f}; "
           f"{seconds:.0f} s; candidates {table}")  # fmt: skip
     assert accuracy >= baseline, (accuracy, baseline, table)

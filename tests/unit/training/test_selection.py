@@ -174,3 +174,26 @@ def test_an_early_stop_shows_in_the_final_progress() -> None:
     assert stopped["percent"] == 100.0
     finished = reporter.final()
     assert (finished["step"], finished["total_steps"], finished["stopped_early"]) == (12, 12, False)
+
+
+def test_middle_sizes_stop_on_validation_loss_only_after_the_floor(
+    tiny_base: Base, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """60 validation rows: the loss, not accuracy, picks the checkpoint, and patience may end
+    the run only once a third of the 9 epochs has run."""
+    losses = iter([0.5, 0.9, 1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6])
+
+    def scripted(*_args: Any, **_kw: Any) -> evaluation.Evaluation:
+        return evaluation.Evaluation({"accuracy": 0.5}, loss=next(losses))
+
+    monkeypatch.setattr(evaluation, "evaluate_run", scripted)
+    reporter = Recorder()
+    job = plan("validation_data", train_rows=32, validation_rows=60, epochs=9)
+    job.hyperparameters.update(early_stopping_patience=1, head_init="random")
+    outcome = run(tiny_base, job, reporter)
+    assert outcome.selection["rule"] == "validation_loss"
+    assert [e["step"] for e in outcome.history] == [4, 8, 12]  # not stopped at 8: the floor
+    assert outcome.selection["stopped_early"] is True
+    assert outcome.selection["steps"] == 12 and outcome.selection["planned_steps"] == 36
+    assert outcome.best["step"] == 4 and outcome.best["criterion"] == "validation loss"
+    assert any("early stop at step 12 of 36" in e["message"] for e in reporter.kinds("info"))

@@ -68,3 +68,15 @@ def timeit(fn: Callable[[], object], *, repeat: int, warmup: int = 2) -> list[fl
 
 def p50(values: list[float]) -> float:
     return statistics.median(values)
+
+
+def write_section(readme: Path, begin: str, end: str, text: str) -> None:
+    """Replace one benchmark's section of bench/README.md (between its markers), or append."""
+    current = readme.read_text() if readme.exists() else "# Benchmarks\n"
+    block = f"{begin}\n{text.rstrip()}\n{end}"
+    if begin in current and end in current:
+        head, rest = current.split(begin, 1)
+        current = head + block + rest.split(end, 1)[1]
+    else:
+        current = current.rstrip() + "\n\n" + block + "\n"
+    readme.write_text(current)

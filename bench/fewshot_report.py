@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench._common import write_section
 from bench.fewshot_data import SETS
 
 README = Path(__file__).resolve().parent / "README.md"
@@ -182,11 +183,4 @@ def section(records: list[Record], notes: list[str]) -> str:
 
 def write_readme(text: str) -> None:
     """Replace this benchmark's section of bench/README.md (between its markers), or append."""
-    current = README.read_text() if README.exists() else "# Benchmarks\n"
-    block = f"{BEGIN}\n{text.rstrip()}\n{END}"
-    if BEGIN in current and END in current:
-        head, rest = current.split(BEGIN, 1)
-        current = head + block + rest.split(END, 1)[1]
-    else:
-        current = current.rstrip() + "\n\n" + block + "\n"
-    README.write_text(current)
+    write_section(README, BEGIN, END, text)

@@ -80,7 +80,7 @@ def _model(task: str, num_labels: int) -> tuple[torch.nn.Module, Any]:
         if task == TOKEN_CLASSIFICATION
         else AutoModelForSequenceClassification
     )
-    extra = {"problem_type": "regression"} if task == REGRESSION else {}
+    extra: dict[str, Any] = {"problem_type": "regression"} if task == REGRESSION else {}
     model = factory.from_pretrained(folder, num_labels=num_labels, **extra)
     return model, AutoTokenizer.from_pretrained(folder)
 

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from bench import quality_eval
-from bench._common import tempdir
+from bench._common import tempdir, write_section
 from bench.full_ft import full_finetune
 from tests.integration.conftest import LiveServer, start_server, stop_server
 
@@ -249,14 +249,7 @@ def table(results: list[Result]) -> str:
 
 def write_readme(text: str) -> None:
     """Replace this benchmark's section of bench/README.md (between its markers), or append."""
-    current = README.read_text() if README.exists() else "# Benchmarks\n"
-    block = f"{BEGIN}\n{text.rstrip()}\n{END}"
-    if BEGIN in current and END in current:
-        head, rest = current.split(BEGIN, 1)
-        current = head + block + rest.split(END, 1)[1]
-    else:
-        current = current.rstrip() + "\n\n" + block + "\n"
-    README.write_text(current)
+    write_section(README, BEGIN, END, text)
 
 
 def parse_args() -> argparse.Namespace:

@@ -69,10 +69,16 @@ def evaluate(
     """The task's metrics over `examples`."""
     if not examples:
         return {}
-    pairs = predict_logits(
-        model, examples, task=task, pad_id=pad_id, device=device, batch_size=batch_size, pause=pause
-    )
-    return metrics_from_logits(pairs, task=task, labels=labels)
+    return evaluate_run(
+        model,
+        examples,
+        task=task,
+        labels=labels,
+        pad_id=pad_id,
+        device=device,
+        batch_size=batch_size,
+        pause=pause,
+    ).metrics
 
 
 @dataclass

@@ -53,7 +53,7 @@ def test_every_method_and_task_trains_and_serves(live: LiveServer, method: str, 
     for folder in ("sst2", "trec", "stsb", "conll2003"):
         _need(folder)
     name = f"m-{method}-{task}".replace("_", "-")[:60]
-    body = {
+    body: dict[str, object] = {
         "adapter": name,
         "task": task,
         "method": method,

@@ -201,9 +201,7 @@ def test_bad_rows_name_their_lines(sy: Client) -> None:
 # ---------------------------------------------------------------- training jobs
 def test_train_follow_and_inspect(sy: Client) -> None:
     data = sy.upload_dataset(job_rows(), name="jobdata")
-    job = sy.create_job(
-        "trained", training_data=data.id, method="lora", hyperparameters=TINY_HP
-    )
+    job = sy.create_job("trained", training_data=data.id, method="lora", hyperparameters=TINY_HP)
     assert job.status == "queued" and job.training_data == data.id and not job.done
     events = list(sy.follow(job.id))
     losses = [e for e in events if isinstance(e, LossEvent)]

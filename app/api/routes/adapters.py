@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, ConfigDict
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 
-from app.api.auth import require
+from app.api.auth import Principal, require
 from app.api.deps import PrincipalDep, RegistryDep, RuntimeDep, SettingsDep
+from app.api.responses import (
+    AdapterDeleted,
+    AdapterDetails,
+    AdapterList,
+    AdapterSummary,
+    AdapterVersion,
+)
 from app.errors import SwitchyardError, bad_request
 from app.registry.catalog import parse_labels
 from app.registry.store import CONFIG_FILE, META_FILE, WEIGHTS_FILE, check_name
@@ -50,17 +57,30 @@ def _links(status: int, *, name: str, **targets: str) -> dict[int | str, dict[st
     return {status: {"description": "Successful Response", "links": links}}
 
 
-@router.get(
-    "",
-    dependencies=_READ,
-    responses=_links(
-        200,
-        name="$response.body#/data/0/name",
-        GetFirst="/get",
-        PredictFirst="~1predict/post",
-        DeleteFirst="/delete",
-    ),
+_LIST = _links(
+    200,
+    name="$response.body#/data/0/name",
+    GetFirst="/get",
+    PredictFirst="~1predict/post",
+    DeleteFirst="/delete",
 )
+_GET = _links(
+    200,
+    name="$response.body#/name",
+    Pin="/patch",
+    PredictLatest="~1predict/post?$response.body#/latest_version",
+    DownloadLatest="~1download/get?$response.body#/latest_version",
+    DeleteLatest="/delete?$response.body#/latest_version",
+    DeleteAll="/delete",
+)
+_DELETE = _links(200, name="$response.body#/name", GetAfterDelete="/get")
+_PIN = _links(200, name="$response.body#/name", GetPinned="/get", Delete="/delete")
+_ZIP: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}}}
+}
+
+
+@router.get("", response_model=AdapterList, dependencies=_READ, responses=_LIST)
 async def list_adapters(
     registry: RegistryDep, runtime: RuntimeDep, principal: PrincipalDep
 ) -> dict[str, Any]:
@@ -83,19 +103,7 @@ def _summaries(registry: RegistryDep, runtime: RuntimeDep) -> list[dict[str, Any
     return out
 
 
-@router.get(
-    "/{name}",
-    dependencies=_READ,
-    responses=_links(
-        200,
-        name="$response.body#/name",
-        Pin="/patch",
-        PredictLatest="~1predict/post?$response.body#/latest_version",
-        DownloadLatest="~1download/get?$response.body#/latest_version",
-        DeleteLatest="/delete?$response.body#/latest_version",
-        DeleteAll="/delete",
-    ),
-)
+@router.get("/{name}", response_model=AdapterDetails, dependencies=_READ, responses=_GET)
 async def get_adapter(name: str, registry: RegistryDep, runtime: RuntimeDep) -> dict[str, Any]:
     """Details, all versions, metrics and lineage."""
     details = await run_in_threadpool(registry.details, check_name(name))
@@ -123,9 +131,15 @@ def _upload_body() -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": content}}
 
 
-@router.post("", status_code=201, dependencies=_MANAGE, openapi_extra=_upload_body())
+_FORM = _upload_body()
+# The upload's principal comes from its `manage` requirement (a parameter rather than the
+# decorator's `dependencies`, resolved first all the same).
+ManagerDep = Annotated[Principal, Depends(require("manage"))]
+
+
+@router.post("", response_model=AdapterVersion, status_code=201, openapi_extra=_FORM)
 async def upload_adapter(
-    request: Request, registry: RegistryDep, settings: SettingsDep, principal: PrincipalDep
+    principal: ManagerDep, request: Request, registry: RegistryDep, settings: SettingsDep
 ) -> dict[str, Any]:
     """Multipart upload; checked against the base before anything is stored."""
     form = await request.form(
@@ -204,7 +218,7 @@ def _text(parts: dict[str, bytes], key: str) -> str | None:
         raise bad_request("invalid_text", f"{key} is not UTF-8 text", param=key) from exc
 
 
-@router.get("/{name}/download", response_class=Response, dependencies=_MANAGE)
+@router.get("/{name}/download", response_class=Response, dependencies=_MANAGE, responses=_ZIP)
 async def download_adapter(
     name: str, registry: RegistryDep, version: int | None = None
 ) -> Response:
@@ -218,11 +232,7 @@ async def download_adapter(
     )
 
 
-@router.delete(
-    "/{name}",
-    dependencies=_MANAGE,
-    responses=_links(200, name="$response.body#/name", GetAfterDelete="/get"),
-)
+@router.delete("/{name}", response_model=AdapterDeleted, dependencies=_MANAGE, responses=_DELETE)
 async def delete_adapter(
     name: str, runtime: RuntimeDep, version: int | None = None
 ) -> dict[str, Any]:
@@ -234,11 +244,7 @@ async def delete_adapter(
     return {"name": name, "deleted_versions": removed}
 
 
-@router.patch(
-    "/{name}",
-    dependencies=_MANAGE,
-    responses=_links(200, name="$response.body#/name", GetPinned="/get", Delete="/delete"),
-)
+@router.patch("/{name}", response_model=AdapterSummary, dependencies=_MANAGE, responses=_PIN)
 async def patch_adapter(
     name: str, body: PinRequest, registry: RegistryDep, runtime: RuntimeDep
 ) -> dict[str, Any]:

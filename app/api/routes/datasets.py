@@ -8,11 +8,12 @@ from fastapi import APIRouter, File, Form, Response, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import DatasetsDep
+from app.api.responses import DatasetDeleted, DatasetList, DatasetOut
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
 
-@router.post("", status_code=201)
+@router.post("", response_model=DatasetOut, status_code=201)
 async def create_dataset(
     datasets: DatasetsDep,
     response: Response,
@@ -27,19 +28,19 @@ async def create_dataset(
     return created
 
 
-@router.get("")
+@router.get("", response_model=DatasetList)
 def list_datasets(datasets: DatasetsDep) -> dict[str, Any]:
     """Every dataset, newest first."""
     return {"data": datasets.list()}
 
 
-@router.get("/{dataset_id}")
+@router.get("/{dataset_id}", response_model=DatasetOut)
 def get_dataset(dataset_id: str, datasets: DatasetsDep) -> dict[str, Any]:
     """One dataset: rows, columns, detected task, label counts."""
     return datasets.get(dataset_id)
 
 
-@router.delete("/{dataset_id}")
+@router.delete("/{dataset_id}", response_model=DatasetDeleted)
 def delete_dataset(dataset_id: str, datasets: DatasetsDep) -> dict[str, Any]:
     """Remove a dataset and its rows."""
     return datasets.delete(dataset_id)

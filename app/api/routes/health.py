@@ -9,19 +9,27 @@ from fastapi.responses import JSONResponse, Response
 
 from app.api.auth import require
 from app.api.deps import BaseDep, MetricsDep, SettingsDep
+from app.api.errors import ErrorBody
+from app.api.responses import LiveStatus, ReadyStatus, ServiceInfo
 from app.registry.weights import PEFT_TYPES
 from app.tasks import DECODER_TASKS, ENCODER_TASKS
 
 router = APIRouter(tags=["health"])
+_ANY = [Depends(require("any"))]
 
 
-@router.get("/health/live")
+@router.get("/health/live", response_model=LiveStatus)
 async def live() -> dict[str, str]:
     """200 while the process runs."""
     return {"status": "live"}
 
 
-@router.get("/health/ready", responses={503: {"description": "loading or draining"}})
+_NOT_READY: dict[int | str, dict[str, Any]] = {
+    503: {"model": ErrorBody, "description": "loading or draining"}
+}
+
+
+@router.get("/health/ready", response_model=ReadyStatus, responses=_NOT_READY)
 async def ready(request: Request) -> JSONResponse:
     """200 once the base is loaded and warmed up; 503 before that and while draining."""
     state = getattr(request.app.state, "readiness", "starting")
@@ -33,7 +41,7 @@ async def ready(request: Request) -> JSONResponse:
     return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
 
 
-@router.get("/v1/info", dependencies=[Depends(require("any"))])
+@router.get("/v1/info", response_model=ServiceInfo, dependencies=_ANY)
 async def info(base: BaseDep, settings: SettingsDep) -> dict[str, Any]:
     """The base model, what it can do, and the limits callers must respect."""
     return {
@@ -69,7 +77,12 @@ async def info(base: BaseDep, settings: SettingsDep) -> dict[str, Any]:
     }
 
 
-@router.get("/metrics", response_class=Response, dependencies=[Depends(require("any"))])
+_PROMETHEUS: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/plain": {"schema": {"type": "string"}}}}
+}
+
+
+@router.get("/metrics", response_class=Response, responses=_PROMETHEUS, dependencies=_ANY)
 async def metrics(m: MetricsDep) -> Response:
     """Prometheus text format."""
     return Response(m.render(), media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -18,6 +18,7 @@ from app.api.embedding_format import (
 )
 from app.api.inputs import check_input_keys, check_parameter_names
 from app.api.openai_schemas import EmbeddingList
+from app.api.responses import MultiPredictOut, PredictOut
 from app.config import Settings
 from app.errors import SwitchyardError, bad_request
 from app.registry.store import check_name
@@ -60,7 +61,7 @@ class EmbeddingsRequest(BaseModel):
     normalize: bool = True
 
 
-@router.post("/v1/adapters/{name}/predict")
+@router.post("/v1/adapters/{name}/predict", response_model=PredictOut)
 async def predict(
     name: str,
     body: PredictRequest,
@@ -75,7 +76,7 @@ async def predict(
     return {"adapter": name, "version": meta["version"], "outputs": outputs}
 
 
-@router.post("/v1/predict")
+@router.post("/v1/predict", response_model=MultiPredictOut)
 async def predict_many(
     body: MultiPredictRequest,
     registry: RegistryDep,

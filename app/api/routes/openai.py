@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from app.api.auth import Principal
 from app.api.deps import PrincipalDep, RegistryDep, RuntimeDep
 from app.api.openai_schemas import ChatCompletion, Completion
+from app.api.responses import BasePredictOut
 from app.api.routes.inference import PredictRequest
 from app.api.routes.openai_streaming import STREAM_RESPONSES, StreamOptions, stream_response
 from app.errors import bad_request
@@ -73,7 +74,7 @@ class ChatCompletionRequest(_OpenAIRequest):
     max_completion_tokens: int | None = Field(None, ge=1)
 
 
-@router.post("/v1/adapters/_base/predict")
+@router.post("/v1/adapters/_base/predict", response_model=BasePredictOut)
 async def predict_base(body: PredictRequest, runtime: RuntimeDep) -> dict[str, Any]:
     """The bare base through the predict API: `{"generated_text"}` per input."""
     outputs = await _service(runtime).generate(None, body.inputs, body.parameters)

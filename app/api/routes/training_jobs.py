@@ -7,16 +7,28 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import StreamingResponse
 
 from app.api.deps import JobsDep, PrincipalDep
+from app.api.responses import JobEventList, TrainingJobList, TrainingJobOut
 from app.api.schemas import TrainingJobRequest
 
 router = APIRouter(prefix="/v1/training-jobs", tags=["training"])
+_EVENT_STREAM: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "JSON, or with `stream=true` server-sent events (`id`, `event` is the "
+        "kind, `data` the event's JSON) until the job ends",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    }
+}
 
 
-@router.post("", status_code=202)
+# A job's progress, best checkpoint and result hold keys that only some runs write: the models
+# declare them optional, and `response_model_exclude_unset` keeps a missing key missing (a
+# default would otherwise appear as null).
+@router.post("", response_model=TrainingJobOut, status_code=202, response_model_exclude_unset=True)
 def create_job(
     body: TrainingJobRequest, jobs: JobsDep, response: Response, principal: PrincipalDep
 ) -> dict[str, Any]:
@@ -27,7 +39,7 @@ def create_job(
     return job
 
 
-@router.get("")
+@router.get("", response_model=TrainingJobList, response_model_exclude_unset=True)
 def list_jobs(
     jobs: JobsDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
@@ -37,13 +49,13 @@ def list_jobs(
     return {"data": jobs.list(limit=limit, status=status)}
 
 
-@router.get("/{job_id}")
+@router.get("/{job_id}", response_model=TrainingJobOut, response_model_exclude_unset=True)
 def get_job(job_id: str, jobs: JobsDep) -> dict[str, Any]:
     """Status, progress, metrics per evaluation, best checkpoint, result or error."""
     return jobs.get(job_id)
 
 
-@router.get("/{job_id}/events", response_model=None)
+@router.get("/{job_id}/events", response_model=JobEventList, responses=_EVENT_STREAM)
 async def job_events(
     job_id: str,
     jobs: JobsDep,
@@ -51,14 +63,16 @@ async def job_events(
     stream: bool = False,
     after: Annotated[int, Query(ge=0, description="only events with a larger id")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
-) -> dict[str, Any] | StreamingResponse:
+) -> JSONResponse | StreamingResponse:
     """The job's log; `?stream=true` sends it as server-sent events until the job ends."""
     resume = request.headers.get("last-event-id", "")
     if resume.isdigit():  # a reconnecting EventSource continues where it stopped
         after = max(after, int(resume))
     if not stream:
         data = await run_in_threadpool(jobs.events, job_id, after, limit)
-        return {"data": data, "has_more": len(data) == limit}
+        # A JSONResponse, as before the model was declared: json.dumps writes floats as Python
+        # does (a loss of 1e-05), where the model's serializer would write 0.00001.
+        return JSONResponse({"data": data, "has_more": len(data) == limit})
     await run_in_threadpool(jobs.get, job_id)  # a 404 must come before the stream starts
     return StreamingResponse(
         _server_sent(jobs.stream(job_id, after)),
@@ -68,7 +82,7 @@ async def job_events(
     )
 
 
-@router.post("/{job_id}/cancel")
+@router.post("/{job_id}/cancel", response_model=TrainingJobOut, response_model_exclude_unset=True)
 def cancel_job(job_id: str, jobs: JobsDep) -> dict[str, Any]:
     """Stop a queued or running job; nothing it made is registered."""
     return jobs.cancel(job_id)

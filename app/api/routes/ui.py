@@ -9,6 +9,7 @@ scripts: even a label that slipped past the page's escaping could not run as cod
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 
 from fastapi import APIRouter, Depends
@@ -20,6 +21,8 @@ from app.errors import SwitchyardError
 from app.runtime.metrics_summary import MetricsSummary
 
 router = APIRouter(tags=["dashboard"])
+_ANY = [Depends(require("any"))]
+_HEALTH: list[str | Enum] = ["health"]  # listed with the health routes in /docs
 
 UI_DIR = Path(__file__).resolve().parents[2] / "ui"
 _TYPES = {
@@ -82,12 +85,7 @@ async def static_file(filename: str) -> Response:
     return Response(body, media_type=media_type, headers=_HEADERS)
 
 
-@router.get(
-    "/v1/metrics/summary",
-    dependencies=[Depends(require("any"))],
-    response_model=MetricsSummary,
-    tags=["health"],
-)
+@router.get("/v1/metrics/summary", response_model=MetricsSummary, dependencies=_ANY, tags=_HEALTH)
 async def metrics_summary(metrics: MetricsDep) -> MetricsSummary:
     """Requests/s and latency percentiles over the last minute, totals, resident bytes per tier.
 

@@ -91,7 +91,7 @@ def test_iterations_follow_the_data_and_bound_the_pairs(rows: int) -> None:
     iterations = pair_iterations(rows)
     assert 1 <= iterations <= MAX_ITERATIONS
     if rows <= 48:
-        assert iterations == MAX_ITERATIONS  # SetFit's 20 for a few dozen rows
+        assert iterations == MAX_ITERATIONS  # the full count for a few dozen rows
     if 2 * rows <= MAX_PAIRS:
         assert 2 * rows * iterations <= MAX_PAIRS
     if rows >= 390:
@@ -168,10 +168,10 @@ def test_a_run_stores_lora_and_head_with_a_pooled_read_out(tiny_base: Base) -> N
         "base_model.model.classifier.bias",
     }
     assert tensors["base_model.model.classifier.weight"].shape == (2, 32)
-    # SetFit's schedule: 32 rows, 20 iterations of a positive and a negative, 16 pairs a step
-    assert outcome.best["pairs"] == 1280 and outcome.best["step"] == 80
-    assert reporter.steps == list(range(1, 81))
-    assert [e["step"] for e in reporter.kinds("loss")] == [1, *range(5, 81, 5)]
+    # 32 rows, 10 iterations of a positive and a negative, SetFit's 16 pairs a step
+    assert outcome.best["pairs"] == 640 and outcome.best["step"] == 40
+    assert reporter.steps == list(range(1, 41))
+    assert [e["step"] for e in reporter.kinds("loss")] == [1, *range(5, 41, 5)]
     assert outcome.hyperparameters["epochs"] == 1 and outcome.hyperparameters["batch_size"] == 16
     assert outcome.hyperparameters["learning_rate"] == 1e-3
     logits, gold = outcome.validation_logits
@@ -182,9 +182,9 @@ def test_a_run_stores_lora_and_head_with_a_pooled_read_out(tiny_base: Base) -> N
 
 
 def test_epochs_and_batch_size_of_the_job_are_kept(tiny_base: Base) -> None:
-    outcome = run(tiny_base, plan_of(16, epochs=2, batch_size=64, max_steps=15), Recorder())
-    # 16 rows: 640 pairs, 10 batches of 64 an epoch, two epochs cut at max_steps
-    assert outcome.best["step"] == 15 and outcome.hyperparameters["batch_size"] == 64
+    outcome = run(tiny_base, plan_of(16, epochs=2, batch_size=64, max_steps=7), Recorder())
+    # 16 rows: 320 pairs, 5 batches of 64 an epoch, two epochs cut at max_steps
+    assert outcome.best["step"] == 7 and outcome.hyperparameters["batch_size"] == 64
 
 
 def test_a_nan_loss_is_training_diverged(tiny_base: Base, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,12 +1,19 @@
-"""`method: "auto"`: which adaptation suits this data and this budget, decided by measuring.
+"""`method: "auto"`: which adaptation suits this data and budget, decided by measuring.
 
 The textbook question of adapting a pre-trained model (extract features and fit a head, add
 parameters and tune them, or reshape the embedding space contrastively) has no answer that
 holds for every data set, so the job tries them: the cheap one first (a probe takes seconds),
-then the others while `budget_seconds` lasts, each judged by the same sound rule (out-of-fold
-with few rows, validation otherwise; app.training.selection). The best estimate wins, ties
-going to the cheaper method; only the winner's final adapter is trained, and the comparison
-goes into the job as `candidates`.
+then the others while `budget_seconds` lasts, each judged out of fold or on validation rows
+(app.training.selection).
+
+Estimates from a few dozen rows are coarse (16 rows: steps of 1/16, and folds that train on
+half of them), so the choice follows the one-standard-error idea of model selection: the
+method preferred for this regime wins unless another candidate's estimate beats it by more
+than `MARGIN_SE` standard errors of the difference. The preference comes from measurement
+(bench/fewshot.py): below 32 rows a class `contrastive` beat LoRA and the probe by 2 to 32
+points (TREC, CR, SST-2, SMS at 8 a class), above it LoRA is the stronger; the more rows judge,
+the smaller the error and the more the data decides. Only the winner's final adapter is
+trained, and the comparison goes into the job as `candidates`.
 """
 
 from __future__ import annotations
@@ -20,12 +27,14 @@ from app.tasks import CLASSIFICATION, GENERATION
 from app.training import evaluation
 from app.training.crossval import Pending, PhaseReporter
 from app.training.recipe import Recipe
+from app.training.selection import rule_for
 from app.training.types import TrainingOutcome, TrainingPlan, TrainingReporter
 
 AUTO = "auto"
-# Rows a class below which the few-shot specialist goes before LoRA (it is the cheaper of the
-# two there, and the likelier winner: SetFit's regime).
+# Rows a class below which the few-shot specialist is the preferred candidate (SetFit's regime).
 _FEW_SHOT_PER_CLASS = 32
+# Standard errors of the difference a candidate must win by to overturn the preferred method.
+MARGIN_SE = 2.0
 
 
 class Estimate(Protocol):
@@ -38,15 +47,43 @@ clock = time.monotonic  # the budget's clock (tests advance their own)
 
 
 def candidates_for(plan: TrainingPlan) -> list[str]:
-    """The methods `auto` tries for this plan, cheapest first."""
+    """The methods `auto` tries for this plan: the probe first (seconds), then the preferred
+    method for the regime (`preferred_method`), then the rest."""
     if plan.task == GENERATION:
         return ["lora"]
     if plan.task != CLASSIFICATION:
         return ["linear_probe", "lora"]
-    per_class = (len(plan.train_rows) + len(plan.validation_rows)) / max(1, len(plan.labels))
-    if per_class < _FEW_SHOT_PER_CLASS:
+    if preferred_method(plan) == "contrastive":
         return ["linear_probe", "contrastive", "lora"]
     return ["linear_probe", "lora", "contrastive"]
+
+
+def preferred_method(plan: TrainingPlan) -> str:
+    """What wins unless the measurements clearly say otherwise."""
+    rows = len(plan.train_rows) + len(plan.validation_rows)
+    few = rows / max(1, len(plan.labels)) < _FEW_SHOT_PER_CLASS
+    return "contrastive" if plan.task == CLASSIFICATION and few else "lora"
+
+
+def choose(
+    measured: list[tuple[str, float]], *, preferred: str, judged_rows: int
+) -> tuple[str, str]:
+    """The winner among (method, estimate) pairs, and why. The preferred method (else the
+    first measured) stands unless the best other estimate beats it by more than `MARGIN_SE`
+    standard errors of the difference of two proportions over `judged_rows` rows."""
+    scores = {m: v for m, v in measured if math.isfinite(v)}
+    if not scores:
+        return measured[0][0], "no candidate has a finite estimate: the first one"
+    incumbent = preferred if preferred in scores else next(iter(scores))
+    challenger = max(scores, key=lambda m: scores[m])  # max keeps the first (cheaper) of ties
+    gap = scores[challenger] - scores[incumbent]
+    p, q = (min(1.0, max(0.0, scores[m])) for m in (incumbent, challenger))
+    error = math.sqrt((p * (1 - p) + q * (1 - q)) / max(1, judged_rows))
+    if challenger != incumbent and gap > MARGIN_SE * error:
+        return challenger, f"beats {incumbent} by {gap:.3f} > {MARGIN_SE:g} x {error:.3f}"
+    if challenger != incumbent:
+        return incumbent, f"preferred; {challenger}'s lead {gap:.3f} <= {MARGIN_SE:g} x {error:.3f}"
+    return incumbent, "the best estimate"
 
 
 def train_auto(
@@ -82,8 +119,13 @@ def train_auto(
         table.append(_row(method, metric, value, clock() - began, "measured"))
     if not tried:
         raise RuntimeError("auto: no candidate method could be trained")
-    winner, pending = max(tried, key=lambda item: _score(item[1].metrics.get(metric)))
-    reporter.event("info", {"message": f"auto: {winner} wins on {metric}; training it"})
+    winner, why = choose(
+        [(m, _score(p.metrics.get(metric))) for m, p in tried],
+        preferred=preferred_method(plan),
+        judged_rows=_judged_rows(plan, recipe_of("linear_probe")),
+    )
+    pending = dict(tried)[winner]
+    reporter.event("info", {"message": f"auto: {winner} on {metric} ({why}); training it"})
     outcome = pending.finish(_Tagged(reporter, winner, offset=offset))
     for row in table:
         row["chosen"] = row["method"] == winner
@@ -106,8 +148,15 @@ def _row(
 
 
 def _score(value: float | None) -> float:
-    # max() keeps the first of equal scores: the cheaper candidate wins a tie.
     return value if value is not None and math.isfinite(value) else float("-inf")
+
+
+def _judged_rows(plan: TrainingPlan, recipe: Recipe) -> int:
+    """How many rows the estimates were measured on: every row out of fold, or validation."""
+    rule = rule_for(plan, recipe.hp)
+    if rule.name == "cross_validation":
+        return len(plan.train_rows) + len(plan.validation_rows)
+    return max(1, len(plan.validation_rows))
 
 
 class _Tagged(PhaseReporter):

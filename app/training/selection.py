@@ -18,9 +18,15 @@ untrained start. So the rule depends on the size of what judges the run:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, cast
+from typing import TYPE_CHECKING, Literal, cast
 
 from app.errors import bad_request
+from app.training.evaluation import primary_metric
+from app.training.rows import label_counts
+from app.training.types import TrainingPlan
+
+if TYPE_CHECKING:
+    from app.training.hyperparameters import Hyperparameters
 
 SMALL_VALIDATION = 50
 LARGE_VALIDATION = 500
@@ -131,3 +137,17 @@ def _asked(name: RuleName, *, rows: int, validation_rows: int, metric: str, fold
     if name == "validation_loss":
         return Rule(name, criterion="loss", early_stop=True, message=said)
     return Rule("validation_metric", criterion=metric, early_stop=True, message=said)
+
+
+def rule_for(plan: TrainingPlan, hp: Hyperparameters) -> Rule:
+    """The selection rule for this plan's rows (app.training.selection)."""
+    counts = label_counts(plan.train_rows + plan.validation_rows, plan.task)
+    return choose_rule(
+        rows=len(plan.train_rows),
+        validation_rows=len(plan.validation_rows),
+        source=plan.validation_source,
+        epochs=hp.epochs or 1,
+        metric=primary_metric(plan.task),
+        smallest_class=min(counts.values()) if counts else len(plan.train_rows),
+        asked=hp.selection,
+    )

@@ -21,12 +21,11 @@ from app.training.contrastive_run import contrastive_run
 from app.training.crossval import Pending, PhaseReporter, cross_validate_adapter, cv_best
 from app.training.encoding import token_lengths
 from app.training.generation import train_generation
-from app.training.hyperparameters import Hyperparameters, fill_defaults
+from app.training.hyperparameters import fill_defaults
 from app.training.loop import Pause, Steps, Ticker, release_memory
 from app.training.preflight import preflight
 from app.training.recipe import Recipe, save_files
-from app.training.rows import label_counts
-from app.training.selection import Rule, choose_rule
+from app.training.selection import Rule, rule_for
 from app.training.types import CancelToken, TrainingOutcome, TrainingPlan, TrainingReporter
 
 
@@ -136,20 +135,6 @@ def estimate_method(recipe: Recipe, reporter: TrainingReporter, *, compare: bool
     train_ex, val_ex = recipe.encode(plan.train_rows), recipe.encode(plan.validation_rows)
     fitted = recipe.fit(train_ex, val_ex, rule=rule, reporter=reporter)
     return Pending.done(recipe.outcome(fitted, selection=_selection(rule, fitted.loop.steps)))
-
-
-def rule_for(plan: TrainingPlan, hp: Hyperparameters) -> Rule:
-    """The selection rule for this plan's rows (app.training.selection)."""
-    counts = label_counts(plan.train_rows + plan.validation_rows, plan.task)
-    return choose_rule(
-        rows=len(plan.train_rows),
-        validation_rows=len(plan.validation_rows),
-        source=plan.validation_source,
-        epochs=hp.epochs or 1,
-        metric=evaluation.primary_metric(plan.task),
-        smallest_class=min(counts.values()) if counts else len(plan.train_rows),
-        asked=hp.selection,
-    )
 
 
 def _cross_validated(recipe: Recipe, rule: Rule, reporter: TrainingReporter) -> Pending:

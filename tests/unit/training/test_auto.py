@@ -14,7 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.training import auto
-from app.training.auto import candidates_for
+from app.training.auto import MARGIN_SE, candidates_for, choose, preferred_method
 from app.training.types import TrainingPlan
 from tests.unit.training.test_contrastive import wait
 from tests.unit.training.test_trainer import rows
@@ -39,10 +39,13 @@ def test_auto_measures_its_candidates_and_registers_the_best(client: TestClient)
     assert all(isinstance(row["seconds"], float) and row["seconds"] >= 0 for row in table)
     chosen = [row for row in table if row["chosen"]]
     assert len(chosen) == 1
-    best = max(row["value"] for row in measured)
-    assert chosen[0]["value"] == best
-    # Ties go to the cheaper (earlier) candidate.
-    assert chosen[0] == next(row for row in measured if row["value"] == best)
+    # The rule of choose(): contrastive is preferred at 20 rows a class, all 40 rows judged.
+    expected, _why = choose(
+        [(row["method"], row["value"]) for row in measured],
+        preferred="contrastive",
+        judged_rows=40,
+    )
+    assert chosen[0]["method"] == expected
     assert job["selection"]["method"] == chosen[0]["method"]
     assert job["selection"]["rule"] == "cross_validation"
     adapter = client.get("/v1/adapters/picked").json()
@@ -104,3 +107,23 @@ def test_candidates_follow_the_task_and_the_rows_a_class() -> None:
         "lora",
     ]
     assert candidates_for(plan("generation", 40, [])) == ["lora"]
+
+
+def test_the_preferred_method_stands_unless_clearly_beaten() -> None:
+    """16 rows judged: a 0.25 lead is within two standard errors (about 0.33), so the
+    preferred method stays; with 400 rows the same lead is far outside them."""
+    measured = [("linear_probe", 0.75), ("contrastive", 0.5), ("lora", 0.56)]
+    assert choose(measured, preferred="contrastive", judged_rows=16)[0] == "contrastive"
+    winner, why = choose(measured, preferred="contrastive", judged_rows=400)
+    assert winner == "linear_probe" and f"> {MARGIN_SE:g} x" in why
+    # Ties and missing values: the first finite one; the preferred one absent: the first.
+    assert choose([("a", 0.5), ("b", 0.5)], preferred="zzz", judged_rows=10**6)[0] == "a"
+    nan = float("nan")
+    assert choose([("a", nan), ("b", 0.4)], preferred="a", judged_rows=10)[0] == "b"
+    assert choose([("a", nan)], preferred="a", judged_rows=10)[0] == "a"
+
+
+def test_few_rows_a_class_prefer_contrastive_and_more_prefer_lora() -> None:
+    assert preferred_method(plan("classification", 40, ["a", "b"])) == "contrastive"
+    assert preferred_method(plan("classification", 400, ["a", "b"])) == "lora"
+    assert preferred_method(plan("regression", 10, [])) == "lora"

@@ -29,35 +29,20 @@ def contrastive_run(
     them, so that no candidate is judged on rows it learned from."""
     plan = recipe.plan
     selection = {**rule.as_json(), "stopped_early": False}
-
-    def run(train: list[Example], val: list[Example], sub: TrainingReporter) -> TrainingOutcome:
-        return contrastive_adapter(
-            plan,
-            base=recipe.base,
-            hp=recipe.hp,
-            train=train,
-            val=val,
-            reporter=sub,
-            tick=recipe.tick,
-            targets=recipe.setup.targets,
-        )
-
     if rule.name != "cross_validation":
-        started = time.monotonic()
-        outcome = run(recipe.encode(plan.train_rows), recipe.encode(plan.validation_rows), reporter)
-        outcome.selection = selection
-        return Pending.done(outcome, seconds=time.monotonic() - started)
+        train, val = recipe.encode(plan.train_rows), recipe.encode(plan.validation_rows)
+        return _once(recipe, train, val, reporter, selection=selection)
     rows = plan.train_rows + plan.validation_rows
     examples = recipe.encode(rows)
     if not compare:
-        started = time.monotonic()
-        outcome = run(examples, [], reporter)
+        pending = _once(recipe, examples, [], reporter, selection=selection)
+        outcome = pending.finish(reporter)
         outcome.best["criterion"] = "head cross-validation on the adapted features"
         outcome.selection = {**selection, "rule": "fixed", "trained_on": "all rows"}
-        return Pending.done(outcome, seconds=time.monotonic() - started)
+        return pending
 
     def fold(train: list[Example], val: list[Example], sub: TrainingReporter) -> Logits:
-        logits = run(train, val, sub).validation_logits
+        logits = _run(recipe, train, val, sub).validation_logits
         assert logits is not None  # a classification run always has them
         return logits
 
@@ -73,12 +58,41 @@ def contrastive_run(
     )
 
     def finish(final: TrainingReporter) -> TrainingOutcome:
-        outcome = run(examples, examples, final)  # its own metrics would be training rows'
-        metric = evaluation.primary_metric(plan.task)
+        outcome = _run(recipe, examples, examples, final)  # its metrics: training rows'
         outcome.metrics, outcome.validation_logits = cv.metrics, cv.logits
-        outcome.best = cv_best(cv, metric=metric)
+        outcome.best = cv_best(cv, metric=evaluation.primary_metric(plan.task))
         outcome.history = [{"folds": cv.folds, **cv.metrics}]
         outcome.selection = selection
         return outcome
 
     return Pending(metrics=cv.metrics, seconds=cv.seconds, finish=finish)
+
+
+def _run(
+    recipe: Recipe, train: list[Example], val: list[Example], reporter: TrainingReporter
+) -> TrainingOutcome:
+    return contrastive_adapter(
+        recipe.plan,
+        base=recipe.base,
+        hp=recipe.hp,
+        train=train,
+        val=val,
+        reporter=reporter,
+        tick=recipe.tick,
+        targets=recipe.setup.targets,
+    )
+
+
+def _once(
+    recipe: Recipe,
+    train: list[Example],
+    val: list[Example],
+    reporter: TrainingReporter,
+    *,
+    selection: dict[str, object],
+) -> Pending:
+    """One run, already finished: its estimate is its own validation (or head) metrics."""
+    started = time.monotonic()
+    outcome = _run(recipe, train, val, reporter)
+    outcome.selection = dict(selection)
+    return Pending.done(outcome, seconds=time.monotonic() - started)

@@ -199,22 +199,44 @@ def train_probe(recipe: Recipe, *, rule: Rule, reporter: TrainingReporter) -> Tr
         )
     width = x_train.shape[1] // len(candidates[-1])  # features per layer
     rows = 1 if plan.task == REGRESSION else len(plan.labels)
-    metric = evaluation.primary_metric(plan.task)
+
+    def judge(x: np.ndarray, c: float) -> Judged:
+        if folds:  # the head is fitted on all rows once chosen
+            metrics, pair = _cross_validated(x, y_train, plan, train_rows, rows, c, folds, tick)
+            return np.zeros(0), np.zeros(0), metrics, pair
+        weight, bias = fit_head(x, y_train, task=plan.task, rows=rows, c=c, tick=tick)
+        return weight, bias, *score(weight, bias)
+
+    best, history = _search(candidates, x_train, width, judge, plan.task, reporter)
+    total = len(history)
+    if folds:
+        x = x_train[:, : width * len(best["layers"])]
+        best["weight"], best["bias"] = fit_head(
+            x, y_train, task=plan.task, rows=rows, c=best["C"], tick=tick
+        )
+        best["criterion"] = f"{folds}-fold cross-validation"
+    hp.layers = best["layers"]
+    selection = {**rule.as_json(), "planned_steps": total, "steps": total, "stopped_early": False}
+    return _probe_outcome(base, hp, best, history, selection)
+
+
+def _search(
+    candidates: list[list[int]],
+    x_train: np.ndarray,
+    width: int,
+    judge: Callable[[np.ndarray, float], Judged],
+    task: str,
+    reporter: TrainingReporter,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Every (layers, C) of the grid judged in turn; the best (first of equals) and all."""
+    metric = evaluation.primary_metric(task)
     best: dict[str, Any] = {}
     history = []
     total = len(candidates) * len(_PROBE_C_GRID)
-    for step, (layers, c) in enumerate(
-        ((layers, c) for layers in candidates for c in _PROBE_C_GRID), start=1
-    ):
+    grid = ((layers, c) for layers in candidates for c in _PROBE_C_GRID)
+    for step, (layers, c) in enumerate(grid, start=1):
         # Candidates are prefixes of the last one: their features are its first columns.
-        x = x_train[:, : width * len(layers)]
-        pair: Logits | None
-        if folds:
-            weight, bias = np.zeros(0), np.zeros(0)  # fitted on all rows once chosen
-            metrics, pair = _cross_validated(x, y_train, plan, train_rows, rows, c, folds, tick)
-        else:
-            weight, bias = fit_head(x, y_train, task=plan.task, rows=rows, c=c, tick=tick)
-            metrics, pair = score(weight, bias)
+        weight, bias, metrics, pair = judge(x_train[:, : width * len(layers)], c)
         entry = {"step": step, "layers": layers, "C": c, **metrics}
         history.append(entry)
         reporter.event("evaluation", entry)
@@ -225,15 +247,7 @@ def train_probe(recipe: Recipe, *, rule: Rule, reporter: TrainingReporter) -> Tr
                 **{"step": step, "metric": metric, "value": value, "metrics": metrics},
                 **{"weight": weight, "bias": bias, "layers": layers, "C": c, "logits": pair},
             }
-    if folds:
-        x = x_train[:, : width * len(best["layers"])]
-        best["weight"], best["bias"] = fit_head(
-            x, y_train, task=plan.task, rows=rows, c=best["C"], tick=tick
-        )
-        best["criterion"] = f"{folds}-fold cross-validation"
-    hp.layers = best["layers"]
-    selection = {**rule.as_json(), "planned_steps": total, "steps": total, "stopped_early": False}
-    return _probe_outcome(base, hp, best, history, selection)
+    return best, history
 
 
 def _cross_validated(
@@ -294,6 +308,8 @@ def _probe_outcome(
 
 
 Logits = tuple[torch.Tensor, torch.Tensor]
+# A grid point's head (empty until refitted, under cross-validation), metrics and logits.
+Judged = tuple[np.ndarray, np.ndarray, dict[str, float], Logits | None]
 Scorer = Callable[[np.ndarray, np.ndarray], tuple[dict[str, float], Logits | None]]
 
 

@@ -86,22 +86,7 @@ def choose_rule(
         )
     if validation_rows < SMALL_VALIDATION:
         folds = min(MAX_FOLDS, smallest_class, rows + validation_rows)
-        if source == "held_out" and folds >= MIN_FOLDS:
-            total = rows + validation_rows
-            return Rule(
-                "cross_validation",
-                folds=folds,
-                criterion=metric,
-                keep_last=True,
-                message=f"{total} rows: {folds}-fold cross-validation for the schedule; "
-                "the final adapter is trained on all rows",
-            )
-        return Rule(
-            "fixed",
-            keep_last=True,
-            message=f"{validation_rows} validation rows are too few to pick a checkpoint: "
-            f"the full schedule of {epochs} epochs runs without early stopping",
-        )
+        return _few(rows + validation_rows, validation_rows, source, epochs, metric, folds)
     if validation_rows < LARGE_VALIDATION:
         floor = max(2, -(-epochs // 3))
         return Rule(
@@ -118,6 +103,27 @@ def choose_rule(
         early_stop=True,
         min_epochs=1,
         message=f"{validation_rows} validation rows: {metric} picks the checkpoint",
+    )
+
+
+def _few(
+    total: int, validation_rows: int, source: str, epochs: int, metric: str, folds: int
+) -> Rule:
+    """Too few rows judge: cross-validation where the split was ours, else the fixed schedule."""
+    if source == "held_out" and folds >= MIN_FOLDS:
+        return Rule(
+            "cross_validation",
+            folds=folds,
+            criterion=metric,
+            keep_last=True,
+            message=f"{total} rows: {folds}-fold cross-validation for the schedule; "
+            "the final adapter is trained on all rows",
+        )
+    return Rule(
+        "fixed",
+        keep_last=True,
+        message=f"{validation_rows} validation rows are too few to pick a checkpoint: "
+        f"the full schedule of {epochs} epochs runs without early stopping",
     )
 
 

@@ -5,7 +5,8 @@ import { lineChart } from "./charts.js";
 import { badge, errorNote, fmtNumber, fmtSeconds, fmtTime, h, numericEntries, refusedNote, replace, section, table } from "./dom.js";
 
 const ACTIVE = ["queued", "validating", "running"];
-const NOT_METRICS = ["step", "epoch"];
+// Not curves: where an evaluation sits (its fold under cross-validation), and the probe grid's C.
+const NOT_METRICS = ["step", "epoch", "fold", "C"];
 
 function progressBar(progress) {
   const percent = Math.max(0, Math.min(100, Number(progress && progress.percent) || 0));
@@ -69,7 +70,7 @@ class Curves {
     if (event.kind === "loss" && Number.isFinite(data.loss)) this.loss.push([data.step, data.loss]);
     if (event.kind === "evaluation") {
       for (const [key, value] of numericEntries(data, NOT_METRICS)) {
-        if (key === "loss") this.evalLoss.push([data.step, value]);
+        if (key === "loss" || key === "validation_loss") this.evalLoss.push([data.step, value]);
         else {
           if (!this.metrics.has(key)) this.metrics.set(key, []);
           this.metrics.get(key).push([data.step, value]);

@@ -10,9 +10,11 @@ untrained start. So the rule depends on the size of what judges the run:
   handful), and the final adapter is trained on all rows with that schedule;
 - fewer than `SMALL_VALIDATION` rows the user gave (or none to spare): the fixed schedule,
   no early stop, the last state ships (nothing can judge it better);
-- up to `LARGE_VALIDATION` rows: validation loss (smooth, where accuracy moves in steps)
-  picks the checkpoint, and patience counts only after a third of the schedule;
-- more: the task's primary metric picks it, with the job's patience.
+- more: the task's primary metric picks it, with the job's patience, which counts only after
+  a third of the schedule below `LARGE_VALIDATION` rows (a noisy dip early on ended runs that
+  were still improving). Validation loss, smoother, ranked checkpoints worse than the metric
+  it stands for (SST-2 800 rows: 0.745 against 0.75+; the loss prefers early, less confident
+  checkpoints): it is a rule a job may ask for, not a default.
 """
 
 from __future__ import annotations
@@ -90,11 +92,11 @@ def choose_rule(
     if validation_rows < LARGE_VALIDATION:
         floor = max(2, -(-epochs // 3))
         return Rule(
-            "validation_loss",
-            criterion="loss",
+            "validation_metric",
+            criterion=metric,
             early_stop=True,
             min_epochs=floor,
-            message=f"{validation_rows} validation rows: validation loss picks the checkpoint; "
+            message=f"{validation_rows} validation rows: {metric} picks the checkpoint; "
             f"early stopping counts only after {floor} epochs",
         )
     return Rule(

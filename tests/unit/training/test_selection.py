@@ -57,9 +57,13 @@ def test_few_rows_of_the_users_own_validation_run_the_fixed_schedule() -> None:
     assert rule(10, smallest=1).name == "fixed"
 
 
-def test_middle_sizes_pick_by_validation_loss_after_a_floor() -> None:
+def test_middle_sizes_pick_by_the_metric_after_a_floor() -> None:
     chosen = rule(SMALL_VALIDATION)
-    assert (chosen.name, chosen.criterion, chosen.early_stop) == ("validation_loss", "loss", True)
+    assert (chosen.name, chosen.criterion, chosen.early_stop) == (
+        "validation_metric",
+        "accuracy",
+        True,
+    )
     assert chosen.min_epochs == 3  # a third of the 9 planned epochs
 
 
@@ -176,24 +180,43 @@ def test_an_early_stop_shows_in_the_final_progress() -> None:
     assert (finished["step"], finished["total_steps"], finished["stopped_early"]) == (12, 12, False)
 
 
-def test_middle_sizes_stop_on_validation_loss_only_after_the_floor(
+def test_middle_sizes_stop_only_after_the_floor(
     tiny_base: Base, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """60 validation rows: the loss, not accuracy, picks the checkpoint, and patience may end
-    the run only once a third of the 9 epochs has run."""
-    losses = iter([0.5, 0.9, 1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6])
+    """60 validation rows: accuracy picks the checkpoint, and patience may end the run only
+    once a third of the 9 epochs has run."""
+    scores = iter([0.9, 0.5, 0.5, 0.4, 0.4, 0.4, 0.4, 0.4, 0.4])
 
     def scripted(*_args: Any, **_kw: Any) -> evaluation.Evaluation:
-        return evaluation.Evaluation({"accuracy": 0.5}, loss=next(losses))
+        return evaluation.Evaluation({"accuracy": next(scores)}, loss=1.0)
 
     monkeypatch.setattr(evaluation, "evaluate_run", scripted)
     reporter = Recorder()
     job = plan("validation_data", train_rows=32, validation_rows=60, epochs=9)
     job.hyperparameters.update(early_stopping_patience=1, head_init="random")
     outcome = run(tiny_base, job, reporter)
-    assert outcome.selection["rule"] == "validation_loss"
+    assert outcome.selection["rule"] == "validation_metric"
     assert [e["step"] for e in outcome.history] == [4, 8, 12]  # not stopped at 8: the floor
     assert outcome.selection["stopped_early"] is True
     assert outcome.selection["steps"] == 12 and outcome.selection["planned_steps"] == 36
-    assert outcome.best["step"] == 4 and outcome.best["criterion"] == "validation loss"
+    assert outcome.best["step"] == 4 and outcome.best["value"] == 0.9
     assert any("early stop at step 12 of 36" in e["message"] for e in reporter.kinds("info"))
+
+
+def test_validation_loss_is_a_rule_a_job_may_ask_for(
+    tiny_base: Base, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    losses = iter([0.5, 0.9, 1.0, 1.1, 1.2, 1.3])
+
+    def scripted(*_args: Any, **_kw: Any) -> evaluation.Evaluation:
+        return evaluation.Evaluation({"accuracy": 0.5}, loss=next(losses))
+
+    monkeypatch.setattr(evaluation, "evaluate_run", scripted)
+    job = plan("validation_data", train_rows=32, validation_rows=60, epochs=6)
+    job.hyperparameters.update(
+        early_stopping_patience=2, head_init="random", selection="validation_loss"
+    )
+    outcome = run(tiny_base, job, Recorder())
+    assert outcome.selection["rule"] == "validation_loss"
+    assert outcome.best["step"] == 4 and outcome.best["criterion"] == "validation loss"
+    assert [e["step"] for e in outcome.history] == [4, 8, 12]

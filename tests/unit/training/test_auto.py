@@ -96,11 +96,7 @@ def test_candidates_follow_the_task_and_the_rows_a_class() -> None:
         "contrastive",
         "lora",
     ]
-    assert candidates_for(plan("classification", 400, ["a", "b"])) == [
-        "linear_probe",
-        "lora",
-        "contrastive",
-    ]
+    assert candidates_for(plan("classification", 400, ["a", "b"])) == ["linear_probe", "lora"]
     assert candidates_for(plan("regression", 40, [])) == ["linear_probe", "lora"]
     assert candidates_for(plan("token_classification", 40, ["O", "B-X"])) == [
         "linear_probe",

@@ -35,11 +35,9 @@ def contrastive_run(
     rows = plan.train_rows + plan.validation_rows
     examples = recipe.encode(rows)
     if not compare:
-        pending = _once(recipe, examples, [], reporter, selection=selection)
-        outcome = pending.finish(reporter)
-        outcome.best["criterion"] = "head cross-validation on the adapted features"
-        outcome.selection = {**selection, "rule": "fixed", "trained_on": "all rows"}
-        return pending
+        fixed = {**selection, "rule": "fixed", "trained_on": "all rows"}
+        criterion = "head cross-validation on the adapted features"
+        return _once(recipe, examples, [], reporter, selection=fixed, criterion=criterion)
 
     def fold(train: list[Example], val: list[Example], sub: TrainingReporter) -> Logits:
         logits = _run(recipe, train, val, sub).validation_logits
@@ -90,9 +88,12 @@ def _once(
     reporter: TrainingReporter,
     *,
     selection: dict[str, object],
+    criterion: str | None = None,
 ) -> Pending:
     """One run, already finished: its estimate is its own validation (or head) metrics."""
     started = time.monotonic()
     outcome = _run(recipe, train, val, reporter)
     outcome.selection = dict(selection)
+    if criterion is not None:
+        outcome.best["criterion"] = criterion
     return Pending.done(outcome, seconds=time.monotonic() - started)

@@ -146,10 +146,12 @@ def cross_validate(
     """Out-of-fold metrics of any recipe given as `fit` (a method without a schedule to pick)."""
     started = time.monotonic()
     pairs = []
+    offset = 0  # the folds' steps continue one another, as in cross_validate_adapter
     for number, held in enumerate(fold_indices(rows, task, folds=folds, seed=seed), start=1):
         train, val = _split(examples, held)
-        sub = PhaseReporter(reporter, offset=0, total=0, fold=number)
+        sub = PhaseReporter(reporter, offset=offset, total=offset, fold=number)
         pairs.append(fit(train, val, sub))
+        offset = sub.last_step
     return CvResult(
         folds=folds,
         metrics=evaluation.metrics_from_logits(pairs, task=task, labels=labels),

@@ -35,7 +35,7 @@ _VOLATILE_CONFIG_KEYS = {"transformers_version", "_name_or_path", "torch_dtype",
 
 
 @dataclass
-class BaseModel:
+class FrozenBase:
     """The frozen base: the module, its tokenizer and what adapters are checked against."""
 
     name: str
@@ -128,7 +128,7 @@ def base_kind(config: PretrainedConfig) -> BaseKind:
     return "decoder" if causal or getattr(config, "is_decoder", False) else "encoder"
 
 
-def load_base(settings: Settings) -> BaseModel:
+def load_base(settings: Settings) -> FrozenBase:
     """Load the configured base once, frozen, on the configured device and dtype."""
     path = resolve_base_path(settings)
     device = pick_device(settings.device)
@@ -154,7 +154,7 @@ def wrap_base(
     path: Path,
     device: torch.device,
     kind: BaseKind | None = None,
-) -> BaseModel:
+) -> FrozenBase:
     """Freeze an already built model and describe it; tests use this with tiny random models."""
     model.to(device)  # type: ignore[arg-type]
     model.eval()
@@ -167,7 +167,7 @@ def wrap_base(
         for n, m in model.named_modules()
         if isinstance(m, nn.Linear)
     }
-    base = BaseModel(
+    base = FrozenBase(
         name=name,
         path=path,
         kind=kind or base_kind(model.config),

@@ -27,8 +27,7 @@ from app.api.routes import (
     training_jobs,
     ui,
 )
-from app.base import BaseModel as Base
-from app.base import load_base
+from app.base import FrozenBase, load_base
 from app.config import Settings
 from app.db import open_database
 from app.registry.catalog import Registry
@@ -43,7 +42,7 @@ from app.training.trainer import train
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings | None = None, *, base: Base | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, base: FrozenBase | None = None) -> FastAPI:
     """Build the service. Tests pass a tiny `base`; production loads the configured one."""
     settings = settings or Settings()
 
@@ -102,7 +101,7 @@ def _include_routers(app: FastAPI) -> None:
         app.include_router(module.router, dependencies=[Depends(require("train"))])
 
 
-def _start(app: FastAPI, settings: Settings, base: Base | None) -> None:
+def _start(app: FastAPI, settings: Settings, base: FrozenBase | None) -> None:
     store = AdapterStore(settings.store)
     removed = store.sweep()
     if removed:

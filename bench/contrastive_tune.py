@@ -24,8 +24,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModel
 
-from app.base import BaseModel as Base
-from app.base import load_base
+from app.base import FrozenBase, load_base
 from app.config import Settings
 from app.tasks import CLASSIFICATION
 from app.training import contrastive, methods
@@ -70,7 +69,7 @@ def per_class(rows: list[Row], count: int, seed: int) -> list[Row]:
     return picked
 
 
-def frozen_logreg(base: Base, train: list[Example], test: list[Example], rows: int) -> float:
+def frozen_logreg(base: FrozenBase, train: list[Example], test: list[Example], rows: int) -> float:
     """Accuracy of a logistic regression on frozen mean-pooled features, its C cross-validated
     as the contrastive head's is."""
     backbone = getattr(build_view(base, task=CLASSIFICATION, num_labels=1), base.prefix)
@@ -87,7 +86,7 @@ def frozen_logreg(base: Base, train: list[Example], test: list[Example], rows: i
 
 
 def run_contrastive(
-    base: Base, plan: TrainingPlan, train: list[Example], test: list[Example], lr: float
+    base: FrozenBase, plan: TrainingPlan, train: list[Example], test: list[Example], lr: float
 ) -> dict[str, Any]:
     hp = fill_defaults(
         Hyperparameters(learning_rate=lr, seed=int(plan.adapter.rsplit("-", 1)[-1])),
@@ -128,7 +127,7 @@ def _timed(fn: Callable[..., Any], spent: list[float]) -> Callable[..., Any]:
 Step = Callable[[list[contrastive.Pair]], None]
 
 
-def step_cost(base: Base, train: list[Example], steps: int) -> dict[str, float]:
+def step_cost(base: FrozenBase, train: list[Example], steps: int) -> dict[str, float]:
     """Seconds per batch of 16 pairs: this method's LoRA step against SetFit's."""
     labels = [int(e.label) for e in train]
     wanted = 16 * (steps + 1)  # a warm-up batch, then `steps` timed ones
@@ -148,7 +147,7 @@ def step_cost(base: Base, train: list[Example], steps: int) -> dict[str, float]:
     return out
 
 
-def _lora_step(base: Base, train: list[Example]) -> Step:
+def _lora_step(base: FrozenBase, train: list[Example]) -> Step:
     """One optimizer step of this method (its own `_pair_step`)."""
     hp = fill_defaults(
         Hyperparameters(), method="contrastive", rows=len(train), lengths=[32], max_tokens=512
@@ -168,7 +167,7 @@ def _lora_step(base: Base, train: list[Example]) -> Step:
     return step
 
 
-def _setfit_step(base: Base, train: list[Example]) -> Step:
+def _setfit_step(base: FrozenBase, train: list[Example]) -> Step:
     """SetFit's step: the whole body trainable, each side of the pairs encoded separately
     (sentence-transformers' CosineSimilarityLoss), AdamW at 2e-5."""
     full = AutoModel.from_pretrained(base.path).train()
@@ -192,7 +191,7 @@ def _setfit_step(base: Base, train: list[Example]) -> Step:
     return step
 
 
-def compare(base: Base, args: argparse.Namespace, seed: int) -> None:
+def compare(base: FrozenBase, args: argparse.Namespace, seed: int) -> None:
     """Print the frozen baseline and each learning rate's run for one seeded sample."""
     rows, test_rows = read(args.set, "train", args.label), read(args.set, "test", args.label)
     labels = sorted({str(r["label"]) for r in rows})

@@ -16,8 +16,7 @@ import torch
 from fastapi.testclient import TestClient
 from transformers import AutoTokenizer, BertConfig, BertModel, PreTrainedTokenizerBase
 
-from app.base import BaseModel as Base
-from app.base import wrap_base
+from app.base import FrozenBase, wrap_base
 from app.config import Settings
 
 if TYPE_CHECKING:
@@ -65,7 +64,7 @@ def tiny_bert_dir(
 
 
 @pytest.fixture
-def tiny_base(tiny_bert_dir: Path, tokenizer: PreTrainedTokenizerBase) -> Base:
+def tiny_base(tiny_bert_dir: Path, tokenizer: PreTrainedTokenizerBase) -> FrozenBase:
     """A fresh frozen tiny base per test: the runtime wraps its layers in place."""
     model = BertModel.from_pretrained(tiny_bert_dir)
     return wrap_base(
@@ -79,7 +78,7 @@ def settings(tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-def client(settings: Settings, tiny_base: Base) -> Iterator[TestClient]:
+def client(settings: Settings, tiny_base: FrozenBase) -> Iterator[TestClient]:
     from app.main import create_app
 
     with TestClient(create_app(settings, base=tiny_base)) as test_client:

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from app.api.auth import ANONYMOUS_ADMIN, Principal
-from app.base import BaseModel as Base
+from app.base import FrozenBase
 from app.config import Settings
 from app.registry.catalog import Registry
 from app.runtime.metrics import Metrics
@@ -20,7 +20,7 @@ def _settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def _base(request: Request) -> Base:
+def _base(request: Request) -> FrozenBase:
     return request.app.state.base
 
 
@@ -50,7 +50,7 @@ def _principal(request: Request) -> Principal:
 
 
 SettingsDep = Annotated[Settings, Depends(_settings)]
-BaseDep = Annotated[Base, Depends(_base)]
+BaseDep = Annotated[FrozenBase, Depends(_base)]
 RegistryDep = Annotated[Registry, Depends(_registry)]
 RuntimeDep = Annotated[Runtime, Depends(_runtime)]
 MetricsDep = Annotated[Metrics, Depends(_metrics)]

@@ -12,7 +12,7 @@ import json
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from app.base import BaseModel as Base
+from app.base import FrozenBase
 from app.config import Settings
 from app.errors import SwitchyardError, bad_request
 from app.registry.pooled_head import shown_method
@@ -43,7 +43,7 @@ class Residency(Protocol):
 class Registry:
     """Named, versioned adapters for one base, backed by an `AdapterStore`."""
 
-    def __init__(self, store: AdapterStore, base: Base, settings: Settings) -> None:
+    def __init__(self, store: AdapterStore, base: FrozenBase, settings: Settings) -> None:
         self.store = store
         self.base = base
         self.settings = settings
@@ -223,7 +223,7 @@ class Registry:
         return {**self.store.read_meta(name, resolved), "version": resolved}
 
 
-def _with_base_path(config: dict[str, Any], base: Base) -> bytes:
+def _with_base_path(config: dict[str, Any], base: FrozenBase) -> bytes:
     # PEFT records where the base came from; point it at this service's base so that a download
     # names the model it belongs to rather than whatever path the uploader had.
     config = {**config, "base_model_name_or_path": str(base.path)}

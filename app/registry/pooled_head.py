@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from app.base import BaseModel as Base
+from app.base import FrozenBase
 from app.errors import bad_request
 from app.registry.probe_format import MARKER, ProbeSpec
 from app.tasks import CLASSIFICATION, MULTI_LABEL, REGRESSION
@@ -72,7 +72,7 @@ def parse_pooled_head(config: dict[str, Any], *, method: str, task: str) -> Prob
         ) from exc
 
 
-def check_layers(layers: list[int], base: Base) -> None:
+def check_layers(layers: list[int], base: FrozenBase) -> None:
     """Each layer indexes the base's hidden states (the embeddings and every layer, or counted
     back from the end); a 400 naming `layers` and the bounds otherwise."""
     for layer in layers:

@@ -21,7 +21,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import save as save_safetensors
 
-from app.base import BaseModel as Base
+from app.base import FrozenBase
 from app.errors import bad_request
 
 MARKER = "switchyard_method"
@@ -44,7 +44,7 @@ def is_probe_in_lora(config: dict[str, Any]) -> bool:
 
 
 def probe_files(
-    base: Base, *, layers: list[int], pooling: str, weight: torch.Tensor, bias: torch.Tensor
+    base: FrozenBase, *, layers: list[int], pooling: str, weight: torch.Tensor, bias: torch.Tensor
 ) -> dict[str, bytes]:
     """`adapter_config.json` and `adapter_model.safetensors` of a probe with this head."""
     path = next(iter(base.linear_shapes))
@@ -89,7 +89,7 @@ def check_probe_body(body: dict[str, torch.Tensor]) -> None:
             )
 
 
-def _model_path(base: Base, path: str) -> str:
+def _model_path(base: FrozenBase, path: str) -> str:
     # The inverse of `Base.module_path`: PEFT saves task models' keys under the backbone prefix.
     if base.kind == "encoder" and base.prefix:
         return f"{base.prefix}.{path}"

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from app.base import BaseModel as Base
+from app.base import FrozenBase
 from app.errors import bad_request
 from app.registry.finite import as_float32, fold_lora_scale
 from app.registry.heads import HEAD_MODULES, check_head, normalise_key, normalised, split_head
@@ -118,7 +118,7 @@ class AdapterWeights:
 def build_weights(
     config: dict[str, Any],
     tensors: dict[str, torch.Tensor],
-    base: Base,
+    base: FrozenBase,
     *,
     task: str,
     labels: list[str],
@@ -186,7 +186,7 @@ def _spec(model: type[BaseModel], config: dict[str, Any]) -> Any:
 def _parse_lora(
     spec: LoraConfigSpec,
     body: dict[str, torch.Tensor],
-    base: Base,
+    base: FrozenBase,
     weights: AdapterWeights,
     *,
     max_rank: int,
@@ -226,7 +226,7 @@ def _parse_lora(
         weights.rank = max(weights.rank, ab["A"].shape[0])
 
 
-def _module_path(base: Base, key: str, seen: dict[str, Any]) -> str:
+def _module_path(base: FrozenBase, key: str, seen: dict[str, Any]) -> str:
     """The backbone path `key` targets; a second key for one path is refused, naming it."""
     path = base.module_path(key)
     if path in seen:
@@ -240,7 +240,7 @@ def _lora_pair(
     spec: LoraConfigSpec,
     path: str,
     ab: dict[str, torch.Tensor],
-    base: Base,
+    base: FrozenBase,
     *,
     rank: int,
     alpha: float,
@@ -278,14 +278,14 @@ def _lora_pair(
 
 
 def _parse_probe(
-    spec: ProbeSpec, body: dict[str, torch.Tensor], base: Base, weights: AdapterWeights
+    spec: ProbeSpec, body: dict[str, torch.Tensor], base: FrozenBase, weights: AdapterWeights
 ) -> int:
     """Check a probe's layers; returns how many layers its head concatenates."""
     check_probe_body(body)
     return _read_pooled(spec, base, weights)
 
 
-def _pooled_width(config: dict[str, Any], base: Base, weights: AdapterWeights) -> int:
+def _pooled_width(config: dict[str, Any], base: FrozenBase, weights: AdapterWeights) -> int:
     """A LoRA/IA3 head over pooled hidden states (app/registry/pooled_head.py): how many
     layers it concatenates; 1 for every other adapter (probes are read by `_parse_probe`)."""
     if weights.method == "linear_probe" or not has_pooled_head(config):
@@ -294,7 +294,7 @@ def _pooled_width(config: dict[str, Any], base: Base, weights: AdapterWeights) -
     return _read_pooled(spec, base, weights)
 
 
-def _read_pooled(spec: ProbeSpec, base: Base, weights: AdapterWeights) -> int:
+def _read_pooled(spec: ProbeSpec, base: FrozenBase, weights: AdapterWeights) -> int:
     """Where the head reads (a probe's, or a pooled LoRA/IA3's); how many layers it
     concatenates."""
     check_layers(spec.layers, base)
@@ -323,7 +323,7 @@ def _virtual(body: dict[str, torch.Tensor], tokens: int, width: int) -> torch.Te
 
 
 def _parse_prefix(
-    spec: PrefixConfigSpec, body: dict[str, torch.Tensor], base: Base
+    spec: PrefixConfigSpec, body: dict[str, torch.Tensor], base: FrozenBase
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """PEFT's layout: [virtual, layers * 2 * kv_dim], key then value for each layer."""
     cfg = base.config
@@ -341,7 +341,7 @@ def _parse_prefix(
 
 
 def _parse_ia3(
-    _spec_: IA3ConfigSpec, body: dict[str, torch.Tensor], base: Base, weights: AdapterWeights
+    _spec_: IA3ConfigSpec, body: dict[str, torch.Tensor], base: FrozenBase, weights: AdapterWeights
 ) -> None:
     for key, tensor in sorted(body.items()):
         if not key.endswith(".ia3_l"):

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from app.base import BaseModel as Base
+from app.base import FrozenBase
 from app.errors import SwitchyardError, bad_request
 from app.runtime.batch import Features, build_layout, model_inputs
 from app.runtime.batch import pool as pool  # re-exported: training pools the same way
@@ -58,7 +58,7 @@ class Engine:
 
     def __init__(
         self,
-        base: Base,
+        base: FrozenBase,
         layers: LayerSet,
         cache: AdapterCache,
         *,

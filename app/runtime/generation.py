@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import torch
 
-from app.base import BaseModel as Base
+from app.base import FrozenBase
 from app.errors import SwitchyardError, bad_request
 from app.registry.weights import AdapterWeights
 from app.runtime.cache import AdapterCache, Key, Resident
@@ -112,7 +112,7 @@ class GenerationEngine:
 
     def __init__(
         self,
-        base: Base,
+        base: FrozenBase,
         layers: LayerSet,
         cache: AdapterCache,
         *,
@@ -388,7 +388,7 @@ class GenerationEngine:
         return str(self.base.tokenizer.decode(ids, skip_special_tokens=True))
 
 
-def _eos_ids(base: Base) -> frozenset[int]:
+def _eos_ids(base: FrozenBase) -> frozenset[int]:
     """The ids that end a row: what `generate` would stop at (generation config, else tokenizer)."""
     config = getattr(base.model, "generation_config", None)
     eos: Any = getattr(config, "eos_token_id", None)

@@ -16,7 +16,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from app.base import BaseModel as Base
+from app.base import FrozenBase
 from app.config import Settings
 from app.errors import SwitchyardError
 from app.runtime.cache import AdapterCache, Key
@@ -148,7 +148,7 @@ class GenerationService:
 
     def __init__(
         self,
-        base: Base,
+        base: FrozenBase,
         layers: LayerSet,
         cache: AdapterCache,
         settings: Settings,

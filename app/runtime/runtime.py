@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from app.base import BaseModel as Base
+from app.base import FrozenBase
 from app.config import Settings
 from app.errors import bad_request
 from app.registry.catalog import Registry
@@ -18,12 +18,12 @@ from app.runtime.layers import LayerSet
 from app.runtime.metrics import Metrics
 
 
-def serving_layer_paths(base: Base) -> list[str]:
+def serving_layer_paths(base: FrozenBase) -> list[str]:
     """Every linear layer an adapter may target: all of them except a decoder's LM head."""
     return [p for p in base.linear_shapes if p.split(".")[-1] not in {"lm_head"}]
 
 
-def input_token_limit(base: Base, settings: Settings) -> int:
+def input_token_limit(base: FrozenBase, settings: Settings) -> int:
     """Tokens per input: the setting, never past the positions the base was trained with."""
     positions = getattr(base.config, "max_position_embeddings", None)
     limit = settings.max_input_tokens
@@ -34,7 +34,7 @@ class Runtime:
     """The serving path of one base: built once at start-up, shared by every request."""
 
     def __init__(
-        self, base: Base, registry: Registry, settings: Settings, metrics: Metrics
+        self, base: FrozenBase, registry: Registry, settings: Settings, metrics: Metrics
     ) -> None:
         self.base = base
         self.registry = registry

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.model_selection import StratifiedKFold
 
-from app.base import BaseModel as Base
+from app.base import FrozenBase
 from app.tasks import CLASSIFICATION
 from app.training import evaluation, methods
 from app.training.encoding import Example, collate
@@ -104,7 +104,7 @@ def _other(labels: Sequence[int], label: int, rng: random.Random) -> int:
 def contrastive_adapter(
     plan: TrainingPlan,
     *,
-    base: Base,
+    base: FrozenBase,
     hp: Hyperparameters,
     train: list[Example],
     val: list[Example],
@@ -192,7 +192,7 @@ def _effective(plan: TrainingPlan, hp: Hyperparameters) -> None:
 
 def _train_pairs(
     model: PooledHeadModel,
-    base: Base,
+    base: FrozenBase,
     pairs: list[Pair],
     train: list[Example],
     hp: Hyperparameters,
@@ -280,7 +280,9 @@ def _schedule(total: int, warmup_ratio: float) -> Any:
     return factor
 
 
-def _features(model: PooledHeadModel, base: Base, rows: list[Example], tick: Ticker) -> np.ndarray:
+def _features(
+    model: PooledHeadModel, base: FrozenBase, rows: list[Example], tick: Ticker
+) -> np.ndarray:
     """The adapted pooled features of `rows`, as the served head will read them."""
     if not rows:
         return np.zeros((0, base.hidden_size), dtype=np.float32)

@@ -22,7 +22,7 @@ import torch
 from peft import LoraConfig, PeftModel, PrefixTuningConfig, TaskType, get_peft_model
 from torch import nn
 
-from app.base import BaseModel as Base
+from app.base import FrozenBase
 from app.tasks import GENERATION
 from app.tasks.generation import IGNORE, example_ids, example_length
 from app.training.hyperparameters import Hyperparameters, fill_defaults
@@ -46,7 +46,7 @@ METRIC = "loss"  # validation loss on completion tokens: lower is better
 def train_generation(
     plan: TrainingPlan,
     *,
-    base: Base,
+    base: FrozenBase,
     reporter: TrainingReporter,
     cancel: CancelToken,
     max_rank: int,
@@ -142,7 +142,7 @@ class _Loop:
 
     def __init__(
         self,
-        base: Base,
+        base: FrozenBase,
         model: PeftModel,
         hp: Hyperparameters,
         reporter: TrainingReporter,

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from app.base import BaseModel as Base
+from app.base import FrozenBase
 from app.errors import SwitchyardError
 from app.training import evaluation
 from app.training.encoding import IGNORE, Example, batches
@@ -106,7 +106,7 @@ class TrainLoop:
     def __init__(
         self,
         plan: TrainingPlan,
-        base: Base,
+        base: FrozenBase,
         model: nn.Module,
         hp: Hyperparameters,
         reporter: TrainingReporter,

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from peft import IA3Config, LoraConfig, PeftModel, PromptTuningConfig, TaskType, get_peft_model
 from torch import nn
 
-from app.base import BaseModel as Base
+from app.base import FrozenBase
 from app.errors import bad_request
 from app.tasks import TOKEN_CLASSIFICATION
 from app.training.encoding import IGNORE
@@ -56,7 +56,7 @@ def wrap(
     method: str,
     hp: Hyperparameters,
     task: str,
-    base: Base,
+    base: FrozenBase,
     *,
     targets: list[str] | None = None,
 ) -> AdapterModel:
@@ -114,7 +114,7 @@ def _as_list(target_modules: str | list[str]) -> list[str]:
 
 
 def _prompt(
-    view: nn.Module, hp: Hyperparameters, task_type: TaskType, base: Base
+    view: nn.Module, hp: Hyperparameters, task_type: TaskType, base: FrozenBase
 ) -> PeftModel | PromptTokenModel:
     virtual = hp.num_virtual_tokens
     config = PromptTuningConfig(task_type=task_type, num_virtual_tokens=virtual)
@@ -126,7 +126,7 @@ def _prompt(
 
 
 @torch.no_grad()
-def _init_prompt(prompt: torch.Tensor, view: nn.Module, base: Base, *, seed: int) -> None:
+def _init_prompt(prompt: torch.Tensor, view: nn.Module, base: FrozenBase, *, seed: int) -> None:
     """Start from real embeddings: [CLS] first, then random words.
 
     The pooler reads the first virtual token; as [CLS] at position 0 it is what the LP-FT head

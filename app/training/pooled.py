@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from app.base import BaseModel as Base
+from app.base import FrozenBase
 from app.runtime.batch import pool
 from app.tasks import CLASSIFICATION, MULTI_LABEL, REGRESSION
 
@@ -94,7 +94,7 @@ class PooledHeadModel(nn.Module):
         mark_pooled(Path(folder) / _CONFIG)
 
 
-def reads_pooled(base: Base, *, task: str, method: str) -> bool:
+def reads_pooled(base: FrozenBase, *, task: str, method: str) -> bool:
     """Whether a trained adapter of `method` for `task` on `base` gets a mean-pooled head:
     LoRA and IA3 on an encoder, for sequence-level tasks. Prompt and prefix tuning keep the
     pooler, which reads their first virtual token (their prompts start from [CLS])."""

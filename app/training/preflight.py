@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from app.base import BaseModel as Base
+from app.base import FrozenBase
 from app.errors import bad_request
 from app.tasks import CLASSIFICATION, GENERATION
 from app.training.hyperparameters import Hyperparameters, parse_hyperparameters
@@ -33,7 +33,7 @@ class Setup:
     max_length_cap: int
 
 
-def preflight(plan: TrainingPlan, *, base: Base, max_rank: int, max_tokens: int) -> Setup:
+def preflight(plan: TrainingPlan, *, base: FrozenBase, max_rank: int, max_tokens: int) -> Setup:
     """Check a plan against the base the way the trainer will use it; a 400 names the field."""
     check_tree(plan.hyperparameters, param="hyperparameters")
     _check_task_and_method(base, plan.task, plan.method)
@@ -56,7 +56,7 @@ def preflight(plan: TrainingPlan, *, base: Base, max_rank: int, max_tokens: int)
     return Setup(hp=hp, targets=targets, max_length_cap=cap)
 
 
-def _check_task_and_method(base: Base, task: str, method: str) -> None:
+def _check_task_and_method(base: FrozenBase, task: str, method: str) -> None:
     if base.kind == "decoder" and task != GENERATION:
         raise bad_request(
             "unsupported_task",
@@ -82,7 +82,7 @@ def _check_task_and_method(base: Base, task: str, method: str) -> None:
         )
 
 
-def _length_cap(base: Base, method: str, hp: Hyperparameters, max_tokens: int) -> int:
+def _length_cap(base: FrozenBase, method: str, hp: Hyperparameters, max_tokens: int) -> int:
     """max_input_tokens, or fewer where the base has fewer positions: prompt tuning puts its
     virtual tokens in front of the text, so they take positions too."""
     positions = getattr(base.config, "max_position_embeddings", None)
@@ -99,7 +99,7 @@ def _length_cap(base: Base, method: str, hp: Hyperparameters, max_tokens: int) -
     return min(max_tokens, positions - virtual)
 
 
-def _check_layers(layers: list[int], base: Base) -> None:
+def _check_layers(layers: list[int], base: FrozenBase) -> None:
     """Hidden-state indices: 0 is the embeddings, 1..L the layers, negatives count back."""
     states = base.num_layers + 1
     bad = [layer for layer in layers if not -states <= layer < states]

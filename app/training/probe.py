@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from app.base import BaseModel as Base
+from app.base import FrozenBase
 from app.registry.probe_format import probe_files
 from app.tasks import MULTI_LABEL, REGRESSION, TOKEN_CLASSIFICATION
 from app.training import evaluation
@@ -134,7 +134,7 @@ def token_features(
 def init_head(
     view: nn.Module,
     *,
-    base: Base,
+    base: FrozenBase,
     task: str,
     examples: list[Example],
     hp: Hyperparameters,
@@ -270,7 +270,7 @@ def _cross_validated(
     return evaluation.metrics_from_logits([pair], task=plan.task, labels=plan.labels), pair
 
 
-def _layer_candidates(task: str, hp: Hyperparameters, base: Base) -> list[list[int]]:
+def _layer_candidates(task: str, hp: Hyperparameters, base: FrozenBase) -> list[list[int]]:
     """The user's layers, else the last layer and the last few concatenated (one more point
     on SST-2 at 2,000 rows). Token features of four layers would not fit in memory on big
     data, so token classification keeps the last layer."""
@@ -282,7 +282,7 @@ def _layer_candidates(task: str, hp: Hyperparameters, base: Base) -> list[list[i
 
 
 def _probe_outcome(
-    base: Base,
+    base: FrozenBase,
     hp: Hyperparameters,
     best: dict[str, Any],
     history: list[dict[str, Any]],
@@ -315,7 +315,7 @@ Scorer = Callable[[np.ndarray, np.ndarray], tuple[dict[str, float], Logits | Non
 
 def _probe_data(
     plan: TrainingPlan,
-    base: Base,
+    base: FrozenBase,
     hp: Hyperparameters,
     layers: list[int],
     backbone: nn.Module,

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from app.base import BaseModel as Base
+from app.base import FrozenBase
 from app.tasks import head_rows
 from app.training import methods, probe
 from app.training.encoding import Example, encode_rows
@@ -46,7 +46,7 @@ class Recipe:
     """A job's fixed choices; `fit` applies them to some rows."""
 
     plan: TrainingPlan
-    base: Base
+    base: FrozenBase
     setup: Setup
     hp: Hyperparameters
     tick: Ticker

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import re2
 
-from app.base import BaseModel as Base
+from app.base import FrozenBase
 from app.errors import bad_request
 
 ALL_LINEAR = "all-linear"
@@ -37,7 +37,7 @@ class ViewModules:
     linear: frozenset[str]
 
 
-def view_modules(base: Base) -> ViewModules:
+def view_modules(base: FrozenBase) -> ViewModules:
     """The training view's module names (see app/training/view.py): the base's, under the task
     model's prefix. The runtime wraps served linear layers in place, keeping their paths, so
     names below a linear layer (the wrapper's own) are not the base's and are left out."""
@@ -53,7 +53,7 @@ def view_modules(base: Base) -> ViewModules:
     return ViewModules(names=tuple(sorted(names)), linear=frozenset(linear))
 
 
-def resolve_targets(base: Base, target_modules: str | list[str]) -> list[str] | None:
+def resolve_targets(base: FrozenBase, target_modules: str | list[str]) -> list[str] | None:
     """The view names of the linear layers `target_modules` selects; None for `all-linear`
     (PEFT's own choice). A 400 naming the field when it selects nothing, or anything that is
     not an adaptable linear layer."""

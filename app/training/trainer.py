@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from app.base import BaseModel as Base
+from app.base import FrozenBase
 from app.tasks import GENERATION
 from app.training import evaluation, probe
 from app.training.auto import AUTO, train_auto
@@ -32,7 +32,7 @@ from app.training.types import CancelToken, TrainingOutcome, TrainingPlan, Train
 def train(
     plan: TrainingPlan,
     *,
-    base: Base,
+    base: FrozenBase,
     reporter: TrainingReporter,
     cancel: CancelToken,
     max_rank: int,
@@ -61,7 +61,7 @@ def train(
 def _train(
     plan: TrainingPlan,
     *,
-    base: Base,
+    base: FrozenBase,
     reporter: TrainingReporter,
     cancel: CancelToken,
     max_rank: int,

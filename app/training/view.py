@@ -19,12 +19,12 @@ from transformers import (
     PreTrainedModel,
 )
 
-from app.base import BaseModel as Base
+from app.base import FrozenBase
 from app.errors import bad_request
 from app.tasks import GENERATION, REGRESSION, TOKEN_CLASSIFICATION
 
 
-def build_view(base: Base, *, task: str, num_labels: int) -> PreTrainedModel:
+def build_view(base: FrozenBase, *, task: str, num_labels: int) -> PreTrainedModel:
     """The task model (`BertForSequenceClassification`, ...) over the base's own tensors."""
     config = base.config.__class__.from_dict(base.config.to_dict())
     config.num_labels = max(num_labels, 1)
@@ -53,7 +53,7 @@ def build_view(base: Base, *, task: str, num_labels: int) -> PreTrainedModel:
     return view
 
 
-def _factory(base: Base, task: str) -> Any:
+def _factory(base: FrozenBase, task: str) -> Any:
     if base.kind == "decoder":
         if task != GENERATION:
             raise bad_request(
@@ -71,7 +71,7 @@ def _factory(base: Base, task: str) -> Any:
     )
 
 
-def _buffers(base: Base, prefix: str) -> dict[str, torch.Tensor]:
+def _buffers(base: FrozenBase, prefix: str) -> dict[str, torch.Tensor]:
     # Buffers (position ids) live on modules the runtime never wraps, so names are stable.
     return {prefix + k: v for k, v in base.model.named_buffers() if "lora_" not in k}
 
@@ -86,7 +86,7 @@ def _set(root: nn.Module, name: str, tensor: torch.Tensor, *, is_param: bool) ->
         module._buffers[attr] = tensor
 
 
-def _init_like(meta: torch.Tensor, base: Base) -> torch.Tensor:
+def _init_like(meta: torch.Tensor, base: FrozenBase) -> torch.Tensor:
     tensor = torch.empty(meta.shape, dtype=torch.float32, device=base.device)
     if tensor.dim() > 1:
         nn.init.normal_(tensor, std=0.02)

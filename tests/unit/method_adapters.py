@@ -34,7 +34,7 @@ from transformers import (
 )
 from transformers.models.bert.modeling_bert import BertLayer
 
-from app.base import BaseModel as Base
+from app.base import FrozenBase
 from app.config import Settings
 from app.registry.catalog import Registry
 from app.registry.store import CONFIG_FILE, WEIGHTS_FILE, AdapterStore
@@ -45,7 +45,7 @@ from app.runtime.runtime import Runtime
 SEQ, TOKEN = "classification", "token_classification"
 
 
-def make_runtime(base: Base, settings: Settings) -> tuple[Runtime, Registry]:
+def make_runtime(base: FrozenBase, settings: Settings) -> tuple[Runtime, Registry]:
     """A serving runtime over the tiny base and an empty registry."""
     registry = Registry(AdapterStore(settings.store), base, settings)
     return Runtime(base, registry, settings, Metrics()), registry

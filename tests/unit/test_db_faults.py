@@ -24,7 +24,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from app.base import BaseModel as Base
+from app.base import FrozenBase
 from app.config import Settings
 from app.db import Database, DatabaseUnavailable, TrainingJob, unavailable
 from app.main import create_app
@@ -267,7 +267,7 @@ def test_the_job_lifecycle_runs_on_postgresql(tmp_path: Path, pg_schema: str) ->
 
 @needs_pg
 def test_an_unreachable_postgresql_is_a_503_then_recovers(
-    tmp_path: Path, pg_schema: str, tiny_base: Base
+    tmp_path: Path, pg_schema: str, tiny_base: FrozenBase
 ) -> None:
     relay = Relay()  # off: the server is unreachable, even at start
     app = create_app(

@@ -15,8 +15,7 @@ from peft import LoraConfig, PeftModel, PrefixTuningConfig, TaskType, get_peft_m
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from app.base import BaseModel as Base
-from app.base import wrap_base
+from app.base import FrozenBase, wrap_base
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
@@ -75,7 +74,7 @@ def tiny_llama(tokenizer: PreTrainedTokenizerFast, *, seed: int = 0) -> LlamaFor
     return model
 
 
-def serving_base(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast) -> Base:
+def serving_base(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast) -> FrozenBase:
     """The frozen base the service runs: a deep copy, so `model` stays a plain reference."""
     return wrap_base(
         copy.deepcopy(model),

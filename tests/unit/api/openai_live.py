@@ -12,7 +12,7 @@ import openai
 import pydantic
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
-from app.base import BaseModel as Base
+from app.base import FrozenBase
 from app.config import Settings
 from app.registry.catalog import Registry
 from app.registry.store import CONFIG_FILE, WEIGHTS_FILE, AdapterStore
@@ -70,7 +70,7 @@ def decoder_service(
 
 
 @contextmanager
-def encoder_service(base: Base, settings: Settings, files: dict[str, bytes]) -> Iterator[str]:
+def encoder_service(base: FrozenBase, settings: Settings, files: dict[str, bytes]) -> Iterator[str]:
     """The tiny BERT with classification adapters `sst2` and `other`."""
     registry = Registry(AdapterStore(settings.store), base, settings)
     for name in ("sst2", "other"):

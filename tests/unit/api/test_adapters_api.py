@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from peft import PeftModel
 from transformers import BertModel, PreTrainedTokenizerBase
 
-from app.base import BaseModel as Base
+from app.base import FrozenBase
 from app.config import Settings
 from app.main import create_app
 from tests.conftest import peft_adapter, upload
@@ -457,7 +457,7 @@ def test_unknown_route_and_method(client: TestClient) -> None:
 
 
 @pytest.fixture
-def small_client(tmp_path: Path, tiny_base: Base) -> Iterator[TestClient]:
+def small_client(tmp_path: Path, tiny_base: FrozenBase) -> Iterator[TestClient]:
     settings = Settings(
         store=tmp_path / "store", max_body_bytes=4096, max_upload_bytes=65536, _env_file=None
     )

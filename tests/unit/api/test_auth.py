@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
-from app.base import BaseModel as Base
+from app.base import FrozenBase
 from app.config import Settings
 from app.main import create_app
 from tests.conftest import peft_adapter, upload
@@ -23,7 +23,7 @@ LIMITED = "limited-key-0123456789"
 
 
 @pytest.fixture
-def secured(tmp_path: Path, tiny_base: Base) -> Iterator[TestClient]:
+def secured(tmp_path: Path, tiny_base: FrozenBase) -> Iterator[TestClient]:
     keys = {
         ADMIN: ["admin"],
         f"sha256:{hashlib.sha256(PREDICT.encode()).hexdigest()}": ["predict"],

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Histogram
 
 from app.api.routes.ui import UI_DIR
-from app.base import BaseModel as Base
+from app.base import FrozenBase
 from app.config import Settings
 from app.main import create_app
 from app.runtime.metrics import Metrics
@@ -27,7 +27,7 @@ ADMIN = "admin-key-0123456789"
 
 
 @pytest.fixture
-def secured(tmp_path: Path, tiny_base: Base) -> Iterator[TestClient]:
+def secured(tmp_path: Path, tiny_base: FrozenBase) -> Iterator[TestClient]:
     settings = Settings(
         store=tmp_path / "store",
         api_keys=json.dumps({PREDICT: ["predict"], ADMIN: ["admin"]}),

@@ -20,7 +20,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from app.base import BaseModel as Base
+from app.base import FrozenBase
 from app.config import Settings
 from app.main import create_app
 from app.registry.catalog import Registry
@@ -60,7 +60,7 @@ def adapter_files(
 
 @pytest.fixture
 def run_app(
-    tmp_path: Path, tiny_base: Base, adapter_files: dict[str, bytes]
+    tmp_path: Path, tiny_base: FrozenBase, adapter_files: dict[str, bytes]
 ) -> Iterator[Callable[..., None]]:
     """Run `scenario(client, app)` against a fresh app with an adapter `sst2`, within BOUND_S."""
 

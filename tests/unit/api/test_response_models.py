@@ -22,14 +22,14 @@ from pydantic import BaseModel
 
 from app.api import responses
 from app.api.responses import AdapterVersion, StoredVersion, TrainingJobOut
-from app.base import BaseModel as Base
+from app.base import FrozenBase
 from app.config import Settings
 from app.main import create_app
 from app.training.job_records import STATUSES, initial_progress
 
 
 @pytest.fixture
-def app(settings: Settings, tiny_base: Base) -> FastAPI:
+def app(settings: Settings, tiny_base: FrozenBase) -> FastAPI:
     return create_app(settings, base=tiny_base)
 
 

@@ -20,7 +20,7 @@ import pytest
 import uvicorn
 from fastapi.testclient import TestClient
 
-from app.base import BaseModel as Base
+from app.base import FrozenBase
 from app.config import Settings
 from app.main import create_app
 from tests.conftest import peft_adapter, upload
@@ -35,7 +35,7 @@ def adapter_files(
 
 @pytest.fixture
 def app_client(
-    settings: Settings, tiny_base: Base, adapter_files: dict[str, bytes]
+    settings: Settings, tiny_base: FrozenBase, adapter_files: dict[str, bytes]
 ) -> Iterator[TestClient]:
     with TestClient(create_app(settings, base=tiny_base)) as client:
         assert upload(client, "sst2", adapter_files, labels=["neg", "pos"]).status_code == 201
@@ -161,7 +161,7 @@ def test_the_openapi_documents_the_upload_body(app_client: TestClient) -> None:
 
 
 @pytest.fixture
-def live_url(tmp_path: Path, tiny_base: Base) -> Iterator[tuple[str, int]]:
+def live_url(tmp_path: Path, tiny_base: FrozenBase) -> Iterator[tuple[str, int]]:
     """The app under a real uvicorn on a free port, with a 0.5 s body deadline."""
     settings = Settings(store=tmp_path / "store", body_read_timeout_s=0.5, _env_file=None)
     with socket.socket() as probe:

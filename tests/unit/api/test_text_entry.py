@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from app.base import BaseModel as Base
+from app.base import FrozenBase
 from app.config import Settings
 from app.main import create_app
 from tests.conftest import peft_adapter, upload
@@ -37,7 +37,7 @@ def adapter_files(
 
 @pytest.fixture
 def app_client(
-    settings: Settings, tiny_base: Base, adapter_files: dict[str, bytes]
+    settings: Settings, tiny_base: FrozenBase, adapter_files: dict[str, bytes]
 ) -> Iterator[TestClient]:
     with TestClient(create_app(settings, base=tiny_base)) as client:
         assert upload(client, "sst2", adapter_files, labels=LABELS).status_code == 201

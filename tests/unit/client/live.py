@@ -15,20 +15,19 @@ import torch
 import uvicorn
 from transformers import BertModel, PreTrainedTokenizerBase
 
-from app.base import BaseModel as Base
-from app.base import wrap_base
+from app.base import FrozenBase, wrap_base
 from app.config import Settings
 from app.main import create_app
 
 
-def tiny_base(folder: Path, tokenizer: PreTrainedTokenizerBase) -> Base:
+def tiny_base(folder: Path, tokenizer: PreTrainedTokenizerBase) -> FrozenBase:
     """A frozen tiny base from tests/conftest.py's saved tiny BERT."""
     model = BertModel.from_pretrained(folder)
     return wrap_base(model, tokenizer, name="tiny-bert", path=folder, device=torch.device("cpu"))
 
 
 @contextmanager
-def live_service(settings: Settings, base: Base, *, timeout: float = 60) -> Iterator[str]:
+def live_service(settings: Settings, base: FrozenBase, *, timeout: float = 60) -> Iterator[str]:
     """Serve `create_app(settings, base=base)` until the block ends; yields its URL once ready."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))

@@ -24,7 +24,7 @@ from safetensors.torch import load as load_st
 from safetensors.torch import save as save_st
 from transformers import BertModel, PreTrainedTokenizerBase
 
-from app.base import BaseModel as Base
+from app.base import FrozenBase
 from app.config import Settings
 from app.main import create_app
 from app.registry.catalog import Registry
@@ -510,7 +510,7 @@ def snapshot(root: Path) -> dict[str, bytes | None]:
 
 
 @pytest.fixture
-def make_client(tmp_path: Path, tiny_base: Base) -> Iterator[Callable[..., TestClient]]:
+def make_client(tmp_path: Path, tiny_base: FrozenBase) -> Iterator[Callable[..., TestClient]]:
     clients: list[TestClient] = []
 
     def make(**overrides: Any) -> TestClient:

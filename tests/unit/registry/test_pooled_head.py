@@ -23,8 +23,7 @@ from safetensors.torch import load as load_st
 from torch import nn
 from transformers import BertModel, PreTrainedTokenizerBase
 
-from app.base import BaseModel as Base
-from app.base import wrap_base
+from app.base import FrozenBase, wrap_base
 from app.config import Settings
 from app.errors import SwitchyardError
 from app.registry.probe_format import probe_files
@@ -157,7 +156,7 @@ def test_uploaded_pooled_adapter_serves_what_plain_peft_computes(
 
 # ---------------------------------------------------------------- one forward, own answers
 def test_pooled_and_plain_adapters_in_one_forward_each_get_their_own_answer(
-    tiny_base: Base,
+    tiny_base: FrozenBase,
     settings: Settings,
     tiny_bert_dir: Path,
     tokenizer: PreTrainedTokenizerBase,
@@ -238,7 +237,7 @@ def probe_reference(
 
 # ---------------------------------------------------------------- the keys, checked
 @pytest.fixture(scope="module")
-def base(tiny_bert_dir: Path, tokenizer: PreTrainedTokenizerBase) -> Base:
+def base(tiny_bert_dir: Path, tokenizer: PreTrainedTokenizerBase) -> FrozenBase:
     model = BertModel.from_pretrained(tiny_bert_dir)
     return wrap_base(model, tokenizer, name="tiny", path=tiny_bert_dir, device=torch.device("cpu"))
 
@@ -249,7 +248,7 @@ def lora(tiny_bert_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
     return {"config": json.loads(files[CONFIG_FILE]), "tensors": dict(load_st(files[WEIGHTS_FILE]))}
 
 
-def build(base: Base, lora: dict[str, Any], task: str = "classification", **keys: Any) -> Any:
+def build(base: FrozenBase, lora: dict[str, Any], task: str = "classification", **keys: Any) -> Any:
     labels = [] if task == "regression" else LABELS
     tensors = dict(lora["tensors"])
     if task == "regression":
@@ -260,7 +259,7 @@ def build(base: Base, lora: dict[str, Any], task: str = "classification", **keys
 
 
 def test_a_config_without_the_keys_reads_the_pooler_as_before(
-    base: Base, lora: dict[str, Any]
+    base: FrozenBase, lora: dict[str, Any]
 ) -> None:
     weights = build(base, lora)
     assert weights.probe_layers == [] and weights.method == "lora"
@@ -290,7 +289,7 @@ HOSTILE = {
 
 @pytest.mark.parametrize("case", list(HOSTILE.values()), ids=list(HOSTILE))
 def test_hostile_keys_are_a_400_naming_the_key(
-    base: Base, lora: dict[str, Any], case: tuple[dict[str, Any], str, str]
+    base: FrozenBase, lora: dict[str, Any], case: tuple[dict[str, Any], str, str]
 ) -> None:
     keys, code, param = case
     with pytest.raises(SwitchyardError) as caught:
@@ -302,7 +301,7 @@ def test_hostile_keys_are_a_400_naming_the_key(
 
 
 def test_token_classification_refuses_the_keys(
-    base: Base, tiny_bert_dir: Path, tmp_path: Path
+    base: FrozenBase, tiny_bert_dir: Path, tmp_path: Path
 ) -> None:
     files = peft_adapter(
         tiny_bert_dir, num_labels=3, task="token", target_modules=["query"], out=tmp_path
@@ -336,7 +335,7 @@ POOLING = st.sampled_from(["mean", "cls", "max", "MEAN", ""]) | JSON
 )
 @given(layers=LAYERS, pooling=POOLING, which=st.sampled_from(["both", "layers", "pooling"]))
 def test_any_keys_are_served_as_written_or_a_400(
-    base: Base, lora: dict[str, Any], layers: Any, pooling: Any, which: str
+    base: FrozenBase, lora: dict[str, Any], layers: Any, pooling: Any, which: str
 ) -> None:
     keys = {"layers": layers, "pooling": pooling}
     keys = keys if which == "both" else {which: keys[which]}

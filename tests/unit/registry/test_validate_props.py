@@ -23,8 +23,7 @@ from hypothesis import strategies as st
 from safetensors.torch import save as save_st
 from transformers import BertModel, PreTrainedTokenizerBase
 
-from app.base import BaseModel as Base
-from app.base import wrap_base
+from app.base import FrozenBase, wrap_base
 from app.errors import SwitchyardError
 from app.registry.patterns import compile_patterns
 from app.registry.validate import parse_json_object, parse_safetensors
@@ -41,7 +40,7 @@ PREFIX = "base_model.model."
 
 
 @pytest.fixture(scope="module")
-def base(tiny_bert_dir: Path, tokenizer: PreTrainedTokenizerBase) -> Base:
+def base(tiny_bert_dir: Path, tokenizer: PreTrainedTokenizerBase) -> FrozenBase:
     model = BertModel.from_pretrained(tiny_bert_dir)
     return wrap_base(model, tokenizer, name="tiny", path=tiny_bert_dir, device=torch.device("cpu"))
 
@@ -142,7 +141,7 @@ def adapter_configs(draw: st.DrawFn) -> dict[str, Any]:
 @BOUNDED
 @given(config=adapter_configs(), data=st.data())
 def test_build_weights_on_any_config_is_weights_or_a_4xx(
-    base: Base, config: dict[str, Any], data: st.DataObject
+    base: FrozenBase, config: dict[str, Any], data: st.DataObject
 ) -> None:
     raw = encode(config, ascii_only=data.draw(st.booleans()))
     parsed = outcome(parse_json_object, raw, what=CONFIG, param=CONFIG)
@@ -216,7 +215,7 @@ tensor_values = st.sampled_from([0.0, -0.0, 1.0, 1e5, 3e38, 1e300, float("inf"),
     extra=st.sampled_from(["", "score.weight", "classifier.weight", f"{QUERY}.lora_A.weight"]),
 )
 def test_real_tensors_with_extreme_values_are_weights_or_a_4xx(
-    base: Base, rank: int, dtype: torch.dtype, value: float, victim: str, extra: str
+    base: FrozenBase, rank: int, dtype: torch.dtype, value: float, victim: str, extra: str
 ) -> None:
     """Bytes made by the safetensors library itself, then both parsers in order, as uploads do."""
     tensors = lora_tensors(rank)

@@ -21,8 +21,7 @@ from safetensors.torch import load as load_st
 from safetensors.torch import save as save_st
 from transformers import BertModel, PreTrainedTokenizerBase
 
-from app.base import BaseModel as Base
-from app.base import wrap_base
+from app.base import FrozenBase, wrap_base
 from app.errors import SwitchyardError
 from app.registry.finite import MAX_LORA_SCALE
 from app.registry.patterns import compile_patterns
@@ -38,13 +37,13 @@ QUERY = "encoder.layer.0.attention.self.query"
 B_KEY = f"base_model.model.bert.{QUERY}.lora_B.weight"
 
 
-def make_base(folder: Path, tokenizer: PreTrainedTokenizerBase, dtype: torch.dtype) -> Base:
+def make_base(folder: Path, tokenizer: PreTrainedTokenizerBase, dtype: torch.dtype) -> FrozenBase:
     model = BertModel.from_pretrained(folder, dtype=dtype)
     return wrap_base(model, tokenizer, name="tiny", path=folder, device=torch.device("cpu"))
 
 
 @pytest.fixture(scope="module")
-def base(tiny_bert_dir: Path, tokenizer: PreTrainedTokenizerBase) -> Base:
+def base(tiny_bert_dir: Path, tokenizer: PreTrainedTokenizerBase) -> FrozenBase:
     return make_base(tiny_bert_dir, tokenizer, torch.float32)
 
 
@@ -53,11 +52,11 @@ def lora(tiny_bert_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
     return peft_adapter(tiny_bert_dir, r=4, out=tmp_path_factory.mktemp("lora"))
 
 
-def build(base: Base, config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Any:
+def build(base: FrozenBase, config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Any:
     return build_weights(config, tensors, base, task="classification", labels=LABELS, max_rank=64)
 
 
-def refused(base: Base, config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Any:
+def refused(base: FrozenBase, config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Any:
     with pytest.raises(SwitchyardError) as info:
         build(base, config, tensors)
     assert 400 <= info.value.status < 500
@@ -71,7 +70,7 @@ def parts(files: dict[str, bytes]) -> tuple[dict[str, Any], dict[str, torch.Tens
 
 # ---------------------------------------------------------------- 1. regexes from users
 def test_catastrophic_pattern_is_matched_in_milliseconds(
-    base: Base, lora: dict[str, bytes]
+    base: FrozenBase, lora: dict[str, bytes]
 ) -> None:
     """`([a-z.]+)+Z` backtracks exponentially in Python's `re` on module names; RE2 is linear."""
     config, tensors = parts(lora)
@@ -92,7 +91,7 @@ def test_catastrophic_pattern_on_a_long_name_stays_linear() -> None:
     assert time.perf_counter() - started < 0.05
 
 
-def test_pattern_keys_follow_peft(base: Base, tiny_bert_dir: Path, tmp_path: Path) -> None:
+def test_pattern_keys_follow_peft(base: FrozenBase, tiny_bert_dir: Path, tmp_path: Path) -> None:
     """PEFT's rule, suffix of the dotted name, first key wins, regex syntax allowed."""
     from peft import LoraConfig, TaskType, get_peft_model
     from transformers import AutoModelForSequenceClassification
@@ -132,7 +131,7 @@ def test_pattern_keys_follow_peft(base: Base, tiny_bert_dir: Path, tmp_path: Pat
     ],
 )
 def test_invalid_pattern_is_a_400_naming_the_key(
-    base: Base, lora: dict[str, bytes], patterns: dict[str, int], fragment: str
+    base: FrozenBase, lora: dict[str, bytes], patterns: dict[str, int], fragment: str
 ) -> None:
     config, tensors = parts(lora)
     for field in ("rank_pattern", "alpha_pattern"):
@@ -144,7 +143,7 @@ def test_invalid_pattern_is_a_400_naming_the_key(
 # ---------------------------------------------------------------- 2. non-finite derived values
 @pytest.mark.parametrize("alpha", [1e308, MAX_LORA_SCALE * 4 * 2, 10**400])
 def test_huge_lora_alpha_is_refused_naming_it(
-    base: Base, lora: dict[str, bytes], alpha: float
+    base: FrozenBase, lora: dict[str, bytes], alpha: float
 ) -> None:
     """Every stored weight is finite, but alpha / r folded into B is not (or swamps the base)."""
     config, tensors = parts(lora)
@@ -152,7 +151,7 @@ def test_huge_lora_alpha_is_refused_naming_it(
     assert error.param == CONFIG and "lora_alpha" in error.message, error.message
 
 
-def test_json_infinity_for_alpha_is_refused(base: Base, lora: dict[str, bytes]) -> None:
+def test_json_infinity_for_alpha_is_refused(base: FrozenBase, lora: dict[str, bytes]) -> None:
     # 1e999 is valid JSON and parses to inf (not a NaN/Infinity literal)
     text = lora[CONFIG].decode().replace('"lora_alpha": 8', '"lora_alpha": 1e999')
     config = parse_json_object(text.encode(), what=CONFIG, param=CONFIG)
@@ -161,7 +160,9 @@ def test_json_infinity_for_alpha_is_refused(base: Base, lora: dict[str, bytes]) 
     assert error.code == "invalid_adapter_config" and "lora_alpha" in error.message
 
 
-def test_folded_b_that_overflows_float32_is_refused(base: Base, lora: dict[str, bytes]) -> None:
+def test_folded_b_that_overflows_float32_is_refused(
+    base: FrozenBase, lora: dict[str, bytes]
+) -> None:
     config, tensors = parts(lora)
     tensors[B_KEY] = torch.full_like(tensors[B_KEY], 3e38)  # finite; times alpha / r = 2 is not
     error = refused(base, config, tensors)
@@ -169,7 +170,10 @@ def test_folded_b_that_overflows_float32_is_refused(base: Base, lora: dict[str, 
 
 
 def test_values_beyond_float16_are_refused_on_a_float16_base(
-    base: Base, lora: dict[str, bytes], tiny_bert_dir: Path, tokenizer: PreTrainedTokenizerBase
+    base: FrozenBase,
+    lora: dict[str, bytes],
+    tiny_bert_dir: Path,
+    tokenizer: PreTrainedTokenizerBase,
 ) -> None:
     """Finite in float32, inf in the float16 slots the runtime would copy them into."""
     half = make_base(tiny_bert_dir, tokenizer, torch.float16)
@@ -188,7 +192,7 @@ def test_values_beyond_float16_are_refused_on_a_float16_base(
     assert "prompt_embeddings" in error.message and "float16" in error.message
 
 
-def test_f64_head_beyond_float32_is_refused(base: Base) -> None:
+def test_f64_head_beyond_float32_is_refused(base: FrozenBase) -> None:
     data = save_st({"classifier.weight": torch.full((2, 32), 1e300, dtype=torch.float64)})
     error = refused(base, {"peft_type": "LINEAR_PROBE", "layers": [-1]}, parse_safetensors(data))
     assert error.code == "non_finite_weights" and "classifier.weight" in error.message
@@ -214,14 +218,14 @@ def test_config_json_is_bounded_and_text(data: bytes, code: str) -> None:
 
 
 # ---------------------------------------------------------------- 4. order-free decisions
-def test_two_heads_are_refused_naming_both(base: Base) -> None:
+def test_two_heads_are_refused_naming_both(base: FrozenBase) -> None:
     tensors = {"classifier.weight": torch.zeros(2, 32), "score.weight": torch.zeros(2, 7)}
     error = refused(base, {"peft_type": "LINEAR_PROBE", "layers": [-1]}, tensors)
     assert error.code == "invalid_head"
     assert "'classifier.weight'" in error.message and "'score.weight'" in error.message
 
 
-def test_two_names_for_one_tensor_are_refused(base: Base) -> None:
+def test_two_names_for_one_tensor_are_refused(base: FrozenBase) -> None:
     tensors = {
         "classifier.weight": torch.zeros(2, 32),
         "base_model.model.classifier.weight": torch.ones(2, 32),
@@ -285,7 +289,7 @@ class ProbeModel(torch.nn.Module):
 
 
 def test_linear_probe_download_loads_in_plain_peft(
-    client: TestClient, tiny_base: Base, tokenizer: PreTrainedTokenizerBase, tmp_path: Path
+    client: TestClient, tiny_base: FrozenBase, tokenizer: PreTrainedTokenizerBase, tmp_path: Path
 ) -> None:
     from peft import PeftModel
 

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from app.base import BaseModel as Base
+from app.base import FrozenBase
 from app.config import Settings
 from app.registry.catalog import Registry
 from app.registry.store import CONFIG_FILE, WEIGHTS_FILE, AdapterStore
@@ -83,7 +83,7 @@ def test_multi_lora_linear_matches_the_formula() -> None:
 
 # ---------------------------------------------------------------- the whole base
 @pytest.fixture
-def runtime(tiny_base: Base, settings: Settings, tmp_path: Path) -> Runtime:
+def runtime(tiny_base: FrozenBase, settings: Settings, tmp_path: Path) -> Runtime:
     registry = Registry(AdapterStore(settings.store), tiny_base, settings)
     runtime = Runtime(tiny_base, registry, settings, Metrics())
     runtime.registry = registry
@@ -265,7 +265,7 @@ def test_slot_growth_keeps_loaded_adapters(
         assert (served - reference).abs().max() < 1e-5, made.name
 
 
-def test_layer_set_wraps_every_linear_once(runtime: Runtime, tiny_base: Base) -> None:
+def test_layer_set_wraps_every_linear_once(runtime: Runtime, tiny_base: FrozenBase) -> None:
     layers = runtime.layers
     assert set(layers.layers) == set(tiny_base.linear_shapes)
     for path, layer in layers.layers.items():

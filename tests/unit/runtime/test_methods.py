@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 from torch import nn
 from transformers import BertModel, PreTrainedTokenizerBase
 
-from app.base import BaseModel as Base
+from app.base import FrozenBase
 from app.config import Settings
 from app.registry.catalog import Registry
 from app.registry.store import CONFIG_FILE, WEIGHTS_FILE
@@ -44,7 +44,7 @@ LABELS = ["l0", "l1", "l2"]
 
 
 @pytest.fixture
-def served(tiny_base: Base, settings: Settings) -> tuple[Runtime, Registry]:
+def served(tiny_base: FrozenBase, settings: Settings) -> tuple[Runtime, Registry]:
     return make_runtime(tiny_base, settings)
 
 
@@ -168,7 +168,7 @@ def _probe_files(folder: Path, *, layers: list[int], rows: int, width: int, seed
 
 def test_head_only_adapters_over_the_same_inputs_share_one_base_pass(
     served: tuple[Runtime, Registry],
-    tiny_base: Base,
+    tiny_base: FrozenBase,
     tmp_path: Path,
 ) -> None:
     runtime, registry = served
@@ -198,7 +198,7 @@ def test_head_only_adapters_over_the_same_inputs_share_one_base_pass(
 
 def test_linear_probe_on_tokens_reads_the_chosen_layers(
     served: tuple[Runtime, Registry],
-    tiny_base: Base,
+    tiny_base: FrozenBase,
     tmp_path: Path,
     tiny_bert_dir: Path,
     tokenizer: PreTrainedTokenizerBase,

@@ -49,8 +49,8 @@ def test_auto_measures_its_candidates_and_registers_the_best(client: TestClient)
     assert job["selection"]["method"] == chosen[0]["method"]
     assert job["selection"]["rule"] == "cross_validation"
     adapter = client.get("/v1/adapters/picked").json()
-    expected = {"linear_probe": "linear_probe", "contrastive": "contrastive", "lora": "lora"}
-    assert adapter["method"] == expected[chosen[0]["method"]]
+    catalog_method = {"linear_probe": "linear_probe", "contrastive": "contrastive", "lora": "lora"}
+    assert adapter["method"] == catalog_method[chosen[0]["method"]]
     answer = client.post("/v1/adapters/picked/predict", json={"inputs": ["good great"]})
     assert answer.status_code == 200, answer.text
 

@@ -22,7 +22,7 @@ from peft import LoraConfig, PeftModel
 from safetensors.torch import load
 from transformers import BertModel, PreTrainedTokenizerBase
 
-from app.base import BaseModel as Base
+from app.base import FrozenBase
 from app.errors import SwitchyardError
 from app.registry.store import CONFIG_FILE, WEIGHTS_FILE
 from app.training import contrastive
@@ -132,7 +132,7 @@ def plan_of(train_rows: int = 32, **hp: Any) -> TrainingPlan:
 
 
 def run(
-    base: Base, plan: TrainingPlan, reporter: Recorder, cancel: CancelToken | None = None
+    base: FrozenBase, plan: TrainingPlan, reporter: Recorder, cancel: CancelToken | None = None
 ) -> Any:
     hp = fill_defaults(
         Hyperparameters.model_validate(plan.hyperparameters),
@@ -156,7 +156,7 @@ def run(
     )
 
 
-def test_a_run_stores_lora_and_head_with_a_pooled_read_out(tiny_base: Base) -> None:
+def test_a_run_stores_lora_and_head_with_a_pooled_read_out(tiny_base: FrozenBase) -> None:
     reporter = Recorder()
     outcome = run(tiny_base, plan_of(), reporter)
     config = json.loads(outcome.files[CONFIG_FILE])
@@ -181,13 +181,15 @@ def test_a_run_stores_lora_and_head_with_a_pooled_read_out(tiny_base: Base) -> N
     assert outcome.history == reporter.kinds("evaluation")
 
 
-def test_epochs_and_batch_size_of_the_job_are_kept(tiny_base: Base) -> None:
+def test_epochs_and_batch_size_of_the_job_are_kept(tiny_base: FrozenBase) -> None:
     outcome = run(tiny_base, plan_of(16, epochs=2, batch_size=64, max_steps=7), Recorder())
     # 16 rows: 320 pairs, 5 batches of 64 an epoch, two epochs cut at max_steps
     assert outcome.best["step"] == 7 and outcome.hyperparameters["batch_size"] == 64
 
 
-def test_a_nan_loss_is_training_diverged(tiny_base: Base, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_nan_loss_is_training_diverged(
+    tiny_base: FrozenBase, monkeypatch: pytest.MonkeyPatch
+) -> None:
     real = PooledHeadModel.embed
 
     def nan(self: PooledHeadModel, **batch: torch.Tensor) -> torch.Tensor:
@@ -201,7 +203,7 @@ def test_a_nan_loss_is_training_diverged(tiny_base: Base, monkeypatch: pytest.Mo
     assert "step 1" in error.message and "0.5" in error.message
 
 
-def test_a_cancel_lands_within_a_step(tiny_base: Base) -> None:
+def test_a_cancel_lands_within_a_step(tiny_base: FrozenBase) -> None:
     cancel, reporter = CancelToken(), Recorder()
 
     class Cancelling(Recorder):
@@ -217,7 +219,7 @@ def test_a_cancel_lands_within_a_step(tiny_base: Base) -> None:
 
 
 def test_a_cancel_lands_inside_the_head_fit(
-    tiny_base: Base, monkeypatch: pytest.MonkeyPatch
+    tiny_base: FrozenBase, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cancel = CancelToken()
     real = contrastive._features
@@ -231,7 +233,7 @@ def test_a_cancel_lands_inside_the_head_fit(
         run(tiny_base, plan_of(16), Recorder(), cancel)
 
 
-def test_the_trainer_runs_it_and_a_pause_can_cancel(tiny_base: Base) -> None:
+def test_the_trainer_runs_it_and_a_pause_can_cancel(tiny_base: FrozenBase) -> None:
     """Through the trainer (the job's path): a cancel from a yield inside a step ends the run
     before another step completes."""
     cancel, reporter, calls = CancelToken(), Recorder(), []

@@ -14,7 +14,7 @@ import torch
 from peft import PeftModel
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
-from app.base import BaseModel as Base
+from app.base import FrozenBase
 from app.config import Settings
 from app.errors import SwitchyardError
 from app.registry.catalog import Registry
@@ -76,7 +76,7 @@ def model(tok: PreTrainedTokenizerFast) -> LlamaForCausalLM:
 
 
 @pytest.fixture
-def base(model: LlamaForCausalLM, tok: PreTrainedTokenizerFast) -> Base:
+def base(model: LlamaForCausalLM, tok: PreTrainedTokenizerFast) -> FrozenBase:
     return serving_base(model, tok)
 
 
@@ -85,7 +85,7 @@ def rows(words: list[str]) -> list[dict[str, str]]:
     return [{"prompt": f"word: {w} ->", "completion": " fine"} for w in words]
 
 
-def run(base: Base, method: str, **hp: Any) -> TrainingOutcome:
+def run(base: FrozenBase, method: str, **hp: Any) -> TrainingOutcome:
     plan = TrainingPlan(
         adapter="a",
         task="generation",
@@ -129,7 +129,7 @@ def test_chat_labels_cover_assistant_turns_only(tok: PreTrainedTokenizerFast) ->
 
 
 def test_lora_learns_and_is_served_like_peft(
-    base: Base, model: LlamaForCausalLM, tok: PreTrainedTokenizerFast, tmp_path: Path
+    base: FrozenBase, model: LlamaForCausalLM, tok: PreTrainedTokenizerFast, tmp_path: Path
 ) -> None:
     before = {k: v.clone() for k, v in base.parameters.items()}
     outcome = run(base, "lora", epochs=12, learning_rate=1e-2, rank=4)
@@ -146,7 +146,7 @@ def test_lora_learns_and_is_served_like_peft(
 
 
 def test_prefix_trains_and_is_served_like_peft(
-    base: Base, model: LlamaForCausalLM, tok: PreTrainedTokenizerFast, tmp_path: Path
+    base: FrozenBase, model: LlamaForCausalLM, tok: PreTrainedTokenizerFast, tmp_path: Path
 ) -> None:
     outcome = run(base, "prefix", epochs=3, num_virtual_tokens=5)
     config = outcome.files["adapter_config.json"].decode()
@@ -165,14 +165,14 @@ def test_prefix_trains_and_is_served_like_peft(
     assert served[0][1] == expected
 
 
-def test_methods_without_a_generation_path_are_refused(base: Base) -> None:
+def test_methods_without_a_generation_path_are_refused(base: FrozenBase) -> None:
     with pytest.raises(SwitchyardError) as info:
         run(base, "linear_probe")
     assert info.value.status == 400 and info.value.code == "unsupported_method"
 
 
 def serve(
-    base: Base,
+    base: FrozenBase,
     outcome: TrainingOutcome,
     tmp_path: Path,
     prompts: list[str],

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from app.base import BaseModel as Base
+from app.base import FrozenBase
 from app.config import Settings
 from app.db import Database, open_database
 from app.errors import SwitchyardError
@@ -60,7 +60,7 @@ class Faults:
     """Wraps the manager's seams; at `phase` it cancels the job (through the manager, as a
     user would) or raises `Injected`."""
 
-    def __init__(self, base: Base, registry: Registry, *, phase: str, action: str) -> None:
+    def __init__(self, base: FrozenBase, registry: Registry, *, phase: str, action: str) -> None:
         self.phase, self.action = phase, action
         self.manager: JobManager | None = None
         self.job_id = ""
@@ -128,7 +128,7 @@ def leftovers(store: AdapterStore) -> list[str]:
 
 
 def build(
-    db: Database, settings: Settings, base: Base, faults: Faults, registry: Registry
+    db: Database, settings: Settings, base: FrozenBase, faults: Faults, registry: Registry
 ) -> JobManager:
     datasets = DatasetService(db, settings)
     real_load = datasets.load_rows
@@ -164,7 +164,7 @@ def build(
 def test_a_job_stopped_at_any_phase_leaves_nothing_half_registered(
     db: Database,
     settings: Settings,
-    tiny_base: Base,
+    tiny_base: FrozenBase,
     store: AdapterStore,
     phase: str,
     action: str,
@@ -210,7 +210,7 @@ def test_a_job_stopped_at_any_phase_leaves_nothing_half_registered(
 def test_a_full_disk_while_writing_the_version_leaves_nothing(
     db: Database,
     settings: Settings,
-    tiny_base: Base,
+    tiny_base: FrozenBase,
     store: AdapterStore,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -280,7 +280,7 @@ CRASHING_WORKER = textwrap.dedent("""
 
 
 def test_a_restart_after_a_crash_mid_write_interrupts_the_job_and_cleans_the_store(
-    tiny_bert_dir: Path, settings: Settings, tiny_base: Base
+    tiny_bert_dir: Path, settings: Settings, tiny_base: FrozenBase
 ) -> None:
     body = json.dumps({"adapter": "crash", "examples": EXAMPLES, "hyperparameters": FAST})
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}

@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from app.base import BaseModel as Base
+from app.base import FrozenBase
 from app.config import Settings
 from app.registry.store import CONFIG_FILE, WEIGHTS_FILE
 from app.runtime.engine import Job
@@ -60,7 +60,7 @@ def rows(task: str, count: int, seed: int) -> list[dict[str, Any]]:
 def test_method_trains_registers_and_serves(
     method: str,
     task: str,
-    tiny_base: Base,
+    tiny_base: FrozenBase,
     settings: Settings,
     tmp_path: Path,
     tokenizer: PreTrainedTokenizerBase,
@@ -135,7 +135,7 @@ def test_method_trains_registers_and_serves(
     assert decoded[0].error is None and len(decoded[0].outputs or []) == 3
 
 
-def test_prefix_parameters_get_gradients(tiny_base: Base) -> None:
+def test_prefix_parameters_get_gradients(tiny_base: FrozenBase) -> None:
     """The patched view attention really routes the prefix: its parameter learns."""
     from app.training.hyperparameters import Hyperparameters
     from app.training.methods import wrap
@@ -152,7 +152,7 @@ def test_prefix_parameters_get_gradients(tiny_base: Base) -> None:
     assert all(p.grad is None for n, p in model.named_parameters() if n.startswith("model.bert."))
 
 
-def test_prompt_token_labels_skip_virtual_positions(tiny_base: Base) -> None:
+def test_prompt_token_labels_skip_virtual_positions(tiny_base: FrozenBase) -> None:
     from app.training.hyperparameters import Hyperparameters
     from app.training.methods import wrap
     from app.training.view import build_view
@@ -172,7 +172,7 @@ def test_prompt_token_labels_skip_virtual_positions(tiny_base: Base) -> None:
 
 
 def test_linear_probe_trains_on_tokens_and_serves_its_head(
-    tiny_base: Base,
+    tiny_base: FrozenBase,
     settings: Settings,
     tokenizer: PreTrainedTokenizerBase,
 ) -> None:

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app.base import BaseModel as Base
+from app.base import FrozenBase
 from app.errors import SwitchyardError
 from app.training import evaluation
 from app.training.job_records import JobReporter
@@ -116,14 +116,14 @@ def plan(source: str, *, train_rows: int, validation_rows: int, **hp: Any) -> Tr
     )
 
 
-def run(base: Base, job: TrainingPlan, reporter: Recorder) -> TrainingOutcome:
+def run(base: FrozenBase, job: TrainingPlan, reporter: Recorder) -> TrainingOutcome:
     return train(
         job, base=base, reporter=reporter, cancel=CancelToken(), max_rank=64, max_tokens=64
     )
 
 
 def test_few_validation_rows_never_stop_early_on_noise(
-    tiny_base: Base, monkeypatch: pytest.MonkeyPatch
+    tiny_base: FrozenBase, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Accuracies that fall after the first evaluation would stop a metric-judged run after two
     more; with 8 rows judging, the whole schedule runs and its last state ships."""
@@ -143,7 +143,7 @@ def test_few_validation_rows_never_stop_early_on_noise(
 
 
 def test_the_cross_validation_path_runs_its_folds_and_trains_on_all_rows(
-    tiny_base: Base,
+    tiny_base: FrozenBase,
 ) -> None:
     reporter = Recorder()
     job = plan("held_out", train_rows=28, validation_rows=8, epochs=3, head_init="probe")
@@ -181,7 +181,7 @@ def test_an_early_stop_shows_in_the_final_progress() -> None:
 
 
 def test_middle_sizes_stop_only_after_the_floor(
-    tiny_base: Base, monkeypatch: pytest.MonkeyPatch
+    tiny_base: FrozenBase, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """60 validation rows: accuracy picks the checkpoint, and patience may end the run only
     once a third of the 9 epochs has run."""
@@ -204,7 +204,7 @@ def test_middle_sizes_stop_only_after_the_floor(
 
 
 def test_validation_loss_is_a_rule_a_job_may_ask_for(
-    tiny_base: Base, monkeypatch: pytest.MonkeyPatch
+    tiny_base: FrozenBase, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     losses = iter([0.5, 0.9, 1.0, 1.1, 1.2, 1.3])
 

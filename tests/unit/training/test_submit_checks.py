@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from peft import LoraConfig, TaskType, get_peft_model
 from peft.tuners.tuners_utils import BaseTuner
 
-from app.base import BaseModel as Base
+from app.base import FrozenBase
 from app.config import Settings
 from app.db import Database, open_database
 from app.errors import SwitchyardError
@@ -44,7 +44,7 @@ def db(settings: Settings) -> Iterator[Database]:
 
 
 @pytest.fixture
-def manager(db: Database, settings: Settings, tiny_base: Base) -> Iterator[JobManager]:
+def manager(db: Database, settings: Settings, tiny_base: FrozenBase) -> Iterator[JobManager]:
     jobs = JobManager(
         db,
         DatasetService(db, settings),
@@ -200,7 +200,9 @@ def plan(method: str, hp: dict[str, Any]) -> TrainingPlan:
 
 
 @pytest.mark.parametrize(("field", "value"), CASES, ids=[f"{f}={v!r:.20}" for f, v in CASES])
-def test_each_bad_value_is_a_400_naming_its_field(tiny_base: Base, field: str, value: Any) -> None:
+def test_each_bad_value_is_a_400_naming_its_field(
+    tiny_base: FrozenBase, field: str, value: Any
+) -> None:
     method = "linear_probe" if field in ("layers", "pooling") else "lora"
     method = "prompt" if field == "num_virtual_tokens" else method
     with pytest.raises(SwitchyardError) as caught:
@@ -213,14 +215,14 @@ def test_each_bad_value_is_a_400_naming_its_field(tiny_base: Base, field: str, v
 
 
 @pytest.mark.parametrize("key", ["epoch", "lr", "learningRate", "", "target-modules"])
-def test_an_unknown_key_is_a_400_naming_it(tiny_base: Base, key: str) -> None:
+def test_an_unknown_key_is_a_400_naming_it(tiny_base: FrozenBase, key: str) -> None:
     with pytest.raises(SwitchyardError) as caught:
         preflight(plan("lora", {key: 1}), base=tiny_base, max_rank=MAX_RANK, max_tokens=MAX_TOKENS)
     assert caught.value.param == f"hyperparameters.{key}"
     assert "Extra inputs are not permitted" in caught.value.message
 
 
-def test_every_default_passes(tiny_base: Base) -> None:
+def test_every_default_passes(tiny_base: FrozenBase) -> None:
     for method in ("lora", "ia3", "prompt", "prefix", "linear_probe"):
         setup = preflight(
             plan(method, {}), base=tiny_base, max_rank=MAX_RANK, max_tokens=MAX_TOKENS
@@ -230,7 +232,7 @@ def test_every_default_passes(tiny_base: Base) -> None:
 
 
 # ---------------------------------------------------------------- PEFT's own matching
-def peft_targets(base: Base, target_modules: str | list[str]) -> list[str] | Exception:
+def peft_targets(base: FrozenBase, target_modules: str | list[str]) -> list[str] | Exception:
     view = build_view(base, task="classification", num_labels=2)
     config = LoraConfig(
         task_type=TaskType.SEQ_CLS,
@@ -245,7 +247,7 @@ def peft_targets(base: Base, target_modules: str | list[str]) -> list[str] | Exc
     return sorted(cast(BaseTuner, model.base_model).targeted_module_names)
 
 
-def suffixes(base: Base) -> list[str]:
+def suffixes(base: FrozenBase) -> list[str]:
     names = view_modules(base).names
     return sorted({".".join(n.split(".")[-k:]) for n in names for k in (1, 2)})
 
@@ -254,7 +256,7 @@ def suffixes(base: Base) -> list[str]:
     max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(data=st.data())
-def test_targets_resolve_as_peft_matches_them(tiny_base: Base, data: st.DataObject) -> None:
+def test_targets_resolve_as_peft_matches_them(tiny_base: FrozenBase, data: st.DataObject) -> None:
     """Where the dry run accepts, PEFT adapts exactly the resolved modules; where it refuses,
     PEFT fails too (or would adapt a module the service cannot serve)."""
     pool = suffixes(tiny_base)
@@ -300,7 +302,7 @@ def test_the_http_api_answers_400_and_stores_nothing(client: TestClient) -> None
 
 @pytest.mark.parametrize("method", ["lora", "ia3"])
 def test_resolved_targets_train_register_and_load(
-    tiny_base: Base, settings: Settings, method: str
+    tiny_base: FrozenBase, settings: Settings, method: str
 ) -> None:
     """The trainer hands PEFT the resolved names; the registry takes the result and the
     adapter holds exactly those layers."""

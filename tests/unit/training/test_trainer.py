@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load
 from torch import nn
 
-from app.base import BaseModel as Base
+from app.base import FrozenBase
 from app.errors import SwitchyardError
 from app.registry.store import CONFIG_FILE, WEIGHTS_FILE
 from app.training import evaluation, heads
@@ -76,7 +76,7 @@ class Recorder:
 
 
 def run(
-    base: Base,
+    base: FrozenBase,
     plan: TrainingPlan,
     reporter: Recorder | None = None,
     cancel: CancelToken | None = None,
@@ -122,7 +122,7 @@ def saved_lora(outcome: TrainingOutcome) -> dict[str, torch.Tensor]:
 
 
 def test_the_saved_adapter_is_the_best_evaluation_not_the_last(
-    tiny_base: Base, scripted: Any
+    tiny_base: FrozenBase, scripted: Any
 ) -> None:
     snapshots = scripted([0.6, 0.9, 0.7, 0.8])
     reporter = Recorder()
@@ -136,7 +136,7 @@ def test_the_saved_adapter_is_the_best_evaluation_not_the_last(
     assert not all(torch.equal(saved[k], snapshots[3][k]) for k in saved)  # not the last
 
 
-def test_early_stopping_after_patience_evaluations(tiny_base: Base, scripted: Any) -> None:
+def test_early_stopping_after_patience_evaluations(tiny_base: FrozenBase, scripted: Any) -> None:
     scripted([0.9, 0.5, 0.5, 0.99])
     reporter = Recorder()
     outcome = run(tiny_base, make_plan(epochs=10, early_stopping_patience=2), reporter)
@@ -146,13 +146,13 @@ def test_early_stopping_after_patience_evaluations(tiny_base: Base, scripted: An
     assert any("early stop at step 12" in e["message"] for e in reporter.kinds("info"))
 
 
-def test_eval_every_steps_is_honoured(tiny_base: Base, scripted: Any) -> None:
+def test_eval_every_steps_is_honoured(tiny_base: FrozenBase, scripted: Any) -> None:
     scripted([0.5] * 10)
     outcome = run(tiny_base, make_plan(epochs=2, eval_every_steps=3, early_stopping_patience=None))
     assert [e["step"] for e in outcome.history] == [3, 6, 8]  # and the last step
 
 
-def test_the_lp_ft_probe_is_a_candidate_too(tiny_base: Base, scripted: Any) -> None:
+def test_the_lp_ft_probe_is_a_candidate_too(tiny_base: FrozenBase, scripted: Any) -> None:
     """Fine-tuning that never beats the probe head ships the probe head (LoRA B still zero)."""
     scripted([0.9, 0.5, 0.4])
     outcome = run(tiny_base, make_plan(epochs=2, head_init="probe"))
@@ -162,7 +162,7 @@ def test_the_lp_ft_probe_is_a_candidate_too(tiny_base: Base, scripted: Any) -> N
     assert all(not v.any() for k, v in saved.items() if "lora_B" in k)
 
 
-def test_cancel_lands_inside_the_probe_fit(tiny_base: Base) -> None:
+def test_cancel_lands_inside_the_probe_fit(tiny_base: FrozenBase) -> None:
     cancel, reporter = CancelToken(), Recorder()
     calls = []
 
@@ -176,7 +176,7 @@ def test_cancel_lands_inside_the_probe_fit(tiny_base: Base) -> None:
 
 
 def test_cancel_lands_inside_an_evaluation(
-    tiny_base: Base, monkeypatch: pytest.MonkeyPatch
+    tiny_base: FrozenBase, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cancel, reporter = CancelToken(), Recorder()
     original = evaluation.predict_logits
@@ -227,7 +227,7 @@ class NanModel(nn.Module):
         return SimpleNamespace(loss=self.weight.sum() * float("nan"))
 
 
-def test_a_diverged_loss_names_the_learning_rate(tiny_base: Base) -> None:
+def test_a_diverged_loss_names_the_learning_rate(tiny_base: FrozenBase) -> None:
     plan = make_plan()
     examples = encode_rows(
         plan.train_rows, tiny_base.tokenizer, task=plan.task, labels=plan.labels, max_length=16
@@ -247,7 +247,7 @@ def test_a_diverged_loss_names_the_learning_rate(tiny_base: Base) -> None:
     assert "step 1" in error.message and "0.5" in error.message
 
 
-def test_linear_probe_picks_layers_and_strength_on_validation(tiny_base: Base) -> None:
+def test_linear_probe_picks_layers_and_strength_on_validation(tiny_base: FrozenBase) -> None:
     outcome = run(tiny_base, make_plan("linear_probe"))
     tried = {tuple(e["layers"]) for e in outcome.history}
     assert tried == {(-1,), (-1, -2, -3)}  # the tiny base has two layers and the embeddings

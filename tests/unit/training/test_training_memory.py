@@ -12,7 +12,7 @@ from safetensors.torch import load
 from torch.utils.checkpoint import checkpoint
 from transformers import modeling_utils
 
-from app.base import BaseModel as Base
+from app.base import FrozenBase
 from app.registry.store import WEIGHTS_FILE
 from app.training import loop
 from app.training.trainer import train
@@ -22,7 +22,7 @@ from tests.unit.training.test_trainer import Recorder, make_plan
 
 @pytest.mark.parametrize("method", ["lora", "ia3", "prompt", "prefix"])  # prefix: never on
 def test_checkpointed_training_gives_the_same_weights(
-    tiny_base: Base, method: str, monkeypatch: pytest.MonkeyPatch
+    tiny_base: FrozenBase, method: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls = []
 
@@ -52,7 +52,7 @@ def test_checkpointed_training_gives_the_same_weights(
     assert bool(calls) == (method != "prefix"), len(calls)
 
 
-def test_the_base_is_left_without_checkpointing(tiny_base: Base) -> None:
+def test_the_base_is_left_without_checkpointing(tiny_base: FrozenBase) -> None:
     """The view shares the base's tensors, not its modules: serving never recomputes."""
     train(
         make_plan("lora", epochs=1),
@@ -67,7 +67,7 @@ def test_the_base_is_left_without_checkpointing(tiny_base: Base) -> None:
 
 
 def test_the_heap_is_trimmed_after_every_step(
-    tiny_base: Base, monkeypatch: pytest.MonkeyPatch
+    tiny_base: FrozenBase, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """What a step freed goes back to the OS between steps (and once more at the end)."""
     trims = []
@@ -86,7 +86,7 @@ def test_the_heap_is_trimmed_after_every_step(
 
 @pytest.mark.parametrize("tokens", [None, 16])
 def test_micro_batch_tokens_reach_the_loop(
-    tiny_base: Base, monkeypatch: pytest.MonkeyPatch, tokens: int | None
+    tiny_base: FrozenBase, monkeypatch: pytest.MonkeyPatch, tokens: int | None
 ) -> None:
     budgets = []
     real = loop.micro_batches

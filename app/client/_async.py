@@ -250,15 +250,21 @@ class AsyncClient:
                 raise APIConnectionError(f"event stream of {job_id}: {exc}") from exc
 
     async def _stream(self, job_id: str, after: int) -> AsyncIterator[JobEvent]:
-        params = {"stream": "true", "after": after}
-        path = _calls.stream_path(job_id)
+        async for data in self._sse_data(_calls.stream_events(job_id, after)):
+            yield event_from_sse(data)
+
+    async def _sse_data(self, call: Call[Any]) -> AsyncIterator[str]:
+        """The data of each server-sent event up to `[DONE]`; 429/503 before the stream retried."""
         attempt = 0
+        kwargs = call.send_kwargs()
         while True:
-            async with aconnect_sse(self._http, "GET", path, params=params) as src:
+            async with aconnect_sse(self._http, call.method, call.path, **kwargs) as src:
                 if src.response.is_success:
                     async for sse in src.aiter_sse():
+                        if sse.data == STREAM_DONE:
+                            return
                         if sse.data:
-                            yield event_from_sse(sse.data)
+                            yield sse.data
                     return
                 await src.response.aread()
                 delay = self.retry.delay(src.response, attempt)
@@ -324,23 +330,8 @@ class AsyncClient:
             yield chunk
 
     async def _chunks(self, call: Call[Any], cls: type[M]) -> AsyncIterator[M]:
-        attempt = 0
-        kwargs = call.send_kwargs()
-        while True:
-            async with aconnect_sse(self._http, call.method, call.path, **kwargs) as src:
-                if src.response.is_success:
-                    async for sse in src.aiter_sse():
-                        if sse.data == STREAM_DONE:
-                            return
-                        if sse.data:
-                            yield chunk_from_sse(sse.data, cls)
-                    return
-                await src.response.aread()
-                delay = self.retry.delay(src.response, attempt)
-                if delay is None:
-                    checked(src.response)
-            await asyncio.sleep(delay or 0.0)
-            attempt += 1
+        async for data in self._sse_data(call):
+            yield chunk_from_sse(data, cls)
 
     # ---------------------------------------------------------------- models
     async def list_models(self) -> list[ModelCard]:

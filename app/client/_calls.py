@@ -208,9 +208,14 @@ def job_events(job_id: str, after: int, limit: int) -> Call[EventPage]:
     )
 
 
-def stream_path(job_id: str) -> str:
-    """Where `follow` opens the server-sent events of a job."""
-    return f"/v1/training-jobs/{_seg(job_id)}/events"
+def stream_events(job_id: str, after: int) -> Call[None]:
+    """The server-sent events of a job after event `after`; read by `follow`, never parsed whole."""
+    path = f"/v1/training-jobs/{_seg(job_id)}/events"
+    return Call("GET", path, _no_body, params={"stream": "true", "after": after})
+
+
+def _no_body(_response: httpx.Response) -> None:
+    return None
 
 
 # ---------------------------------------------------------------- inference

@@ -250,14 +250,20 @@ class Client:
                 raise APIConnectionError(f"event stream of {job_id}: {exc}") from exc
 
     def _stream(self, job_id: str, after: int) -> Iterator[JobEvent]:
-        params = {"stream": "true", "after": after}
+        for data in self._sse_data(_calls.stream_events(job_id, after)):
+            yield event_from_sse(data)
+
+    def _sse_data(self, call: Call[Any]) -> Iterator[str]:
+        """The data of each server-sent event up to `[DONE]`; 429/503 before the stream retried."""
         attempt = 0
         while True:
-            with connect_sse(self._http, "GET", _calls.stream_path(job_id), params=params) as src:
+            with connect_sse(self._http, call.method, call.path, **call.send_kwargs()) as src:
                 if src.response.is_success:
                     for sse in src.iter_sse():
+                        if sse.data == STREAM_DONE:
+                            return
                         if sse.data:
-                            yield event_from_sse(sse.data)
+                            yield sse.data
                     return
                 src.response.read()
                 delay = self.retry.delay(src.response, attempt)
@@ -318,22 +324,8 @@ class Client:
         return self._chunks(call, ChatCompletionChunk)
 
     def _chunks(self, call: Call[Any], cls: type[M]) -> Iterator[M]:
-        attempt = 0
-        while True:
-            with connect_sse(self._http, call.method, call.path, **call.send_kwargs()) as src:
-                if src.response.is_success:
-                    for sse in src.iter_sse():
-                        if sse.data == STREAM_DONE:
-                            return
-                        if sse.data:
-                            yield chunk_from_sse(sse.data, cls)
-                    return
-                src.response.read()
-                delay = self.retry.delay(src.response, attempt)
-                if delay is None:
-                    checked(src.response)
-            time.sleep(delay or 0.0)
-            attempt += 1
+        for data in self._sse_data(call):
+            yield chunk_from_sse(data, cls)
 
     # ---------------------------------------------------------------- models
     def list_models(self) -> list[ModelCard]:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
+from pydantic import BaseModel
 
 from app.cli_common import CliError, Json, State, Version, done, err, out, show, state_of
 from app.client import Client, TrainingJob, render
@@ -17,24 +19,30 @@ adapters_app = typer.Typer(
 datasets_app = typer.Typer(help="Datasets: push, list, show, remove.", no_args_is_help=True)
 jobs_app = typer.Typer(help="Training jobs: list, show, cancel, follow.", no_args_is_help=True)
 
+T = TypeVar("T", bound="BaseModel | list[Any]")
+
+
+def _show(
+    ctx: typer.Context, json_output: bool, fetch: Callable[[Client], T], table: Callable[[T], Any]
+) -> None:
+    """One read-only call, shown as a table (or as JSON with --json)."""
+    state = state_of(ctx, json_output)
+    with state.client() as sy:
+        value = fetch(sy)
+    show(state, value, table(value))
+
 
 # ---------------------------------------------------------------- adapters
 @adapters_app.command("ls")
 def adapters_ls(ctx: typer.Context, json_output: Json = False) -> None:
     """List adapters with their latest version, size and residency."""
-    state = state_of(ctx, json_output)
-    with state.client() as sy:
-        items = sy.list_adapters()
-    show(state, items, render.adapters_table(items))
+    _show(ctx, json_output, lambda sy: sy.list_adapters(), render.adapters_table)
 
 
 @adapters_app.command("show")
 def adapters_show(ctx: typer.Context, name: str, json_output: Json = False) -> None:
     """An adapter's versions, lineage and metrics."""
-    state = state_of(ctx, json_output)
-    with state.client() as sy:
-        details = sy.get_adapter(name)
-    show(state, details, render.adapter_table(details))
+    _show(ctx, json_output, lambda sy: sy.get_adapter(name), render.adapter_table)
 
 
 @adapters_app.command("push")
@@ -142,19 +150,18 @@ def _push_dataset(sy: Client, file: Path, name: str | None) -> Any:
 @datasets_app.command("ls")
 def datasets_ls(ctx: typer.Context, json_output: Json = False) -> None:
     """List datasets, newest first."""
-    state = state_of(ctx, json_output)
-    with state.client() as sy:
-        items = sy.list_datasets()
-    show(state, items, render.datasets_table(items))
+    _show(ctx, json_output, lambda sy: sy.list_datasets(), render.datasets_table)
 
 
 @datasets_app.command("show")
 def datasets_show(ctx: typer.Context, dataset_id: str, json_output: Json = False) -> None:
     """One dataset: rows, columns, task and label counts."""
-    state = state_of(ctx, json_output)
-    with state.client() as sy:
-        item = sy.get_dataset(dataset_id)
-    show(state, item, render.datasets_table([item]))
+    _show(
+        ctx,
+        json_output,
+        lambda sy: sy.get_dataset(dataset_id),
+        lambda d: render.datasets_table([d]),
+    )
 
 
 @datasets_app.command("rm")
@@ -265,19 +272,13 @@ def jobs_ls(
     json_output: Json = False,
 ) -> None:
     """List training jobs, newest first."""
-    state = state_of(ctx, json_output)
-    with state.client() as sy:
-        items = sy.list_jobs(limit=limit, status=status)
-    show(state, items, render.jobs_table(items))
+    _show(ctx, json_output, lambda sy: sy.list_jobs(limit=limit, status=status), render.jobs_table)
 
 
 @jobs_app.command("show")
 def jobs_show(ctx: typer.Context, job_id: str, json_output: Json = False) -> None:
     """A job's status, progress, best evaluation, result or error."""
-    state = state_of(ctx, json_output)
-    with state.client() as sy:
-        job = sy.get_job(job_id)
-    show(state, job, render.job_table(job))
+    _show(ctx, json_output, lambda sy: sy.get_job(job_id), render.job_table)
 
 
 @jobs_app.command("cancel")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -283,9 +282,3 @@ class AdapterCache:
         self.metrics.resident_adapters.labels(tier="device").set(stats["device_adapters"])
         self.metrics.resident_adapters.labels(tier="cpu").set(stats["cpu_adapters"])
 
-
-def timed_acquire(cache: AdapterCache, name: str, version: int) -> tuple[Resident, float]:
-    """Acquire and return how long it took, in seconds (for the hot-swap bench and logs)."""
-    start = time.perf_counter()
-    resident = cache.acquire(name, version)
-    return resident, time.perf_counter() - start

@@ -16,6 +16,7 @@ from app.base import FrozenBase
 from app.config import Settings
 from app.errors import SwitchyardError, bad_request
 from app.registry.pooled_head import shown_method
+from app.registry.records import AdapterMeta
 from app.registry.store import (
     CONFIG_FILE,
     WEIGHTS_FILE,
@@ -130,7 +131,7 @@ class Registry:
         that resolved it before the DELETE simply came too late.
         """
         self.store.resolve(name, version)
-        meta = self.store.read_meta(name, version)
+        meta = AdapterMeta.parse(self.store.read_meta(name, version), name=name, version=version)
         config_bytes = self.store.read_file(name, version, CONFIG_FILE)
         weights_bytes = self.store.read_file(name, version, WEIGHTS_FILE)
         try:
@@ -139,9 +140,9 @@ class Registry:
                 config,
                 parse_safetensors(weights_bytes),
                 self.base,
-                task=meta["task"],
-                labels=list(meta.get("labels", [])),
-                max_rank=max(self.settings.max_rank, int(meta.get("rank", 0))),
+                task=meta.task,
+                labels=list(meta.labels),
+                max_rank=max(self.settings.max_rank, meta.rank),
             )
         except SwitchyardError as exc:
             if exc.status >= 500:
@@ -151,10 +152,6 @@ class Registry:
                 "adapter_corrupted",
                 f"stored adapter {name!r} v{version} no longer loads: {exc.message}",
                 param="name",
-            ) from exc
-        except KeyError as exc:
-            raise SwitchyardError(
-                503, "adapter_corrupted", f"metadata of {name!r} v{version} lacks {exc}"
             ) from exc
 
     def summary(self, name: str) -> dict[str, Any]:
@@ -217,10 +214,10 @@ class Registry:
                 residency.warm(name, version)
         return version
 
-    def meta(self, name: str, version: int | None = None) -> dict[str, Any]:
-        """switchyard.json of a version (latest when None), with its number."""
+    def meta(self, name: str, version: int | None = None) -> AdapterMeta:
+        """switchyard.json of a version (latest when None), with its name and number."""
         resolved = self.store.resolve(name, version)
-        return {**self.store.read_meta(name, resolved), "version": resolved}
+        return AdapterMeta.parse(self.store.read_meta(name, resolved), name=name, version=resolved)
 
 
 def _with_base_path(config: dict[str, Any], base: FrozenBase) -> bytes:

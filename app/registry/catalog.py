@@ -90,15 +90,7 @@ class Registry:
         if size > self.settings.max_upload_bytes:
             raise too_large("adapter", size, self.settings.max_upload_bytes, "file")
         meta = dict(meta or {})
-        fingerprint = meta.get("base_fingerprint")
-        if fingerprint is not None and fingerprint != self.base.fingerprint:
-            raise SwitchyardError(
-                409,
-                "base_mismatch",
-                f"adapter was made for base {str(fingerprint)[:23]}..., this service runs "
-                f"{self.base.fingerprint[:23]}...",
-                param="base_fingerprint",
-            )
+        self._check_fingerprint(meta.get("base_fingerprint"))
         config = parse_json_object(config_bytes, what=CONFIG_FILE, param=CONFIG_FILE)
         tensors = parse_safetensors(weights_bytes)
         weights = build_weights(
@@ -122,6 +114,17 @@ class Registry:
             json.dumps({**meta, "name": name, "version": version}, default=str)
         )
         return stored
+
+    def _check_fingerprint(self, fingerprint: object) -> None:
+        """409 when the metadata names another base than the one this service runs."""
+        if fingerprint is not None and fingerprint != self.base.fingerprint:
+            raise SwitchyardError(
+                409,
+                "base_mismatch",
+                f"adapter was made for base {str(fingerprint)[:23]}..., this service runs "
+                f"{self.base.fingerprint[:23]}...",
+                param="base_fingerprint",
+            )
 
     # ---------------------------------------------------------------- reading
     def load_weights(self, name: str, version: int) -> AdapterWeights:
@@ -213,6 +216,15 @@ class Registry:
             if pinned:
                 residency.warm(name, version)
         return version
+
+    def names(self) -> list[str]:
+        """Adapter names with at least one whole version, sorted."""
+        return self.store.names()
+
+    def archive(self, name: str, version: int | None = None) -> tuple[int, bytes]:
+        """A version (latest when None) and its PEFT folder as a zip."""
+        resolved = self.store.resolve(check_name(name), version)
+        return resolved, self.store.zip_version(name, resolved)
 
     def meta(self, name: str, version: int | None = None) -> AdapterMeta:
         """switchyard.json of a version (latest when None), with its name and number."""

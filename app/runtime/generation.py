@@ -9,11 +9,10 @@ generation does not hold new requests back. All of it runs on one thread; `tick`
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import threading
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import torch
@@ -48,7 +47,7 @@ class DecoderLayerSet(LayerSet):
 
     def load(self, slot: int, weights: AdapterWeights) -> None:
         if weights.prefix and self.prefixes is None:
-            weights = dataclasses.replace(weights, prefix=[])
+            weights = replace(weights, prefix=[])
         super().load(slot, weights)
 
 
@@ -141,17 +140,17 @@ class DecoderEngine:
 
     # ---------------------------------------------------------------- requests
     def prepare(
-        self, key: AdapterRef | None, inputs: list[Any], raw_params: dict[str, Any]
+        self, ref: AdapterRef | None, inputs: list[Any], raw: dict[str, Any]
     ) -> GenerateRequest:
         """Tokenize and check a request on the caller's side; 400s fail it before it queues."""
-        params = parse_params(raw_params, max_new_tokens=self.max_new_tokens)
+        params = parse_params(raw, max_new_tokens=self.max_new_tokens)
         prompts, texts = [], []
         for i, item in enumerate(inputs):
             ids = prompt_ids(self.base.tokenizer, item, param=f"inputs[{i}]")
             self._check_prompt(ids, params, param=f"inputs[{i}]")
             prompts.append(ids)
             texts.append(item if isinstance(item, str) else item.get("prompt"))
-        return GenerateRequest(key=key, prompts=prompts, params=params, texts=texts)
+        return GenerateRequest(key=ref, prompts=prompts, params=params, texts=texts)
 
     def _check_prompt(self, ids: list[int], params: GenerationParams, *, param: str) -> None:
         if not ids:
@@ -395,8 +394,6 @@ def _eos_ids(base: FrozenBase) -> frozenset[int]:
     """The ids that end a row: what `generate` would stop at (generation config, else tokenizer)."""
     config = getattr(base.model, "generation_config", None)
     eos: Any = getattr(config, "eos_token_id", None)
-    if eos is None:
-        eos = base.tokenizer.eos_token_id
-    if eos is None:
-        return frozenset()
-    return frozenset([int(eos)] if isinstance(eos, int) else [int(e) for e in eos])
+    eos = base.tokenizer.eos_token_id if eos is None else eos
+    ids = [] if eos is None else [eos] if isinstance(eos, int) else eos
+    return frozenset(int(e) for e in ids)

@@ -129,7 +129,7 @@ class Runtime:
         """Every adapter's latest version with its residency; damaged or just-deleted ones are
         left out (they fail on their own requests)."""
         out = []
-        for name in self.registry.store.names():
+        for name in self.registry.names():
             try:
                 item = self.registry.summary(name)
             except SwitchyardError:

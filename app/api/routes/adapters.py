@@ -207,8 +207,7 @@ async def download_adapter(
     name: str, registry: RegistryDep, version: int | None = None
 ) -> Response:
     """Zip of the PEFT folder; loads with plain `PeftModel.from_pretrained`."""
-    resolved = registry.store.resolve(check_name(name), version)
-    data = await run_in_threadpool(registry.store.zip_version, name, resolved)
+    resolved, data = await run_in_threadpool(registry.archive, check_name(name), version)
     return Response(
         data,
         media_type="application/zip",

@@ -47,7 +47,7 @@ async def get_model(model_id: str, registry: RegistryDep, principal: PrincipalDe
 
 def _list(registry: Registry, principal: Principal) -> ModelList:
     data = [base_model(registry)]
-    for name in registry.store.names():
+    for name in registry.names():
         if principal.adapters is not None and name not in principal.adapters:
             continue
         try:

@@ -1,10 +1,10 @@
 """The decoder's batcher: a bounded queue feeding the engine's decode steps on one thread.
 
-Requests are tokenized and checked on the caller's side, then queued. The worker hands new
-jobs to the engine between decode steps (continuous batching: a request waits at most one
-step, not a whole generation), and delivers each job as soon as its last row finishes. A
-caller that stops waiting (timeout, disconnect) marks its job cancelled; its rows leave the
-batch at the next step and its adapter is released.
+Generate requests are tokenized and checked on the caller's side, then queued. The worker
+hands new ones to the engine between decode steps (continuous batching: a request waits at
+most one step, not a whole generation), and delivers each as soon as its last row finishes. A
+caller that stops waiting (timeout, disconnect) marks its request cancelled; its rows leave
+the batch at the next step and its adapter is released.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The dynamic batcher: one bounded queue for every adapter, batches formed by rows or time.
+"""The encoder's batcher: one bounded queue for every adapter, batches formed by rows or time.
 
 Requests for any adapters share the queue; the worker takes what is waiting, waits at most
 `max_wait_ms` for more while the batch has fewer than `max_batch_rows` rows, and runs it on
@@ -21,12 +21,13 @@ from app.runtime.engine import EncodeRequest, EncodeResult
 from app.runtime.metrics import Metrics
 
 log = logging.getLogger(__name__)
-# A queue item is a group of jobs that must share one engine batch (one request's jobs).
+# A queue item is a group of encode requests that must share one engine batch (one HTTP
+# request's adapters).
 _Item = tuple[list[EncodeRequest], "asyncio.Future[list[EncodeResult]]"]
 
 
 class EncoderBatcher:
-    """Groups jobs from concurrent requests into engine batches."""
+    """Groups encode requests from concurrent callers into engine batches."""
 
     def __init__(
         self,

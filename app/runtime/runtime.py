@@ -57,7 +57,7 @@ class Pooling:
     """How `embed` turns hidden states into one vector per input."""
 
     layers: tuple[int, ...] = (-1,)
-    pooling: str = "mean"
+    method: str = "mean"  # mean, cls or max
     normalize: bool = True
 
 
@@ -233,7 +233,7 @@ class Runtime:
                 raise bad_request("invalid_layer", f"layer {layer} is out of range", param="layers")
         params = {
             "layers": list(pooling.layers),
-            "pooling": pooling.pooling,
+            "pooling": pooling.method,
             "normalize": pooling.normalize,
         }
         rows = self._encode(texts, EMBEDDINGS)

@@ -92,7 +92,7 @@ async def embeddings(
     check_dimensions(body.dimensions, runtime.base.hidden_size)
     if adapter is not None:
         principal.check_adapter(adapter)
-    pooling = Pooling(tuple(body.layers), body.pooling, body.normalize)
+    pooling = Pooling(layers=tuple(body.layers), method=body.pooling, normalize=body.normalize)
     result = await runtime.embed(texts, adapter=adapter, pooling=pooling)
     return {
         "object": "list",

@@ -276,7 +276,7 @@ class Runtime:
     ) -> list[GenOutput]:
         """Generate for every input with one adapter version (None: the bare base); `param`
         names the request field a 400 blames when this base cannot generate."""
-        decoder, batcher = self._decoding(param)
+        decoder, batcher = self.require_decoder(param)
         self.admission.check_inputs(len(inputs))
         request = decoder.prepare(ref, inputs, params)
         return await self.admission.run(batcher.submit(request), label=_label(ref))
@@ -286,7 +286,7 @@ class Runtime:
     ) -> GenerationStream:
         """Queue a request whose text comes as it decodes; 4xx (429 included) before anything
         is sent. Must be called on the event loop; iterate the stream's `events()`."""
-        decoder, batcher = self._decoding("model")
+        decoder, batcher = self.require_decoder("model")
         self.admission.check_inputs(len(inputs))
         request = decoder.prepare(ref, inputs, params)
         finish = self.admission.recorder(_label(ref))
@@ -304,7 +304,8 @@ class Runtime:
             raise
         return stream
 
-    def _decoding(self, param: str) -> tuple[DecoderEngine, DecoderBatcher]:
+    def require_decoder(self, param: str = "model") -> tuple[DecoderEngine, DecoderBatcher]:
+        """The decoder path; 400 `unsupported_task` naming `param` on an encoder base."""
         if self.decoder is None or self.decoder_batcher is None:
             raise bad_request("unsupported_task", "generation needs a decoder base", param=param)
         return self.decoder, self.decoder_batcher

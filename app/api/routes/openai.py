@@ -87,6 +87,7 @@ async def completions(
     prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
     if body.stream:
         return _stream(runtime, key, list(prompts), body, chat=False)
+    runtime.require_decoder()  # before the parameters: their 400 comes second
     outputs = await runtime.generate(key, list(prompts), body.parameters())
     choices = [
         {"index": i, "text": out.text, "finish_reason": out.finish_reason, "logprobs": None}
@@ -128,7 +129,8 @@ def _stream(
     chat: bool,
     params: dict[str, Any] | None = None,
 ) -> Response:
-    """Queue the job now (4xx before the response starts), then send its chunks."""
+    """Queue the request now (4xx before the response starts), then send its chunks."""
+    runtime.require_decoder()
     stream = runtime.stream(key, inputs, params or body.parameters())
     usage = body.stream_options is not None and body.stream_options.include_usage
     model = key.name if key else BASE_LABEL

@@ -23,8 +23,9 @@ from peft import LoraConfig, TaskType, get_peft_model
 from app.base import load_base
 from app.config import Settings
 from app.registry.catalog import Registry
+from app.registry.records import AdapterRef
 from app.registry.store import AdapterStore
-from app.runtime.generation import GenerationEngine
+from app.runtime.generation import DecoderEngine
 from app.runtime.metrics import Metrics
 from app.runtime.runtime import Runtime
 from app.training.view import build_view
@@ -58,7 +59,7 @@ def make_adapters(
     count: int,
     rank: int,
     targets: str | list[str],
-) -> list[tuple[str, int]]:
+) -> list[AdapterRef]:
     """`count` random rank-r LoRAs made with plain PEFT, registered in the store."""
     view = build_view(runtime.base, task="generation", num_labels=0)
     config = LoraConfig(
@@ -80,13 +81,13 @@ def make_adapters(
             task="generation",
             labels=[],
         )
-        keys.append((f"gen{i}", version))
+        keys.append(AdapterRef(f"gen{i}", version))
     return keys
 
 
 def tokens_per_second(
-    engine: GenerationEngine,
-    keys: list[tuple[str, int] | None],
+    engine: DecoderEngine,
+    keys: list[AdapterRef | None],
     prompts: list[str],
     new_tokens: int,
 ) -> float:
@@ -126,12 +127,12 @@ def main() -> None:
     base = load_base(settings)
     registry = Registry(AdapterStore(settings.store), base, settings)
     runtime = Runtime(base, registry, settings, Metrics())
-    assert runtime.generation is not None
-    engine = runtime.generation.engine
+    assert runtime.decoder is not None
+    engine = runtime.decoder
     keys = make_adapters(runtime, registry, work, count=args.rows, rank=args.rank, targets=targets)
     prompts = [f"Write one sentence about {TOPICS[i % len(TOPICS)]}." for i in range(args.rows)]
-    bare: list[tuple[str, int] | None] = [None] * args.rows
-    mixed: list[tuple[str, int] | None] = list(keys)
+    bare: list[AdapterRef | None] = [None] * args.rows
+    mixed: list[AdapterRef | None] = list(keys)
     tokens_per_second(engine, mixed, prompts, 4)  # warm-up: slots loaded, kernels initialised
     base_tps, adapter_tps = [], []
     for _ in range(args.rounds):

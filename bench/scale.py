@@ -21,7 +21,7 @@ import json, os, sys, time, psutil
 t0 = time.perf_counter()
 from bench._common import make_runtime
 runtime, registry, _ = make_runtime(__import__("pathlib").Path(sys.argv[1]))
-runtime.engine.warm_up()
+runtime.encoder.warm_up()
 names = registry.store.names()
 started = time.perf_counter() - t0
 rss0 = psutil.Process().memory_info().rss

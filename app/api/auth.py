@@ -65,10 +65,6 @@ class KeyRing:
     def __init__(self, settings: Settings) -> None:
         self._keys = [_parse(raw, spec) for raw, spec in settings.api_keys.items()]
 
-    @property
-    def enabled(self) -> bool:
-        return bool(self._keys)
-
     def authenticate(self, authorization: str | None) -> Principal:
         """The caller's principal; 401 without a valid bearer key when keys are configured."""
         if not self._keys:

@@ -16,6 +16,7 @@ from app.base import FrozenBase
 from app.config import Settings
 from app.errors import SwitchyardError, bad_request
 from app.registry.pooled_head import shown_method
+from app.registry.records import AdapterMeta
 from app.registry.store import (
     CONFIG_FILE,
     WEIGHTS_FILE,
@@ -89,15 +90,7 @@ class Registry:
         if size > self.settings.max_upload_bytes:
             raise too_large("adapter", size, self.settings.max_upload_bytes, "file")
         meta = dict(meta or {})
-        fingerprint = meta.get("base_fingerprint")
-        if fingerprint is not None and fingerprint != self.base.fingerprint:
-            raise SwitchyardError(
-                409,
-                "base_mismatch",
-                f"adapter was made for base {str(fingerprint)[:23]}..., this service runs "
-                f"{self.base.fingerprint[:23]}...",
-                param="base_fingerprint",
-            )
+        self._check_fingerprint(meta.get("base_fingerprint"))
         config = parse_json_object(config_bytes, what=CONFIG_FILE, param=CONFIG_FILE)
         tensors = parse_safetensors(weights_bytes)
         weights = build_weights(
@@ -122,6 +115,17 @@ class Registry:
         )
         return stored
 
+    def _check_fingerprint(self, fingerprint: object) -> None:
+        """409 when the metadata names another base than the one this service runs."""
+        if fingerprint is not None and fingerprint != self.base.fingerprint:
+            raise SwitchyardError(
+                409,
+                "base_mismatch",
+                f"adapter was made for base {str(fingerprint)[:23]}..., this service runs "
+                f"{self.base.fingerprint[:23]}...",
+                param="base_fingerprint",
+            )
+
     # ---------------------------------------------------------------- reading
     def load_weights(self, name: str, version: int) -> AdapterWeights:
         """Read and re-check a stored version for the runtime.
@@ -130,7 +134,7 @@ class Registry:
         that resolved it before the DELETE simply came too late.
         """
         self.store.resolve(name, version)
-        meta = self.store.read_meta(name, version)
+        meta = AdapterMeta.parse(self.store.read_meta(name, version), name=name, version=version)
         config_bytes = self.store.read_file(name, version, CONFIG_FILE)
         weights_bytes = self.store.read_file(name, version, WEIGHTS_FILE)
         try:
@@ -139,9 +143,9 @@ class Registry:
                 config,
                 parse_safetensors(weights_bytes),
                 self.base,
-                task=meta["task"],
-                labels=list(meta.get("labels", [])),
-                max_rank=max(self.settings.max_rank, int(meta.get("rank", 0))),
+                task=meta.task,
+                labels=list(meta.labels),
+                max_rank=max(self.settings.max_rank, meta.rank),
             )
         except SwitchyardError as exc:
             if exc.status >= 500:
@@ -151,10 +155,6 @@ class Registry:
                 "adapter_corrupted",
                 f"stored adapter {name!r} v{version} no longer loads: {exc.message}",
                 param="name",
-            ) from exc
-        except KeyError as exc:
-            raise SwitchyardError(
-                503, "adapter_corrupted", f"metadata of {name!r} v{version} lacks {exc}"
             ) from exc
 
     def summary(self, name: str) -> dict[str, Any]:
@@ -217,10 +217,19 @@ class Registry:
                 residency.warm(name, version)
         return version
 
-    def meta(self, name: str, version: int | None = None) -> dict[str, Any]:
-        """switchyard.json of a version (latest when None), with its number."""
+    def names(self) -> list[str]:
+        """Adapter names with at least one whole version, sorted."""
+        return self.store.names()
+
+    def archive(self, name: str, version: int | None = None) -> tuple[int, bytes]:
+        """A version (latest when None) and its PEFT folder as a zip."""
+        resolved = self.store.resolve(check_name(name), version)
+        return resolved, self.store.zip_version(name, resolved)
+
+    def meta(self, name: str, version: int | None = None) -> AdapterMeta:
+        """switchyard.json of a version (latest when None), with its name and number."""
         resolved = self.store.resolve(name, version)
-        return {**self.store.read_meta(name, resolved), "version": resolved}
+        return AdapterMeta.parse(self.store.read_meta(name, resolved), name=name, version=resolved)
 
 
 def _with_base_path(config: dict[str, Any], base: FrozenBase) -> bytes:

@@ -40,6 +40,7 @@ PINNED_FILE = "pinned"
 HIGH_WATER_DIR = ".high-water"
 _TMP_PREFIX = ".tmp-"
 _TRASH_PREFIX = ".trash-"
+_LEFTOVER = (_TMP_PREFIX, _TRASH_PREFIX)  # what interrupted writes and deletes leave
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
@@ -95,12 +96,8 @@ class AdapterStore:
     # ---------------------------------------------------------------- reading
     def names(self) -> list[str]:
         """Adapter names with at least one whole version, sorted."""
-        out = []
-        for entry in self.root.iterdir():
-            is_folder = entry.is_dir() and not entry.is_symlink()
-            if is_folder and NAME_PATTERN.fullmatch(entry.name) and self.versions(entry.name):
-                out.append(entry.name)
-        return sorted(out)
+        folders = [e.name for e in self.root.iterdir() if e.is_dir() and not e.is_symlink()]
+        return sorted(n for n in folders if NAME_PATTERN.fullmatch(n) and self.versions(n))
 
     def versions(self, name: str) -> list[int]:
         """Whole versions of `name`, ascending; an unknown name has none."""
@@ -348,15 +345,11 @@ class AdapterStore:
         Version folders (`<name>/.tmp-*`, `.trash-*`) and files (`_datasets/.tmp-*-<id>.jsonl`,
         `.high-water/.tmp-*`) alike; a link is removed, never followed.
         """
-        leftovers = []
+        leftovers: list[Path] = []
         for folder in self.root.iterdir():
-            if not folder.is_dir() or folder.is_symlink():
-                continue
-            if folder.name.startswith((_TMP_PREFIX, _TRASH_PREFIX)):
-                leftovers.append(folder)
-                continue
-            prefixes = (_TMP_PREFIX, _TRASH_PREFIX)
-            leftovers += [c for c in folder.iterdir() if c.name.startswith(prefixes)]
+            if folder.is_dir() and not folder.is_symlink():
+                own = [folder] if folder.name.startswith(_LEFTOVER) else list(folder.iterdir())
+                leftovers += [p for p in own if p.name.startswith(_LEFTOVER)]
         removed = []
         for path in leftovers:
             if path.is_dir() and not path.is_symlink():

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,11 +18,11 @@ from dataclasses import dataclass, field
 import torch
 
 from app.errors import SwitchyardError
+from app.registry.records import AdapterRef
 from app.registry.weights import AdapterWeights
 from app.runtime.layers import LayerSet, needs_slot
 from app.runtime.metrics import Metrics
 
-Key = tuple[str, int]
 Loader = Callable[[str, int], AdapterWeights]
 
 
@@ -31,7 +30,7 @@ Loader = Callable[[str, int], AdapterWeights]
 class Resident:
     """An adapter on the device: its slot, its head on the device, and who is using it."""
 
-    key: Key
+    key: AdapterRef
     weights: AdapterWeights
     slot: int  # 0 for head-only adapters, which need no slot
     nbytes: int
@@ -71,15 +70,15 @@ class AdapterCache:
         self.metrics = metrics
         self.is_pinned = is_pinned
         self._lock = threading.RLock()
-        self._device: OrderedDict[Key, Resident] = OrderedDict()
-        self._cpu: OrderedDict[Key, AdapterWeights] = OrderedDict()
+        self._device: OrderedDict[AdapterRef, Resident] = OrderedDict()
+        self._cpu: OrderedDict[AdapterRef, AdapterWeights] = OrderedDict()
         self._free_slots: list[int] = []
         self._next_slot = 1
 
     # ---------------------------------------------------------------- public
     def acquire(self, name: str, version: int) -> Resident:
         """Make (name, version) resident if needed and count one user of it."""
-        key = (name, version)
+        key = AdapterRef(name, version)
         with self._lock:
             resident = self._device.get(key)
             if resident is None:
@@ -155,7 +154,7 @@ class AdapterCache:
             }
 
     # ---------------------------------------------------------------- internals
-    def _load(self, key: Key) -> Resident:
+    def _load(self, key: AdapterRef) -> Resident:
         weights = self._cpu.pop(key, None)
         source = "cpu"
         if weights is None:
@@ -170,7 +169,7 @@ class AdapterCache:
         self._update_gauges()
         return resident
 
-    def _place(self, key: Key, weights: AdapterWeights) -> Resident:
+    def _place(self, key: AdapterRef, weights: AdapterWeights) -> Resident:
         nbytes = weights.nbytes
         # LoRA, IA3, prompt and prefix adapters change the forward: they take a slot.
         slotted = needs_slot(weights)
@@ -282,10 +281,3 @@ class AdapterCache:
         self.metrics.resident_bytes.labels(tier="cpu").set(stats["cpu_bytes"])
         self.metrics.resident_adapters.labels(tier="device").set(stats["device_adapters"])
         self.metrics.resident_adapters.labels(tier="cpu").set(stats["cpu_adapters"])
-
-
-def timed_acquire(cache: AdapterCache, name: str, version: int) -> tuple[Resident, float]:
-    """Acquire and return how long it took, in seconds (for the hot-swap bench and logs)."""
-    start = time.perf_counter()
-    resident = cache.acquire(name, version)
-    return resident, time.perf_counter() - start

@@ -16,9 +16,10 @@ import torch.nn.functional as F
 
 from app.base import FrozenBase
 from app.errors import SwitchyardError, bad_request
+from app.registry.records import AdapterRef
 from app.runtime.batch import Features, build_layout, model_inputs
 from app.runtime.batch import pool as pool  # re-exported: training pools the same way
-from app.runtime.cache import AdapterCache, Key, Resident
+from app.runtime.cache import AdapterCache, Resident
 from app.runtime.layers import LayerSet
 from app.tasks import EMBEDDINGS, TOKEN_CLASSIFICATION, classification, token_classification
 
@@ -35,10 +36,10 @@ class EncodedRow:
 
 
 @dataclass
-class Job:
+class EncodeRequest:
     """One request's rows for one adapter (or the bare base when `key` is None)."""
 
-    key: Key | None
+    key: AdapterRef | None
     task: str
     rows: list[EncodedRow]
     params: dict[str, Any] = field(default_factory=dict)
@@ -46,14 +47,14 @@ class Job:
 
 
 @dataclass
-class JobResult:
+class EncodeResult:
     """Outputs of one job, or the error that failed only this job."""
 
     outputs: list[Any] | None = None
     error: SwitchyardError | None = None
 
 
-class Engine:
+class EncoderEngine:
     """Runs batches of jobs over the shared base; one forward at a time."""
 
     def __init__(
@@ -106,11 +107,11 @@ class Engine:
         return rows
 
     # ---------------------------------------------------------------- running
-    def run(self, jobs: list[Job]) -> list[JobResult]:
+    def run(self, jobs: list[EncodeRequest]) -> list[EncodeResult]:
         """Run jobs together; an adapter that fails to load fails only its own jobs."""
-        results = [JobResult() for _ in jobs]
-        residents: dict[Key, Resident] = {}
-        errors: dict[Key, SwitchyardError] = {}
+        results = [EncodeResult() for _ in jobs]
+        residents: dict[AdapterRef, Resident] = {}
+        errors: dict[AdapterRef, SwitchyardError] = {}
         try:
             for job in jobs:
                 key = job.key
@@ -131,7 +132,7 @@ class Engine:
                 self.cache.release(resident)
         return results
 
-    def _check_positions(self, job: Job, resident: Resident) -> SwitchyardError | None:
+    def _check_positions(self, job: EncodeRequest, resident: Resident) -> SwitchyardError | None:
         """Virtual tokens take positions too: a row must still fit the position table."""
         weights = resident.weights
         virtual = (
@@ -154,9 +155,9 @@ class Engine:
 
     def _run_chunks(
         self,
-        runnable: list[tuple[int, Job]],
-        residents: dict[Key, Resident],
-        results: list[JobResult],
+        runnable: list[tuple[int, EncodeRequest]],
+        residents: dict[AdapterRef, Resident],
+        results: list[EncodeResult],
     ) -> None:
         """Forward each distinct (slot, tokens) row once, then decode every job's rows.
 
@@ -194,7 +195,7 @@ class Engine:
             results[i].outputs = outputs[i]
 
     @staticmethod
-    def _slot(job: Job, residents: dict[Key, Resident]) -> int:
+    def _slot(job: EncodeRequest, residents: dict[AdapterRef, Resident]) -> int:
         return residents[job.key].slot if job.key is not None else 0
 
     def _forward(self, rows: list[EncodedRow], slots: list[int], need_hidden: bool) -> Features:
@@ -212,7 +213,7 @@ class Engine:
 
     def _decode(
         self,
-        job: Job,
+        job: EncodeRequest,
         resident: Resident | None,
         features: Features,
         positions: list[int],
@@ -253,11 +254,11 @@ class Engine:
     def warm_up(self) -> None:
         """One forward so the first request does not pay for lazy initialisation."""
         rows = self.prepare(["warm up"], task="classification")
-        self.run([Job(key=None, task=EMBEDDINGS, rows=rows)])
+        self.run([EncodeRequest(key=None, task=EMBEDDINGS, rows=rows)])
 
 
 def _decode_tokens(
-    job: Job,
+    job: EncodeRequest,
     labels: list[str],
     logits: torch.Tensor,
     features: Features,
@@ -300,7 +301,7 @@ def _distinct_rows(
     return distinct, where
 
 
-def _needs_hidden(job: Job, residents: dict[Key, Resident]) -> bool:
+def _needs_hidden(job: EncodeRequest, residents: dict[AdapterRef, Resident]) -> bool:
     if job.task == EMBEDDINGS:
         return list(job.params.get("layers", [-1])) != [-1]
     resident = residents.get(job.key) if job.key else None

@@ -9,19 +9,19 @@ generation does not hold new requests back. All of it runs on one thread; `tick`
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import threading
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import torch
 
 from app.base import FrozenBase
 from app.errors import SwitchyardError, bad_request
+from app.registry.records import AdapterRef
 from app.registry.weights import AdapterWeights
-from app.runtime.cache import AdapterCache, Key, Resident
+from app.runtime.cache import AdapterCache, Resident
 from app.runtime.decode_batch import KVBatch, Prefix, prefill_inputs
 from app.runtime.layers import LayerSet
 from app.runtime.sampling import (
@@ -47,7 +47,7 @@ class DecoderLayerSet(LayerSet):
 
     def load(self, slot: int, weights: AdapterWeights) -> None:
         if weights.prefix and self.prefixes is None:
-            weights = dataclasses.replace(weights, prefix=[])
+            weights = replace(weights, prefix=[])
         super().load(slot, weights)
 
 
@@ -72,10 +72,10 @@ class RowListener(Protocol):
 
 
 @dataclass
-class GenJob:
+class GenerateRequest:
     """One request's rows for one adapter (`key` None: the bare base), same parameters."""
 
-    key: Key | None
+    key: AdapterRef | None
     prompts: list[list[int]]
     params: GenerationParams
     texts: list[str | None] = field(default_factory=list)  # plain prompts, for full text
@@ -100,14 +100,14 @@ class GenJob:
 
 @dataclass
 class _Row:
-    job: GenJob
+    job: GenerateRequest
     index: int
     sampler: RowSampler
     generated: list[int] = field(default_factory=list)
     positions: int = 0  # real tokens in the cache and input so far (prefix + prompt + output)
 
 
-class GenerationEngine:
+class DecoderEngine:
     """Prefill + decode loop for a continuously changing batch of generation rows."""
 
     def __init__(
@@ -133,22 +133,24 @@ class GenerationEngine:
         params = inspect.signature(base.model.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
         self._lock = threading.Lock()  # one forward over the shared wrapped layers at a time
-        self._pending: deque[GenJob] = deque()
+        self._pending: deque[GenerateRequest] = deque()
         self._rows: list[_Row] = []
         self._state: KVBatch | None = None
-        self._finished: list[GenJob] = []
+        self._finished: list[GenerateRequest] = []
 
     # ---------------------------------------------------------------- requests
-    def prepare(self, key: Key | None, inputs: list[Any], raw_params: dict[str, Any]) -> GenJob:
+    def prepare(
+        self, ref: AdapterRef | None, inputs: list[Any], raw: dict[str, Any]
+    ) -> GenerateRequest:
         """Tokenize and check a request on the caller's side; 400s fail it before it queues."""
-        params = parse_params(raw_params, max_new_tokens=self.max_new_tokens)
+        params = parse_params(raw, max_new_tokens=self.max_new_tokens)
         prompts, texts = [], []
         for i, item in enumerate(inputs):
             ids = prompt_ids(self.base.tokenizer, item, param=f"inputs[{i}]")
             self._check_prompt(ids, params, param=f"inputs[{i}]")
             prompts.append(ids)
             texts.append(item if isinstance(item, str) else item.get("prompt"))
-        return GenJob(key=key, prompts=prompts, params=params, texts=texts)
+        return GenerateRequest(key=ref, prompts=prompts, params=params, texts=texts)
 
     def _check_prompt(self, ids: list[int], params: GenerationParams, *, param: str) -> None:
         if not ids:
@@ -177,7 +179,7 @@ class GenerationEngine:
         return len(self._rows)
 
     # ---------------------------------------------------------------- the loop
-    def tick(self, new_jobs: list[GenJob]) -> list[GenJob]:
+    def tick(self, new_jobs: list[GenerateRequest]) -> list[GenerateRequest]:
         """Take new jobs, admit rows while there is room, decode one step; return ended jobs."""
         with torch.inference_mode():
             for job in new_jobs:
@@ -188,14 +190,14 @@ class GenerationEngine:
         finished, self._finished = self._finished, []
         return finished
 
-    def run(self, jobs: list[GenJob]) -> list[GenJob]:
+    def run(self, jobs: list[GenerateRequest]) -> list[GenerateRequest]:
         """Run jobs to completion on this thread (tests, benchmarks, the CLI)."""
         self.tick(jobs)
         while self.busy:
             self.tick([])
         return jobs
 
-    def abort(self, error: SwitchyardError) -> list[GenJob]:
+    def abort(self, error: SwitchyardError) -> list[GenerateRequest]:
         """Fail every job in flight (a bug in a step must not wedge the engine)."""
         jobs = {id(r.job): r.job for r in self._rows} | {id(j): j for j in self._pending}
         self._rows, self._state, self._pending = [], None, deque()
@@ -211,7 +213,7 @@ class GenerationEngine:
         self.run([job])
 
     # ---------------------------------------------------------------- admission
-    def _accept(self, job: GenJob) -> None:
+    def _accept(self, job: GenerateRequest) -> None:
         try:
             if job.key is not None:
                 job.resident = self.cache.acquire(*job.key)
@@ -222,12 +224,12 @@ class GenerationEngine:
             return
         self._pending.append(job)
 
-    def _attach(self, job: GenJob, resident: Resident) -> None:
+    def _attach(self, job: GenerateRequest, resident: Resident) -> None:
         weights = resident.weights
         if weights.method not in SERVABLE_METHODS:
             raise bad_request(
                 "unsupported_method",
-                f"adapter {resident.key[0]!r} is {weights.method}; generation serves "
+                f"adapter {resident.key.name!r} is {weights.method}; generation serves "
                 f"{list(SERVABLE_METHODS)}",
                 param="name",
             )
@@ -373,7 +375,7 @@ class GenerationEngine:
         elif self._state is not None:
             self._state.select(keep)
 
-    def _end(self, job: GenJob) -> None:
+    def _end(self, job: GenerateRequest) -> None:
         """A job leaves the engine: release its adapter once, report it once."""
         if job.ended:
             return
@@ -392,8 +394,6 @@ def _eos_ids(base: FrozenBase) -> frozenset[int]:
     """The ids that end a row: what `generate` would stop at (generation config, else tokenizer)."""
     config = getattr(base.model, "generation_config", None)
     eos: Any = getattr(config, "eos_token_id", None)
-    if eos is None:
-        eos = base.tokenizer.eos_token_id
-    if eos is None:
-        return frozenset()
-    return frozenset([int(eos)] if isinstance(eos, int) else [int(e) for e in eos])
+    eos = base.tokenizer.eos_token_id if eos is None else eos
+    ids = [] if eos is None else [eos] if isinstance(eos, int) else eos
+    return frozenset(int(e) for e in ids)

@@ -306,16 +306,6 @@ class LayerSet:
         self.ctx.ia3_slots = frozenset()
         self.prefix_router.batch = None
 
-    @property
-    def allocated_bytes(self) -> int:
-        tables = [self.prompts] + ([self.prefixes] if self.prefixes is not None else [])
-        return sum(
-            t.numel() * t.element_size()
-            for layer in self.layers.values()
-            for t in (layer.lora_a, layer.lora_b, layer.ia3_in, layer.ia3_out)
-            if t is not None
-        ) + sum(table.nbytes for table in tables)
-
 
 def needs_slot(weights: AdapterWeights) -> bool:
     """Adapters that change the base forward take a slot; head-only ones (probes) do not."""

@@ -16,7 +16,7 @@ from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 
 from app.errors import SwitchyardError
-from app.runtime.generation import GenJob, GenOutput
+from app.runtime.generation import GenerateRequest, GenOutput
 
 REPLACEMENT = "\ufffd"  # what a byte-level tokenizer decodes half a character to
 
@@ -58,7 +58,7 @@ class GenerationStream:
 
     def __init__(
         self,
-        job: GenJob,
+        job: GenerateRequest,
         *,
         decode: Callable[[list[int]], str],
         timeout_s: float,

@@ -18,7 +18,7 @@ from app.api.responses import (
     AdapterSummary,
     AdapterVersion,
 )
-from app.errors import SwitchyardError, bad_request
+from app.errors import bad_request
 from app.registry.catalog import parse_labels
 from app.registry.store import CONFIG_FILE, META_FILE, WEIGHTS_FILE, check_name
 from app.registry.validate import parse_json_object, too_large
@@ -81,34 +81,18 @@ _ZIP: dict[int | str, dict[str, Any]] = {
 
 
 @router.get("", response_model=AdapterList, dependencies=_READ, responses=_LIST)
-async def list_adapters(
-    registry: RegistryDep, runtime: RuntimeDep, principal: PrincipalDep
-) -> dict[str, Any]:
+async def list_adapters(runtime: RuntimeDep, principal: PrincipalDep) -> dict[str, Any]:
     """Every adapter (this key may use) with its latest version's metadata and residency."""
-    items = await run_in_threadpool(_summaries, registry, runtime)
+    items = await run_in_threadpool(runtime.adapter_summaries)
     if principal.adapters is not None:
         items = [item for item in items if item["name"] in principal.adapters]
     return {"data": items}
 
 
-def _summaries(registry: RegistryDep, runtime: RuntimeDep) -> list[dict[str, Any]]:
-    out = []
-    for name in registry.store.names():
-        try:
-            item = registry.summary(name)
-        except SwitchyardError:
-            continue  # deleted meanwhile, or corrupted: it fails on its own requests
-        item["resident"] = runtime.cache.residency(name, item["latest_version"])
-        out.append(item)
-    return out
-
-
 @router.get("/{name}", response_model=AdapterDetails, dependencies=_READ, responses=_GET)
-async def get_adapter(name: str, registry: RegistryDep, runtime: RuntimeDep) -> dict[str, Any]:
+async def get_adapter(name: str, runtime: RuntimeDep) -> dict[str, Any]:
     """Details, all versions, metrics and lineage."""
-    details = await run_in_threadpool(registry.details, check_name(name))
-    details["resident"] = runtime.cache.residency(name, details["latest_version"])
-    return details
+    return await run_in_threadpool(runtime.adapter_details, check_name(name))
 
 
 def _upload_body() -> dict[str, Any]:
@@ -223,8 +207,7 @@ async def download_adapter(
     name: str, registry: RegistryDep, version: int | None = None
 ) -> Response:
     """Zip of the PEFT folder; loads with plain `PeftModel.from_pretrained`."""
-    resolved = registry.store.resolve(check_name(name), version)
-    data = await run_in_threadpool(registry.store.zip_version, name, resolved)
+    resolved, data = await run_in_threadpool(registry.archive, check_name(name), version)
     return Response(
         data,
         media_type="application/zip",
@@ -245,9 +228,6 @@ async def delete_adapter(
 
 
 @router.patch("/{name}", response_model=AdapterSummary, dependencies=_MANAGE, responses=_PIN)
-async def patch_adapter(
-    name: str, body: PinRequest, registry: RegistryDep, runtime: RuntimeDep
-) -> dict[str, Any]:
+async def patch_adapter(name: str, body: PinRequest, runtime: RuntimeDep) -> dict[str, Any]:
     """`{"pinned": true}` keeps the latest version resident on the device."""
-    version = await run_in_threadpool(runtime.pin_adapter, check_name(name), body.pinned)
-    return {**registry.summary(name), "resident": runtime.cache.residency(name, version)}
+    return await run_in_threadpool(runtime.pin_adapter, check_name(name), body.pinned)

@@ -28,7 +28,7 @@ from app.api.openai_schemas import (
 )
 from app.api.routes.fine_tuning_views import checkpoint_view, event_view, job_view
 from app.errors import bad_request, not_found
-from app.runtime.generation_service import BASE_LABEL
+from app.runtime.admission import BASE_LABEL
 from app.training.hyperparameters import default_learning_rate
 from app.training.jobs import JobManager
 

@@ -15,7 +15,7 @@ from app.api.openai_schemas import (
     FineTuningMethod,
     unix_seconds,
 )
-from app.runtime.generation_service import BASE_LABEL
+from app.runtime.admission import BASE_LABEL
 from app.training.hyperparameters import default_learning_rate
 
 # Our job statuses in OpenAI's words; the rest are the same word.

@@ -18,7 +18,7 @@ from app.api.openai_schemas import Model, ModelExtension, ModelList, ModelVersio
 from app.errors import SwitchyardError, not_found
 from app.registry.catalog import Registry
 from app.registry.store import check_name
-from app.runtime.generation_service import BASE_LABEL
+from app.runtime.admission import BASE_LABEL
 
 router = APIRouter(prefix="/v1/models", tags=["openai"])
 OWNER = "switchyard"
@@ -47,7 +47,7 @@ async def get_model(model_id: str, registry: RegistryDep, principal: PrincipalDe
 
 def _list(registry: Registry, principal: Principal) -> ModelList:
     data = [base_model(registry)]
-    for name in registry.store.names():
+    for name in registry.names():
         if principal.adapters is not None and name not in principal.adapters:
             continue
         try:

@@ -16,20 +16,16 @@ from typing import Any
 from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.auth import Principal
-from app.api.deps import PrincipalDep, RegistryDep, RuntimeDep
+from app.api.deps import PrincipalDep, RuntimeDep
 from app.api.openai_schemas import ChatCompletion, Completion
 from app.api.responses import BasePredictOut
 from app.api.routes.inference import PredictRequest
 from app.api.routes.openai_streaming import STREAM_RESPONSES, StreamOptions, stream_response
 from app.errors import bad_request
-from app.registry.catalog import Registry
-from app.registry.store import check_name
-from app.runtime.cache import Key
+from app.registry.records import AdapterRef
+from app.runtime.admission import BASE_LABEL
 from app.runtime.generation import GenOutput
-from app.runtime.generation_service import BASE_LABEL, GenerationService
 from app.runtime.runtime import Runtime
-from app.tasks import GENERATION
 
 router = APIRouter(tags=["generation"])
 
@@ -77,20 +73,22 @@ class ChatCompletionRequest(_OpenAIRequest):
 @router.post("/v1/adapters/_base/predict", response_model=BasePredictOut)
 async def predict_base(body: PredictRequest, runtime: RuntimeDep) -> dict[str, Any]:
     """The bare base through the predict API: `{"generated_text"}` per input."""
-    outputs = await _service(runtime).generate(None, body.inputs, body.parameters)
-    return {"adapter": BASE_LABEL, "version": None, "outputs": outputs}
+    outputs = await runtime.generate(None, body.inputs, body.parameters)
+    generated = [{"generated_text": out.text} for out in outputs]
+    return {"adapter": BASE_LABEL, "version": None, "outputs": generated}
 
 
 @router.post("/v1/completions", response_model=Completion, responses=STREAM_RESPONSES)
 async def completions(
-    body: CompletionRequest, registry: RegistryDep, runtime: RuntimeDep, principal: PrincipalDep
+    body: CompletionRequest, runtime: RuntimeDep, principal: PrincipalDep
 ) -> dict[str, Any] | Response:
     """OpenAI text completions; `model` names the adapter; `stream` sends SSE chunks."""
-    key = _adapter_key(registry, body.model, principal)
+    key = _adapter(runtime, body.model, principal)
     prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
     if body.stream:
         return _stream(runtime, key, list(prompts), body, chat=False)
-    outputs = await _service(runtime).complete(key, list(prompts), body.parameters())
+    runtime.require_decoder()  # before the parameters: their 400 comes second
+    outputs = await runtime.generate(key, list(prompts), body.parameters())
     choices = [
         {"index": i, "text": out.text, "finish_reason": out.finish_reason, "logprobs": None}
         for i, out in enumerate(outputs)
@@ -100,16 +98,16 @@ async def completions(
 
 @router.post("/v1/chat/completions", response_model=ChatCompletion, responses=STREAM_RESPONSES)
 async def chat_completions(
-    body: ChatCompletionRequest, registry: RegistryDep, runtime: RuntimeDep, principal: PrincipalDep
+    body: ChatCompletionRequest, runtime: RuntimeDep, principal: PrincipalDep
 ) -> dict[str, Any] | Response:
     """OpenAI chat completions through the base's chat template; `model` names the adapter."""
-    key = _adapter_key(registry, body.model, principal)
+    key = _adapter(runtime, body.model, principal)
     params = body.parameters()
     if body.max_completion_tokens is not None:
         params["max_new_tokens"] = body.max_completion_tokens
     if body.stream:
         return _stream(runtime, key, [{"messages": body.messages}], body, chat=True, params=params)
-    outputs = await _service(runtime).complete(key, [{"messages": body.messages}], params)
+    outputs = await runtime.generate(key, [{"messages": body.messages}], params)
     choices = [
         {
             "index": 0,
@@ -124,43 +122,34 @@ async def chat_completions(
 
 def _stream(
     runtime: Runtime,
-    key: Key | None,
+    key: AdapterRef | None,
     inputs: list[Any],
     body: _OpenAIRequest,
     *,
     chat: bool,
     params: dict[str, Any] | None = None,
 ) -> Response:
-    """Queue the job now (4xx before the response starts), then send its chunks."""
-    stream = _service(runtime).stream(key, inputs, params or body.parameters())
+    """Queue the request now (4xx before the response starts), then send its chunks."""
+    runtime.require_decoder()
+    stream = runtime.stream(key, inputs, params or body.parameters())
     usage = body.stream_options is not None and body.stream_options.include_usage
-    model = key[0] if key else BASE_LABEL
+    model = key.name if key else BASE_LABEL
     return stream_response(stream, model=model, chat=chat, include_usage=usage)
 
 
-def _service(runtime: Runtime) -> GenerationService:
-    if runtime.generation is None:
-        raise bad_request("unsupported_task", "generation needs a decoder base", param="model")
-    return runtime.generation
-
-
-def _adapter_key(registry: Registry, model: str | None, principal: Principal) -> Key | None:
-    """None for the bare base; else the latest version of a generation adapter."""
-    if model is None or model == BASE_LABEL:
-        return None
-    principal.check_adapter(model)
-    meta = registry.meta(check_name(model))
-    if meta.get("task") != GENERATION:
-        raise bad_request(
-            "unsupported_task",
-            f"adapter {model!r} is a {meta.get('task')} adapter, not generation",
-            param="model",
-        )
-    return (model, int(meta["version"]))
+def _adapter(runtime: Runtime, model: str | None, principal: PrincipalDep) -> AdapterRef | None:
+    """None for the bare base; else the latest version of a generation adapter this key may use."""
+    if model is not None and model != BASE_LABEL:
+        principal.check_adapter(model)
+    return runtime.generation_adapter(model)
 
 
 def _envelope(
-    prefix: str, kind: str, key: Key | None, choices: list[dict[str, Any]], outputs: list[GenOutput]
+    prefix: str,
+    kind: str,
+    key: AdapterRef | None,
+    choices: list[dict[str, Any]],
+    outputs: list[GenOutput],
 ) -> dict[str, Any]:
     prompt = sum(out.prompt_tokens for out in outputs)
     completion = sum(len(out.token_ids) for out in outputs)
@@ -168,7 +157,7 @@ def _envelope(
         "id": f"{prefix}-{uuid.uuid4().hex}",
         "object": kind,
         "created": int(time.time()),
-        "model": key[0] if key else BASE_LABEL,
+        "model": key.name if key else BASE_LABEL,
         "choices": choices,
         "usage": {
             "prompt_tokens": prompt,

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
 
-from fastapi.sse import EventSourceResponse
+from fastapi.sse import EventSourceResponse, format_sse_event
 from pydantic import BaseModel, ConfigDict
 
 from app.api.openai_schemas import (
@@ -105,7 +105,7 @@ class _ChatChunks:
 
 async def _server_sent(
     stream: GenerationStream, build: _CompletionChunks | _ChatChunks, *, include_usage: bool
-) -> AsyncIterator[str]:
+) -> AsyncIterator[bytes]:
     outputs: list[GenOutput] = []
     for index in range(len(stream.job.prompts)):
         for chunk in build.start(index):
@@ -123,7 +123,7 @@ async def _server_sent(
         return
     if include_usage:
         yield _data(build.usage(_usage(outputs)))
-    yield "data: [DONE]\n\n"
+    yield _data_text("[DONE]")
 
 
 def _usage(outputs: list[GenOutput]) -> Usage:
@@ -134,12 +134,13 @@ def _usage(outputs: list[GenOutput]) -> Usage:
     )
 
 
-def _data(chunk: Chunk) -> str:
+def _data(chunk: Chunk) -> bytes:
     return _data_text(chunk.model_dump_json())
 
 
-def _data_text(payload: str) -> str:
-    return f"data: {payload}\n\n"
+def _data_text(payload: str) -> bytes:
+    # Pre-serialised: ServerSentEvent(data=...) would JSON-encode again, and `[DONE]` is not JSON.
+    return format_sse_event(data_str=payload)
 
 
 def _error_json(exc: SwitchyardError) -> str:

@@ -8,8 +8,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
+from fastapi.sse import EventSourceResponse, format_sse_event
 from starlette.concurrency import run_in_threadpool
-from starlette.responses import StreamingResponse
 
 from app.api.deps import JobsDep, PrincipalDep
 from app.api.responses import JobEventList, TrainingJobList, TrainingJobOut
@@ -63,7 +63,7 @@ async def job_events(
     stream: bool = False,
     after: Annotated[int, Query(ge=0, description="only events with a larger id")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
-) -> JSONResponse | StreamingResponse:
+) -> JSONResponse | EventSourceResponse:
     """The job's log; `?stream=true` sends it as server-sent events until the job ends."""
     resume = request.headers.get("last-event-id", "")
     if resume.isdigit():  # a reconnecting EventSource continues where it stopped
@@ -74,9 +74,8 @@ async def job_events(
         # does (a loss of 1e-05), where the model's serializer would write 0.00001.
         return JSONResponse({"data": data, "has_more": len(data) == limit})
     await run_in_threadpool(jobs.get, job_id)  # a 404 must come before the stream starts
-    return StreamingResponse(
+    return EventSourceResponse(
         _server_sent(jobs.stream(job_id, after)),
-        media_type="text/event-stream",
         # Proxies must pass events through as they come, not buffer or cache them.
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
@@ -88,10 +87,13 @@ def cancel_job(job_id: str, jobs: JobsDep) -> dict[str, Any]:
     return jobs.cancel(job_id)
 
 
-async def _server_sent(events: AsyncIterator[dict[str, Any] | None]) -> AsyncIterator[str]:
+async def _server_sent(events: AsyncIterator[dict[str, Any] | None]) -> AsyncIterator[bytes]:
     async for item in events:
         if item is None:
-            yield ": keep-alive\n\n"
+            yield format_sse_event(comment="keep-alive")
             continue
         payload = json.dumps(item, separators=(",", ":"))
-        yield f"id: {item['id']}\nevent: {item['kind']}\ndata: {payload}\n\n"
+        # `id:` first, as this stream always sent it: FastAPI's formatter writes it last.
+        yield f"id: {item['id']}\n".encode() + format_sse_event(
+            event=item["kind"], data_str=payload
+        )

@@ -318,7 +318,7 @@ def test_concurrent_predicts_each_answered_by_its_own_adapter(
         assert put(client, refs[name]).status_code == 201
     expected = {name: refs[name].probs(TEXTS) for name in names}
     runtime = client.app.state.runtime  # type: ignore[attr-defined]
-    runtime.batcher.max_wait = 0.05  # let concurrent requests meet in batches
+    runtime.encoder_batcher.max_wait = 0.05  # let concurrent requests meet in batches
 
     def call(i: int) -> tuple[str, list[int], dict[str, Any]]:
         name = names[i % 4]

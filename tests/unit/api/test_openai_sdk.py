@@ -19,7 +19,7 @@ import torch
 from transformers import LlamaForCausalLM, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from app.config import Settings
-from app.runtime.generation import GenerationEngine, GenJob
+from app.runtime.generation import DecoderEngine, GenerateRequest
 from tests.conftest import peft_adapter
 from tests.unit.api.openai_live import (
     PARENT,
@@ -91,16 +91,16 @@ def encoder(
 def slow_engine(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
     """Each decode step takes 50 ms more (the worker looks `tick` up on every step); the
     event is set once a job reached the engine."""
-    original = GenerationEngine.tick
+    original = DecoderEngine.tick
     started = threading.Event()
 
-    def slow_tick(engine: GenerationEngine, new: list[GenJob]) -> list[GenJob]:
+    def slow_tick(engine: DecoderEngine, new: list[GenerateRequest]) -> list[GenerateRequest]:
         if engine.busy or new:
             started.set()
             time.sleep(0.05)
         return original(engine, new)
 
-    monkeypatch.setattr(GenerationEngine, "tick", slow_tick)
+    monkeypatch.setattr(DecoderEngine, "tick", slow_tick)
     return started
 
 

@@ -3,7 +3,7 @@
 
 Requests go through httpx.AsyncClient over the ASGI app, with its lifespan run by the test,
 so that many of them are truly concurrent in one event loop. The engine is slowed down by
-wrapping `Engine.run` (the batcher's worker calls it on its own thread).
+wrapping `EncoderEngine.run` (the batcher's worker calls it on its own thread).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from app.config import Settings
 from app.main import create_app
 from app.registry.catalog import Registry
 from app.registry.store import AdapterStore
-from app.runtime.engine import Engine, Job, JobResult
+from app.runtime.engine import EncoderEngine, EncodeRequest, EncodeResult
 from tests.conftest import peft_adapter
 
 LABELS = ["neg", "pos"]
@@ -36,19 +36,20 @@ Part = tuple[str, str | None, bytes]  # a multipart part: field, filename or Non
 
 
 class SlowEngine:
-    """Patches `Engine.run` with a delay while `slow` is set (the batcher binds it at start)."""
+    """Patches `EncoderEngine.run` with a delay while `slow` is set (the batcher binds it at
+    start)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, delay_s: float) -> None:
         self.slow = threading.Event()
         self.slow.set()
-        original = Engine.run
+        original = EncoderEngine.run
 
-        def run(engine: Engine, jobs: list[Job]) -> list[JobResult]:
+        def run(engine: EncoderEngine, jobs: list[EncodeRequest]) -> list[EncodeResult]:
             if self.slow.is_set():
                 time.sleep(delay_s)
             return original(engine, jobs)
 
-        monkeypatch.setattr(Engine, "run", run)
+        monkeypatch.setattr(EncoderEngine, "run", run)
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +137,7 @@ def test_more_requests_than_the_queue_holds_get_200_or_429(
                 assert reply.json()["outputs"][0][0]["label"] in LABELS
         assert time.monotonic() - started < 30
         # the queue drained completely and the service answers again
-        assert app.state.runtime.batcher.pending_rows == 0
+        assert app.state.runtime.encoder_batcher.pending_rows == 0
         engine.slow.clear()
         assert (await predict(client)).status_code == 200
         assert (await client.get("/health/ready")).status_code == 200
@@ -172,10 +173,10 @@ def test_slow_engine_is_504_and_the_service_recovers(
             assert "request_timeout_s" in error["message"]
         engine.slow.clear()
         for _ in range(100):  # the batch that timed out finishes; its rows leave the queue
-            if app.state.runtime.batcher.pending_rows == 0:
+            if app.state.runtime.encoder_batcher.pending_rows == 0:
                 break
             await asyncio.sleep(0.05)
-        assert app.state.runtime.batcher.pending_rows == 0
+        assert app.state.runtime.encoder_batcher.pending_rows == 0
         assert (await predict(client)).status_code == 200
         metrics = (await client.get("/metrics")).text
         assert 'switchyard_requests_total{adapter="sst2",status="timeout"} 3.0' in metrics

@@ -32,7 +32,7 @@ from app.client import (
     UnprocessableEntityError,
 )
 from app.config import Settings
-from app.runtime.engine import Engine, Job, JobResult
+from app.runtime.engine import EncoderEngine, EncodeRequest, EncodeResult
 from tests.conftest import peft_adapter
 from tests.unit.client.live import LONG_HP, TINY_HP, job_rows, live_service, tiny_base
 from tests.unit.peft_reference import as_vector, peft_logits, peft_model
@@ -287,16 +287,16 @@ def test_schema_errors_are_422_with_the_field(sy: Client, folder: Path) -> None:
 
 # ---------------------------------------------------------------- retries
 class SlowEngine:
-    """`Engine.run` slowed down, so that a small queue fills and the service answers 429."""
+    """`EncoderEngine.run` slowed down, so that a small queue fills and the service answers 429."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, delay_s: float) -> None:
-        original = Engine.run
+        original = EncoderEngine.run
 
-        def run(engine: Engine, jobs: list[Job]) -> list[JobResult]:
+        def run(engine: EncoderEngine, jobs: list[EncodeRequest]) -> list[EncodeResult]:
             time.sleep(delay_s)
             return original(engine, jobs)
 
-        monkeypatch.setattr(Engine, "run", run)
+        monkeypatch.setattr(EncoderEngine, "run", run)
 
 
 def test_429_is_retried_after_retry_after(

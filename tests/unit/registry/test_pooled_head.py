@@ -27,9 +27,10 @@ from app.base import FrozenBase, wrap_base
 from app.config import Settings
 from app.errors import SwitchyardError
 from app.registry.probe_format import probe_files
+from app.registry.records import AdapterRef
 from app.registry.store import CONFIG_FILE, WEIGHTS_FILE
 from app.registry.weights import build_weights
-from app.runtime.engine import Job
+from app.runtime.engine import EncodeRequest
 from app.tasks import EMBEDDINGS
 from tests.conftest import peft_adapter, upload
 from tests.unit.method_adapters import make_runtime, peft_files, peft_logits, register
@@ -163,7 +164,7 @@ def test_pooled_and_plain_adapters_in_one_forward_each_get_their_own_answer(
     tmp_path: Path,
 ) -> None:
     runtime, registry = make_runtime(tiny_base, settings)
-    engine = runtime.engine
+    engine = runtime.encoder
     pooled = {"mean": ("lora", [-1], "mean"), "cls": ("lora", [0, -1], "cls")}
     pooled["ia3"] = ("ia3", [-1], "mean")
     folders = {}
@@ -189,15 +190,17 @@ def test_pooled_and_plain_adapters_in_one_forward_each_get_their_own_answer(
     )
     names = [*pooled, "plain", "probe"]
     jobs = [
-        Job(
-            key=(n, 1),
+        EncodeRequest(
+            key=AdapterRef(n, 1),
             task="classification",
             rows=engine.prepare(TEXTS, task="classification"),
             raw=True,
         )
         for n in names
     ]
-    jobs.append(Job(key=None, task=EMBEDDINGS, rows=engine.prepare(TEXTS, task="classification")))
+    jobs.append(
+        EncodeRequest(key=None, task=EMBEDDINGS, rows=engine.prepare(TEXTS, task="classification"))
+    )
     calls: list[int] = []
     runtime.base.model.register_forward_hook(lambda *_a: calls.append(1))
     results = engine.run(jobs)

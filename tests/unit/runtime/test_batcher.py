@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 
 from app.errors import SwitchyardError
-from app.runtime.batcher import Batcher
-from app.runtime.engine import EncodedRow, Job, JobResult
+from app.registry.records import AdapterRef
+from app.runtime.encoder_batcher import EncoderBatcher
+from app.runtime.engine import EncodedRow, EncodeRequest, EncodeResult
 from app.runtime.metrics import Metrics
 
 
@@ -19,12 +20,12 @@ class FakeEngine:
     """Records each batch; answers each row with (adapter, text) or fails on request."""
 
     def __init__(self) -> None:
-        self.batches: list[list[Job]] = []
+        self.batches: list[list[EncodeRequest]] = []
         self.gate = threading.Event()
         self.gate.set()
         self.started = threading.Event()
 
-    def __call__(self, jobs: list[Job]) -> list[JobResult]:
+    def __call__(self, jobs: list[EncodeRequest]) -> list[EncodeResult]:
         self.started.set()
         self.gate.wait(5)
         self.batches.append(jobs)
@@ -33,9 +34,9 @@ class FakeEngine:
         results = []
         for job in jobs:
             if job.params.get("refuse"):
-                results.append(JobResult(error=SwitchyardError(503, "adapter_corrupted", "no")))
+                results.append(EncodeResult(error=SwitchyardError(503, "adapter_corrupted", "no")))
             else:
-                results.append(JobResult(outputs=[(job.key, row.text) for row in job.rows]))
+                results.append(EncodeResult(outputs=[(job.key, row.text) for row in job.rows]))
         return results
 
     @property
@@ -43,9 +44,9 @@ class FakeEngine:
         return [sum(len(job.rows) for job in batch) for batch in self.batches]
 
 
-def job(name: str, rows: int = 1, **params: Any) -> Job:
-    return Job(
-        key=(name, 1),
+def job(name: str, rows: int = 1, **params: Any) -> EncodeRequest:
+    return EncodeRequest(
+        key=AdapterRef(name, 1),
         task="classification",
         params=params,
         rows=[EncodedRow([101, 102], None, text=f"{name}-{i}") for i in range(rows)],
@@ -53,7 +54,7 @@ def job(name: str, rows: int = 1, **params: Any) -> Job:
 
 
 def run(
-    scenario: Callable[[Batcher, FakeEngine], Awaitable[None]],
+    scenario: Callable[[EncoderBatcher, FakeEngine], Awaitable[None]],
     *,
     max_batch_rows: int = 8,
     max_wait_ms: float = 200.0,
@@ -62,7 +63,7 @@ def run(
     engine, metrics = FakeEngine(), Metrics()
 
     async def main() -> None:
-        batcher = Batcher(
+        batcher = EncoderBatcher(
             engine,
             max_batch_rows=max_batch_rows,
             max_wait_ms=max_wait_ms,
@@ -81,7 +82,7 @@ def run(
 
 
 def test_concurrent_submissions_share_one_batch() -> None:
-    async def scenario(batcher: Batcher, _engine: FakeEngine) -> None:
+    async def scenario(batcher: EncoderBatcher, _engine: FakeEngine) -> None:
         names = [f"ad{i % 3}" for i in range(8)]
         outputs = await asyncio.gather(*(batcher.submit(job(n)) for n in names))
         for name, out in zip(names, outputs, strict=True):
@@ -95,7 +96,7 @@ def test_concurrent_submissions_share_one_batch() -> None:
 
 
 def test_batches_are_capped_by_rows() -> None:
-    async def scenario(batcher: Batcher, _engine: FakeEngine) -> None:
+    async def scenario(batcher: EncoderBatcher, _engine: FakeEngine) -> None:
         outputs = await asyncio.gather(*(batcher.submit(job(f"a{i}", rows=2)) for i in range(6)))
         assert [len(o) for o in outputs] == [2] * 6
 
@@ -106,7 +107,7 @@ def test_batches_are_capped_by_rows() -> None:
 
 
 def test_a_lone_request_waits_at_most_max_wait() -> None:
-    async def scenario(batcher: Batcher, _engine: FakeEngine) -> None:
+    async def scenario(batcher: EncoderBatcher, _engine: FakeEngine) -> None:
         loop = asyncio.get_running_loop()
         start = loop.time()
         assert await batcher.submit(job("solo")) == [(("solo", 1), "solo-0")]
@@ -117,7 +118,7 @@ def test_a_lone_request_waits_at_most_max_wait() -> None:
 
 
 def test_full_queue_is_429_with_retry_after() -> None:
-    async def scenario(batcher: Batcher, engine: FakeEngine) -> None:
+    async def scenario(batcher: EncoderBatcher, engine: FakeEngine) -> None:
         engine.gate.clear()  # the engine is busy with the first batch
         first = asyncio.ensure_future(batcher.submit(job("a", rows=2)))
         while not engine.started.is_set():
@@ -145,7 +146,7 @@ def test_full_queue_is_429_with_retry_after() -> None:
 
 
 def test_oversized_job_is_refused_at_once() -> None:
-    async def scenario(batcher: Batcher, _engine: FakeEngine) -> None:
+    async def scenario(batcher: EncoderBatcher, _engine: FakeEngine) -> None:
         with pytest.raises(SwitchyardError) as info:
             await batcher.submit(job("big", rows=5))
         # 413, not 429: a job larger than the whole queue would never fit, retrying is futile
@@ -157,7 +158,7 @@ def test_oversized_job_is_refused_at_once() -> None:
 
 
 def test_engine_exception_fails_only_that_batch() -> None:
-    async def scenario(batcher: Batcher, engine: FakeEngine) -> None:
+    async def scenario(batcher: EncoderBatcher, engine: FakeEngine) -> None:
         doomed = await asyncio.gather(
             batcher.submit(job("x", explode=True)), batcher.submit(job("y")), return_exceptions=True
         )
@@ -174,7 +175,7 @@ def test_engine_exception_fails_only_that_batch() -> None:
 
 
 def test_a_job_error_fails_only_that_job() -> None:
-    async def scenario(batcher: Batcher, _engine: FakeEngine) -> None:
+    async def scenario(batcher: EncoderBatcher, _engine: FakeEngine) -> None:
         results = await asyncio.gather(
             batcher.submit(job("bad", refuse=True)),
             batcher.submit(job("good")),
@@ -188,7 +189,7 @@ def test_a_job_error_fails_only_that_job() -> None:
 
 
 def test_cancelled_caller_does_not_break_the_batch() -> None:
-    async def scenario(batcher: Batcher, engine: FakeEngine) -> None:
+    async def scenario(batcher: EncoderBatcher, engine: FakeEngine) -> None:
         engine.gate.clear()
         gone = asyncio.ensure_future(batcher.submit(job("gone")))
         while not engine.started.is_set():
@@ -205,7 +206,9 @@ def test_stop_fails_queued_callers_with_503() -> None:
     engine, metrics = FakeEngine(), Metrics()
 
     async def main() -> None:
-        batcher = Batcher(engine, max_batch_rows=8, max_wait_ms=1, queue_rows=64, metrics=metrics)
+        batcher = EncoderBatcher(
+            engine, max_batch_rows=8, max_wait_ms=1, queue_rows=64, metrics=metrics
+        )
         # never started: whatever is queued when it stops gets a 503
         pending = asyncio.ensure_future(batcher.submit(job("late")))
         await asyncio.sleep(0)

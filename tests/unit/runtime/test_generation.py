@@ -17,8 +17,9 @@ from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 from app.config import Settings
 from app.errors import SwitchyardError
 from app.registry.catalog import Registry
+from app.registry.records import AdapterRef
 from app.registry.store import AdapterStore
-from app.runtime.generation import GenerationEngine, GenJob
+from app.runtime.generation import DecoderEngine, GenerateRequest
 from app.runtime.metrics import Metrics
 from app.runtime.runtime import Runtime
 from tests.unit.tiny_decoder import peft_adapter, serving_base, tiny_llama, tiny_tokenizer
@@ -89,16 +90,16 @@ def runtime(
 
 
 @pytest.fixture
-def engine(runtime: Runtime) -> GenerationEngine:
-    assert runtime.generation is not None
-    return runtime.generation.engine
+def engine(runtime: Runtime) -> DecoderEngine:
+    assert runtime.decoder is not None
+    return runtime.decoder
 
 
-def key(name: str | None) -> tuple[str, int] | None:
-    return (name, 1) if name else None
+def key(name: str | None) -> AdapterRef | None:
+    return AdapterRef(name, 1) if name else None
 
 
-def alone(engine: GenerationEngine, name: str | None, prompt: str, **params: Any) -> list[int]:
+def alone(engine: DecoderEngine, name: str | None, prompt: str, **params: Any) -> list[int]:
     job = engine.run([engine.prepare(key(name), [prompt], {"max_new_tokens": N, **params})])[0]
     assert job.error is None and job.outputs[0] is not None
     return job.outputs[0].token_ids
@@ -131,7 +132,7 @@ def peft_greedy(peft: Any, tok: PreTrainedTokenizerFast, prompt: str, *, prefix:
 
 @pytest.mark.parametrize("name", ["lora-a", "pre"])
 def test_served_greedy_equals_plain_peft(
-    engine: GenerationEngine, adapters: dict[str, Any], tok: PreTrainedTokenizerFast, name: str
+    engine: DecoderEngine, adapters: dict[str, Any], tok: PreTrainedTokenizerFast, name: str
 ) -> None:
     peft = adapters[name][0]
     for prompt in PROMPTS:
@@ -140,13 +141,13 @@ def test_served_greedy_equals_plain_peft(
 
 
 def test_bare_base_equals_transformers_generate(
-    engine: GenerationEngine, model: LlamaForCausalLM, tok: PreTrainedTokenizerFast
+    engine: DecoderEngine, model: LlamaForCausalLM, tok: PreTrainedTokenizerFast
 ) -> None:
     for prompt in PROMPTS:
         assert alone(engine, None, prompt) == peft_greedy(model, tok, prompt, prefix=False)
 
 
-def test_mixed_batch_rows_equal_alone(engine: GenerationEngine) -> None:
+def test_mixed_batch_rows_equal_alone(engine: DecoderEngine) -> None:
     names = [None, "lora-a", "lora-b", "pre", "pre-long"]
     expected = {(n, p): alone(engine, n, p) for n in names for p in PROMPTS}
     jobs = [engine.prepare(key(n), PROMPTS, {"max_new_tokens": N}) for n in names]
@@ -156,7 +157,7 @@ def test_mixed_batch_rows_equal_alone(engine: GenerationEngine) -> None:
         assert got == [expected[(name, p)] for p in PROMPTS], name
 
 
-def test_rows_join_and_leave_between_steps(engine: GenerationEngine) -> None:
+def test_rows_join_and_leave_between_steps(engine: DecoderEngine) -> None:
     """Continuous batching: a row that ends early leaves, a late one merges in, none changes."""
     expected = {n: alone(engine, n, PROMPTS[2]) for n in ("pre", "lora-a", None)}
     long = engine.prepare(key("pre"), [PROMPTS[2]], {"max_new_tokens": N})
@@ -175,7 +176,7 @@ def test_rows_join_and_leave_between_steps(engine: GenerationEngine) -> None:
     assert short.outputs[0] is not None and len(short.outputs[0].token_ids) == 3
 
 
-def test_more_rows_than_the_batch_wait_for_room(engine: GenerationEngine) -> None:
+def test_more_rows_than_the_batch_wait_for_room(engine: DecoderEngine) -> None:
     job = engine.prepare(key("lora-a"), PROMPTS * 4, {"max_new_tokens": 3})  # 12 rows > 8
     engine.tick([job])
     assert engine.active_rows == 8
@@ -183,7 +184,7 @@ def test_more_rows_than_the_batch_wait_for_room(engine: GenerationEngine) -> Non
     assert all(out is not None and len(out.token_ids) <= 3 for out in job.outputs)
 
 
-def test_stop_string_cuts_the_text(engine: GenerationEngine, tok: PreTrainedTokenizerFast) -> None:
+def test_stop_string_cuts_the_text(engine: DecoderEngine, tok: PreTrainedTokenizerFast) -> None:
     full = str(tok.decode(alone(engine, "lora-a", PROMPTS[1]), skip_special_tokens=True))
     stop = full[len(full) // 2 : len(full) // 2 + 2]
     job = engine.run(
@@ -194,7 +195,7 @@ def test_stop_string_cuts_the_text(engine: GenerationEngine, tok: PreTrainedToke
     assert out.text == full[: full.index(stop)]
 
 
-def test_seeded_sampling_is_reproducible_in_any_batch(engine: GenerationEngine) -> None:
+def test_seeded_sampling_is_reproducible_in_any_batch(engine: DecoderEngine) -> None:
     params = {"max_new_tokens": N, "temperature": 1.5, "top_p": 0.9, "seed": 7}
     first = alone(engine, "pre", PROMPTS[0], **params)
     jobs = [
@@ -218,7 +219,7 @@ def test_seeded_sampling_is_reproducible_in_any_batch(engine: GenerationEngine) 
     ],
 )
 def test_limits_and_bad_parameters_are_400(
-    engine: GenerationEngine, inputs: list[Any], params: dict[str, Any], code: str
+    engine: DecoderEngine, inputs: list[Any], params: dict[str, Any], code: str
 ) -> None:
     with pytest.raises(SwitchyardError) as info:
         engine.prepare(None, inputs, params)
@@ -226,7 +227,7 @@ def test_limits_and_bad_parameters_are_400(
 
 
 def test_cancelled_job_leaves_and_releases_its_adapter(
-    engine: GenerationEngine, runtime: Runtime
+    engine: DecoderEngine, runtime: Runtime
 ) -> None:
     job = engine.prepare(key("lora-a"), PROMPTS, {"max_new_tokens": N})
     engine.tick([job])
@@ -237,34 +238,35 @@ def test_cancelled_job_leaves_and_releases_its_adapter(
     assert resident.refs == 0 and not engine.busy
 
 
-def test_finished_job_releases_and_unknown_adapter_fails_alone(engine: GenerationEngine) -> None:
+def test_finished_job_releases_and_unknown_adapter_fails_alone(engine: DecoderEngine) -> None:
     good = engine.prepare(key("lora-a"), PROMPTS[:1], {"max_new_tokens": 2})
-    bad = engine.prepare(("missing", 1), PROMPTS[:1], {"max_new_tokens": 2})
-    done: list[GenJob] = engine.run([good, bad])
+    bad = engine.prepare(AdapterRef("missing", 1), PROMPTS[:1], {"max_new_tokens": 2})
+    done: list[GenerateRequest] = engine.run([good, bad])
     assert bad.error is not None and good.error is None and good.outputs[0] is not None
     assert done == [good, bad]
 
 
 def test_scheduler_batches_concurrent_requests_and_drops_abandoned_ones(
-    runtime: Runtime, engine: GenerationEngine
+    runtime: Runtime, engine: DecoderEngine
 ) -> None:
     """Through the async side: concurrent requests of three kinds answer as alone; a caller
     that stops waiting gets its rows dropped and its adapter released."""
     names = ["lora-a", "pre", None]
     expected = [[alone(engine, n, p) for p in PROMPTS] for n in names]
-    service = runtime.generation
-    assert service is not None
+    service = runtime
+    batcher = runtime.decoder_batcher
+    assert batcher is not None
 
     async def scenario() -> list[list[list[int]]]:
         service.start()
         try:
             outs = await asyncio.gather(
-                *(service.complete(key(n), PROMPTS, {"max_new_tokens": N}) for n in names)
+                *(service.generate(key(n), PROMPTS, {"max_new_tokens": N}) for n in names)
             )
             job = engine.prepare(key("lora-b"), PROMPTS, {"max_new_tokens": 32})
             with pytest.raises(TimeoutError):
-                await asyncio.wait_for(service.scheduler.submit(job), 0.001)
-            while service.scheduler.pending_rows:
+                await asyncio.wait_for(batcher.submit(job), 0.001)
+            while batcher.pending_rows:
                 await asyncio.sleep(0.01)
             assert job.cancelled and job.ended and job.resident is None
             return [[o.token_ids for o in out] for out in outs]

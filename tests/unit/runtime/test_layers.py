@@ -14,8 +14,9 @@ from transformers import PreTrainedTokenizerBase
 from app.base import FrozenBase
 from app.config import Settings
 from app.registry.catalog import Registry
+from app.registry.records import AdapterRef
 from app.registry.store import CONFIG_FILE, WEIGHTS_FILE, AdapterStore
-from app.runtime.engine import Job
+from app.runtime.engine import EncodeRequest
 from app.runtime.layers import BatchContext, LayerSet, MultiLoraLinear
 from app.runtime.metrics import Metrics
 from app.runtime.runtime import Runtime
@@ -145,19 +146,21 @@ def count_forwards(model: nn.Module) -> list[int]:
 def test_mixed_batch_equals_each_adapters_peft_forward(
     runtime: Runtime, three: list[Made], tiny_bert_dir: Path, tokenizer: PreTrainedTokenizerBase
 ) -> None:
-    engine = runtime.engine
+    engine = runtime.encoder
     jobs = []
     for n, made in enumerate(three):
         inputs = TEXTS[n:] + TEXTS[:n]  # every adapter sees every text, at different positions
         jobs.append(
-            Job(
-                key=(made.name, 1),
+            EncodeRequest(
+                key=AdapterRef(made.name, 1),
                 task="classification",
                 rows=engine.prepare(inputs, task="classification"),
                 params=RAW,
             )
         )
-    jobs.append(Job(key=None, task=EMBEDDINGS, rows=engine.prepare(TEXTS, task="classification")))
+    jobs.append(
+        EncodeRequest(key=None, task=EMBEDDINGS, rows=engine.prepare(TEXTS, task="classification"))
+    )
     forwards = count_forwards(runtime.base.model)
     results = engine.run(jobs)
     assert len(forwards) == 1  # 3 adapters and the bare base: one forward
@@ -208,9 +211,9 @@ def test_slot_growth_keeps_loaded_adapters(
     first = make(
         runtime, tiny_bert_dir, tmp_path, "first", r=2, labels=2, targets="all-linear", seed=5
     )
-    engine = runtime.engine
-    job = Job(
-        key=("first", 1),
+    engine = runtime.encoder
+    job = EncodeRequest(
+        key=AdapterRef("first", 1),
         task="classification",
         rows=engine.prepare(TEXTS, task="classification"),
         params=RAW,
@@ -250,8 +253,8 @@ def test_slot_growth_keeps_loaded_adapters(
     assert (after - reference).abs().max() < 1e-5
     # and the newcomers are right too, in one mixed batch with the first
     jobs = [job] + [
-        Job(
-            key=(m.name, 1),
+        EncodeRequest(
+            key=AdapterRef(m.name, 1),
             task="classification",
             rows=engine.prepare(TEXTS, task="classification"),
             params=RAW,

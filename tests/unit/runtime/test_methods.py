@@ -20,8 +20,9 @@ from transformers import BertModel, PreTrainedTokenizerBase
 from app.base import FrozenBase
 from app.config import Settings
 from app.registry.catalog import Registry
+from app.registry.records import AdapterRef
 from app.registry.store import CONFIG_FILE, WEIGHTS_FILE
-from app.runtime.engine import Job
+from app.runtime.engine import EncodeRequest
 from app.runtime.runtime import Runtime
 from app.tasks import EMBEDDINGS
 from tests.unit.method_adapters import (
@@ -73,7 +74,7 @@ def test_mixed_methods_in_one_forward_equal_their_references(
     tokenizer: PreTrainedTokenizerBase,
 ) -> None:
     runtime, registry = served
-    engine = runtime.engine
+    engine = runtime.encoder
     inputs = TEXTS if task == SEQ else [t for t in TEXTS if isinstance(t, str)]
     # Prompts of two lengths (and prefixes of two lengths) so rows are padded against each other.
     specs = [("lora", 0), ("ia3", 0), ("prompt", 3), ("prompt", 5), ("prefix", 2), ("prefix", 4)]
@@ -91,10 +92,12 @@ def test_mixed_methods_in_one_forward_equal_their_references(
         )
         register(registry, name, folders[name], task=task, labels=LABELS)
     jobs = [
-        Job(key=(name, 1), task=task, rows=engine.prepare(inputs, task=task), raw=True)
+        EncodeRequest(
+            key=AdapterRef(name, 1), task=task, rows=engine.prepare(inputs, task=task), raw=True
+        )
         for name in folders
     ]
-    jobs.append(Job(key=None, task=EMBEDDINGS, rows=engine.prepare(inputs, task=task)))
+    jobs.append(EncodeRequest(key=None, task=EMBEDDINGS, rows=engine.prepare(inputs, task=task)))
     calls = forwards(runtime.base.model)
     results = engine.run(jobs)
     assert len(calls) == 1, calls  # six adapters of four methods and a bare job: one forward
@@ -137,14 +140,14 @@ def test_prefix_batch_leaves_rows_without_prefix_as_the_unpatched_base(
     plain = BertModel.from_pretrained(tiny_bert_dir).eval()  # never patched
     texts = [t for t in TEXTS if isinstance(t, str)]
     batch = tokenizer(texts, padding=True, return_tensors="pt")
-    rows = runtime.engine.prepare(texts, task=SEQ)
+    rows = runtime.encoder.prepare(texts, task=SEQ)
     resident = runtime.cache.acquire("p", 1)
     try:
         slots = [resident.slot, 0, 0]
         with torch.inference_mode():
             expected = plain(**batch).last_hidden_state
-            mixed = runtime.engine._forward(rows, slots, need_hidden=False).last
-            bare = runtime.engine._forward(rows, [0, 0, 0], need_hidden=False).last
+            mixed = runtime.encoder._forward(rows, slots, need_hidden=False).last
+            bare = runtime.encoder._forward(rows, [0, 0, 0], need_hidden=False).last
     finally:
         runtime.cache.release(resident)
     mask = batch["attention_mask"].bool()
@@ -172,7 +175,7 @@ def test_head_only_adapters_over_the_same_inputs_share_one_base_pass(
     tmp_path: Path,
 ) -> None:
     runtime, registry = served
-    engine = runtime.engine
+    engine = runtime.encoder
     hidden = tiny_base.hidden_size
     for n in range(5):
         layers = [-1] if n % 2 else [1, -1]
@@ -181,7 +184,9 @@ def test_head_only_adapters_over_the_same_inputs_share_one_base_pass(
         )
         register(registry, f"probe{n}", folder, task=SEQ, labels=LABELS)
     jobs = [
-        Job(key=(f"probe{n}", 1), task=SEQ, rows=engine.prepare(TEXTS, task=SEQ), raw=True)
+        EncodeRequest(
+            key=AdapterRef(f"probe{n}", 1), task=SEQ, rows=engine.prepare(TEXTS, task=SEQ), raw=True
+        )
         for n in range(5)
     ]
     calls = forwards(runtime.base.model)
@@ -208,8 +213,10 @@ def test_linear_probe_on_tokens_reads_the_chosen_layers(
     folder = _probe_files(tmp_path / "tok", layers=[1, 2], rows=3, width=2 * hidden, seed=3)
     register(registry, "tok", folder, task=TOKEN, labels=["O", "B-X", "I-X"])
     texts = ["Angela Merkel went to Paris", "hi"]
-    rows = runtime.engine.prepare(texts, task=TOKEN)
-    out = runtime.engine.run([Job(key=("tok", 1), task=TOKEN, rows=rows, raw=True)])[0]
+    rows = runtime.encoder.prepare(texts, task=TOKEN)
+    out = runtime.encoder.run(
+        [EncodeRequest(key=AdapterRef("tok", 1), task=TOKEN, rows=rows, raw=True)]
+    )[0]
     plain = BertModel.from_pretrained(tiny_bert_dir).eval()
     weight_path = folder / WEIGHTS_FILE
     from safetensors.torch import load_file
@@ -224,7 +231,9 @@ def test_linear_probe_on_tokens_reads_the_chosen_layers(
             x = torch.cat([states[1][0], states[2][0]], dim=-1)
             reference.append(x @ head["classifier.weight"].t() + head["classifier.bias"])
     close(out.outputs or [], reference, "token probe")
-    decoded = runtime.engine.run([Job(key=("tok", 1), task=TOKEN, rows=rows)])[0].outputs
+    decoded = runtime.encoder.run([EncodeRequest(key=AdapterRef("tok", 1), task=TOKEN, rows=rows)])[
+        0
+    ].outputs
     assert decoded is not None and len(decoded) == 2
 
 
@@ -250,8 +259,13 @@ def test_slots_are_reused_across_methods(
             virtual=3,
         )
         register(registry, name, folder, task=SEQ, labels=LABELS)
-        job = Job(key=(name, 1), task=SEQ, rows=runtime.engine.prepare(inputs, task=SEQ), raw=True)
-        got = runtime.engine.run([job])[0].outputs or []
+        job = EncodeRequest(
+            key=AdapterRef(name, 1),
+            task=SEQ,
+            rows=runtime.encoder.prepare(inputs, task=SEQ),
+            raw=True,
+        )
+        got = runtime.encoder.run([job])[0].outputs or []
         reference = (
             prefix_logits(tiny_bert_dir, folder, tokenizer, inputs, task=SEQ)
             if method == "prefix"

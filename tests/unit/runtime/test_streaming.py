@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from app.errors import SwitchyardError
-from app.runtime.generation import GenJob, GenOutput
+from app.runtime.generation import GenerateRequest, GenOutput
 from app.runtime.sampling import GenerationParams, find_stop
 from app.runtime.streaming import GenerationStream, RowEnd, TextDelta, stable_text
 
@@ -32,7 +32,7 @@ def simulate(pieces: list[tuple[str, bool]], stops: list[str]) -> tuple[list[str
     outcome: dict[str, str] = {}
 
     async def main() -> list[str]:
-        job = GenJob(key=None, prompts=[[0]], params=GenerationParams(stop=stops))
+        job = GenerateRequest(key=None, prompts=[[0]], params=GenerationParams(stop=stops))
         stream = GenerationStream(
             job,
             decode=lambda ids: decode(pieces, ids),
@@ -91,7 +91,7 @@ def test_the_jobs_error_ends_the_stream_and_leaving_cancels_it() -> None:
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        failed = GenJob(key=None, prompts=[[0]], params=GenerationParams())
+        failed = GenerateRequest(key=None, prompts=[[0]], params=GenerationParams())
         stream = GenerationStream(failed, decode=str, timeout_s=5, on_end=statuses.append)
         future: asyncio.Future[list[GenOutput]] = loop.create_future()
         stream.attach(future)
@@ -99,7 +99,7 @@ def test_the_jobs_error_ends_the_stream_and_leaving_cancels_it() -> None:
         with pytest.raises(SwitchyardError, match="stopping"):
             async for _ in stream.events():
                 pass
-        left = GenJob(key=None, prompts=[[0]], params=GenerationParams())
+        left = GenerateRequest(key=None, prompts=[[0]], params=GenerationParams())
         stream = GenerationStream(
             left, decode=lambda ids: "x" * len(ids), timeout_s=5, on_end=statuses.append
         )

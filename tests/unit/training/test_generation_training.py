@@ -18,6 +18,7 @@ from app.base import FrozenBase
 from app.config import Settings
 from app.errors import SwitchyardError
 from app.registry.catalog import Registry
+from app.registry.records import AdapterRef
 from app.registry.store import AdapterStore
 from app.runtime.metrics import Metrics
 from app.runtime.runtime import Runtime
@@ -188,11 +189,11 @@ def serve(
         labels=[],
     )
     runtime = Runtime(base, registry, settings, Metrics())
-    assert runtime.generation is not None
-    engine = runtime.generation.engine
-    job = engine.run([engine.prepare(("a", version), prompts, {"max_new_tokens": max_new_tokens})])[
-        0
-    ]
+    assert runtime.decoder is not None
+    engine = runtime.decoder
+    job = engine.run(
+        [engine.prepare(AdapterRef("a", version), prompts, {"max_new_tokens": max_new_tokens})]
+    )[0]
     return [(out.text, out.token_ids) for out in job.outputs if out is not None]
 
 

@@ -13,8 +13,9 @@ from transformers import PreTrainedTokenizerBase
 
 from app.base import FrozenBase
 from app.config import Settings
+from app.registry.records import AdapterRef
 from app.registry.store import CONFIG_FILE, WEIGHTS_FILE
-from app.runtime.engine import Job
+from app.runtime.engine import EncodeRequest
 from app.tasks import TOKEN_CLASSIFICATION
 from app.training.trainer import train
 from app.training.types import CancelToken, TrainingPlan
@@ -110,9 +111,13 @@ def test_method_trains_registers_and_serves(
     for name, data in outcome.files.items():
         (folder / name).write_bytes(data)
     texts = ["we went to paris today", "great fine movie", "rome"]
-    engine = runtime.engine
+    engine = runtime.encoder
     served = engine.run(
-        [Job(key=("a", 1), task=task, rows=engine.prepare(texts, task=task), raw=True)]
+        [
+            EncodeRequest(
+                key=AdapterRef("a", 1), task=task, rows=engine.prepare(texts, task=task), raw=True
+            )
+        ]
     )[0]
     assert served.error is None, served.error
     base_dir = tiny_base.path
@@ -131,7 +136,9 @@ def test_method_trains_registers_and_serves(
     for got, want in zip(served.outputs or [], reference, strict=True):
         assert got.shape == want.shape
         assert (got - want).abs().max() < 1e-5
-    decoded = engine.run([Job(key=("a", 1), task=task, rows=engine.prepare(texts, task=task))])
+    decoded = engine.run(
+        [EncodeRequest(key=AdapterRef("a", 1), task=task, rows=engine.prepare(texts, task=task))]
+    )
     assert decoded[0].error is None and len(decoded[0].outputs or []) == 3
 
 
@@ -202,10 +209,17 @@ def test_linear_probe_trains_on_tokens_and_serves_its_head(
         labels=labels,
     )
     texts = ["we went to paris today", "rome"]
-    engine = runtime.engine
+    engine = runtime.encoder
     served = (
         engine.run(
-            [Job(key=("p", 1), task=TOKEN, rows=engine.prepare(texts, task=TOKEN), raw=True)]
+            [
+                EncodeRequest(
+                    key=AdapterRef("p", 1),
+                    task=TOKEN,
+                    rows=engine.prepare(texts, task=TOKEN),
+                    raw=True,
+                )
+            ]
         )[0].outputs
         or []
     )

@@ -1,4 +1,4 @@
-"""The dynamic batcher: one bounded queue for every adapter, batches formed by rows or time.
+"""The encoder's batcher: one bounded queue for every adapter, batches formed by rows or time.
 
 Requests for any adapters share the queue; the worker takes what is waiting, waits at most
 `max_wait_ms` for more while the batch has fewer than `max_batch_rows` rows, and runs it on
@@ -16,20 +16,22 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from app.errors import SwitchyardError
-from app.runtime.engine import Job, JobResult
+from app.runtime.admission import check_queue_room
+from app.runtime.engine import EncodeRequest, EncodeResult
 from app.runtime.metrics import Metrics
 
 log = logging.getLogger(__name__)
-# A queue item is a group of jobs that must share one engine batch (one request's jobs).
-_Item = tuple[list[Job], "asyncio.Future[list[JobResult]]"]
+# A queue item is a group of encode requests that must share one engine batch (one HTTP
+# request's adapters).
+_Item = tuple[list[EncodeRequest], "asyncio.Future[list[EncodeResult]]"]
 
 
-class Batcher:
-    """Groups jobs from concurrent requests into engine batches."""
+class EncoderBatcher:
+    """Groups encode requests from concurrent callers into engine batches."""
 
     def __init__(
         self,
-        run: Callable[[list[Job]], list[JobResult]],
+        run: Callable[[list[EncodeRequest]], list[EncodeResult]],
         *,
         max_batch_rows: int,
         max_wait_ms: float,
@@ -66,7 +68,7 @@ class Batcher:
                 future.set_exception(SwitchyardError(503, "shutting_down", "service is stopping"))
         self._executor.shutdown(wait=True)
 
-    async def submit(self, job: Job) -> list[Any]:
+    async def submit(self, job: EncodeRequest) -> list[Any]:
         """Queue a job and wait for its outputs; 429 when the queue is full, 413 when the job
         alone is larger than the queue."""
         (result,) = await self.submit_group([job])
@@ -74,7 +76,7 @@ class Batcher:
             raise result.error
         return result.outputs or []
 
-    async def submit_group(self, jobs: list[Job]) -> list[JobResult]:
+    async def submit_group(self, jobs: list[EncodeRequest]) -> list[EncodeResult]:
         """Queue jobs that must run in the same batch (so that head-only adapters over the
         same inputs share one base pass); each result carries its outputs or its own error."""
         rows = sum(len(job.rows) for job in jobs)
@@ -87,16 +89,8 @@ class Batcher:
                 f"{self.queue_rows}; split it",
                 param="inputs",
             )
-        if self._pending_rows + rows > self.queue_rows:
-            self.metrics.rejected.labels(reason="queue_full").inc()
-            raise SwitchyardError(
-                429,
-                "queue_full",
-                f"{self._pending_rows} rows are queued; {rows} more would pass queue_size "
-                f"{self.queue_rows}",
-                headers={"Retry-After": "1"},
-            )
-        future: asyncio.Future[list[JobResult]] = asyncio.get_running_loop().create_future()
+        check_queue_room(self.metrics, pending=self._pending_rows, rows=rows, limit=self.queue_rows)
+        future: asyncio.Future[list[EncodeResult]] = asyncio.get_running_loop().create_future()
         self._pending_rows += rows
         self.metrics.queue_rows.set(self._pending_rows)
         self._queue.put_nowait((jobs, future))
@@ -144,7 +138,7 @@ class Batcher:
         return batch
 
     @staticmethod
-    def _deliver(live: list[_Item], results: list[JobResult]) -> None:
+    def _deliver(live: list[_Item], results: list[EncodeResult]) -> None:
         position = 0
         for jobs, future in live:
             mine = results[position : position + len(jobs)]
@@ -153,5 +147,5 @@ class Batcher:
                 future.set_result(mine)
 
 
-def _rows(jobs: list[Job]) -> int:
+def _rows(jobs: list[EncodeRequest]) -> int:
     return sum(len(job.rows) for job in jobs)

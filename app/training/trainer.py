@@ -22,10 +22,11 @@ from app.training.crossval import Pending, PhaseReporter, cross_validate_adapter
 from app.training.encoding import token_lengths
 from app.training.generation import train_generation
 from app.training.hyperparameters import fill_defaults
-from app.training.loop import Pause, Steps, Ticker, release_memory
+from app.training.loop import Pause, Steps, Ticker, save_files
 from app.training.preflight import preflight
-from app.training.recipe import Recipe, save_files
+from app.training.recipe import Recipe
 from app.training.selection import Rule, rule_for
+from app.training.stepping import release_memory
 from app.training.types import CancelToken, TrainingOutcome, TrainingPlan, TrainingReporter
 
 
@@ -70,20 +71,19 @@ def _train(
     checkpoint_activations: bool = False,
     micro_batch_tokens: int | None = None,
 ) -> TrainingOutcome:
-    if plan.task == GENERATION:  # causal-LM loss on completions: its own module
+    # The submit-time dry run again, on the same base: the same checks, the same targets.
+    setup = preflight(plan, base=base, max_rank=max_rank, max_tokens=max_tokens)
+    tick = Ticker(cancel, pause)
+    if plan.task == GENERATION:  # causal-LM loss on completions: its own objective
         return train_generation(
             replace(plan, method="lora") if plan.method == AUTO else plan,
             base=base,
+            setup=setup,
             reporter=reporter,
-            cancel=cancel,
-            max_rank=max_rank,
-            max_tokens=max_tokens,
-            pause=pause,
+            tick=tick,
+            token_budget=micro_batch_tokens,
         )
-    # The submit-time dry run again, on the same base: the same checks, the same targets.
-    setup = preflight(plan, base=base, max_rank=max_rank, max_tokens=max_tokens)
     lengths = token_lengths(plan.train_rows, base.tokenizer, task=plan.task)
-    tick = Ticker(cancel, pause)
 
     def recipe_of(method: str) -> Recipe:
         hp = fill_defaults(

@@ -51,7 +51,7 @@ def train_generation(
     out-of-memory, micro-batches of `token_budget` tokens and cancel behave the same."""
     lengths = [example_length(base.tokenizer, row) for row in plan.train_rows[:2000]]
     hp = fill_defaults(
-        setup.hp.model_copy(deep=True),
+        setup.hp,
         method=plan.method,
         rows=len(plan.train_rows),
         lengths=lengths,

@@ -87,7 +87,7 @@ def _train(
 
     def recipe_of(method: str) -> Recipe:
         hp = fill_defaults(
-            setup.hp.model_copy(deep=True),
+            setup.hp,
             method=method,
             rows=len(plan.train_rows),
             lengths=lengths,

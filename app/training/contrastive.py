@@ -30,9 +30,10 @@ from app.training import evaluation, methods
 from app.training.encoding import Example, collate
 from app.training.heads import fit_head
 from app.training.hyperparameters import Hyperparameters
-from app.training.loop import Ticker, _diverged, _out_of_memory, trim_heap, yielding
+from app.training.loop import Ticker, yielding
 from app.training.pooled import LAYERS, POOLING, PooledHeadModel, mark_pooled
 from app.training.probe import sentence_features
+from app.training.stepping import diverged, out_of_memory, trim_heap
 from app.training.types import TrainingOutcome, TrainingPlan, TrainingReporter
 from app.training.view import build_view
 
@@ -261,10 +262,10 @@ def _pair_step(
         target = torch.tensor([t for _a, _b, t in chunk], dtype=embedded.dtype, device=device)
         loss = F.mse_loss(F.cosine_similarity(left, right, dim=-1), target)
         if not torch.isfinite(loss):
-            raise _diverged(step, hp)
+            raise diverged(step, hp)
         loss.backward()
     except (torch.OutOfMemoryError, MemoryError) as exc:
-        raise _out_of_memory(hp) from exc
+        raise out_of_memory(hp) from exc
     return float(loss.detach())
 
 

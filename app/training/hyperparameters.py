@@ -146,9 +146,11 @@ def default_learning_rate(method: str) -> float:
 def fill_defaults(
     hp: Hyperparameters, *, method: str, rows: int, lengths: list[int], max_tokens: int
 ) -> Hyperparameters:
-    """Resolve what the user left unset from the method and the data (see README, "Training
-    defaults"); fields the user gave are never changed."""
-    given = hp.model_fields_set
+    """A copy of `hp` with what the user left unset resolved from the method and the data
+    (see README, "Training defaults"); fields the user gave are never changed. `hp`, the
+    parsed request, stays as it was: each method of a job (`auto`) fills its own copy."""
+    given = set(hp.model_fields_set)  # before the assignments below add theirs
+    hp = hp.model_copy(deep=True)
     if hp.learning_rate is None:
         hp.learning_rate = default_learning_rate(method)
     if hp.head_learning_rate is None:

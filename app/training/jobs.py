@@ -16,7 +16,6 @@ import secrets
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import asdict
 from typing import Any
 
 import torch
@@ -108,9 +107,11 @@ class JobManager:
         self._interrupt_pending = False  # the restart sweep, if the catalog was down at start
 
     # ---------------------------------------------------------------- the API
-    def create(self, body: Mapping[str, Any]) -> dict[str, Any]:
-        """Validate a job completely, persist it `queued` and return its JSON."""
-        request = JobRequest.parse(body)
+    def create(self, request: JobRequest | Mapping[str, Any]) -> dict[str, Any]:
+        """Validate a job completely, persist it `queued` and return its JSON. `request` is
+        the route's parsed body, or a JSON body (the CLI's, a test's) parsed here."""
+        if not isinstance(request, JobRequest):
+            request = JobRequest.parse(request)
         if self._check_hyperparameters is not None:
             self._check_hyperparameters(request.hyperparameters)
         prepared = self._prepare(request)
@@ -122,8 +123,8 @@ class JobManager:
             task=prepared.plan.task,
             method=request.method,
             status=QUEUED,
-            request=asdict(request) | {"task": prepared.plan.task},
-            summary=prepared.summary,
+            request=request.to_record(task=prepared.plan.task),
+            summary=prepared.summary.as_json(),
             hyperparameters=request.hyperparameters,
             progress=initial_progress(),
             metrics=[],
@@ -281,7 +282,7 @@ class JobManager:
     def _run(self, record: TrainingJob) -> None:
         token = self._tokens[record.id]
         try:
-            plan = self._prepare(JobRequest(**record.request)).plan
+            plan = self._prepare(JobRequest.from_record(record.request)).plan
             _raise_if_cancelled(token)
             if not self.records.transition(record.id, RUNNING, expect=(VALIDATING,)):
                 return  # cancelled while validating
@@ -335,13 +336,13 @@ class JobManager:
         missing = [f for f in (CONFIG_FILE, WEIGHTS_FILE) if f not in outcome.files]
         if missing:
             raise SwitchyardError(500, "internal_error", f"the trainer returned no {missing}")
-        request = record.request
+        request = JobRequest.from_record(record.request)
         lineage = {
             "source": "training",
             "job_id": record.id,
-            "training_data": request.get("training_data"),
-            "validation_data": request.get("validation_data"),
-            "examples": len(request["examples"]) if request.get("examples") else None,
+            "training_data": request.training_data,
+            "validation_data": request.validation_data,
+            "examples": len(request.examples) if request.examples else None,
         }
         meta = {
             "lineage": lineage,

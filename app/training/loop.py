@@ -1,4 +1,6 @@
-"""The training loop: AdamW with warm-up and linear decay, evaluations, best state, early stop.
+"""The one training loop: AdamW with warm-up and linear decay, micro-batches, evaluations, best
+state, early stop, for encoder and decoder tasks alike. What differs between tasks (their
+batches, loss weights and evaluation) comes from an `Objective` (app/training/objectives.py).
 
 Everything slow in a run (a step, an evaluation batch, a feature batch of the LP-FT probe)
 goes through a `Ticker` first, which raises on cancel and lets queued inference run, so a
@@ -7,27 +9,26 @@ cancel takes effect within one batch and serving keeps its share of the CPU.
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import ctypes
-import functools
-import gc
 import math
-import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
 from app.base import FrozenBase
-from app.errors import SwitchyardError
-from app.training import evaluation
-from app.training.encoding import IGNORE, Example, batches
+from app.training import evaluation, stepping
 from app.training.hyperparameters import Hyperparameters
+from app.training.objectives import EncoderObjective, Objective
 from app.training.selection import Rule
+
+# Looked up in this module at every step, so that a test can count their calls.
+from app.training.stepping import Batch, micro_batches, trim_heap
 from app.training.types import CancelToken, TrainingCancelled, TrainingPlan, TrainingReporter
 
 Pause = Callable[[], None]
@@ -101,7 +102,10 @@ def _pause_hook(pause: Pause) -> Callable[[torch.Tensor], None]:
 
 
 class TrainLoop:
-    """One run over an adapter model; `run` returns the trainable state of the best evaluation."""
+    """One run over an adapter model; `run` returns the trainable state of the best evaluation.
+
+    `objective` brings what the task decides (batches, loss weights, evaluation); without one
+    the run is an encoder task's (`EncoderObjective` of the plan), judged under `rule`."""
 
     def __init__(
         self,
@@ -114,68 +118,70 @@ class TrainLoop:
         *,
         token_budget: int | None = None,
         rule: Rule | None = None,
+        objective: Objective | None = None,
     ) -> None:
-        self.plan, self.base, self.model, self.hp = plan, base, model, hp
-        self.reporter, self.tick = reporter, tick
+        self.model, self.hp, self.reporter, self.tick = model, hp, reporter, tick
+        self.rule = rule or Rule(
+            "validation_metric", criterion=evaluation.primary_metric(plan.task), early_stop=True
+        )
+        self.objective = objective or EncoderObjective(plan, base, hp, self.rule)
+        self.metric = self.objective.metric
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] = {}
         self.best_metrics: dict[str, float] = {}
         # The chosen evaluation's (logits, gold): what calibration is fitted on.
         self.best_logits: tuple[torch.Tensor, torch.Tensor] | None = None
-        self.metric = evaluation.primary_metric(plan.task)
-        self.rule = rule or Rule("validation_metric", criterion=self.metric, early_stop=True)
         self.steps = Steps()
         # Cross-validation pools each epoch's out-of-fold logits over the folds.
         self.record_logits = False
         self.logits_by_epoch: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        self.pad_id = int(base.tokenizer.pad_token_id or 0)
         # Micro-batches bound the activation peak (bench/README.md, train_memory); their
         # weighted gradients add up to the whole batch's, only dropout draws differ. Opt-in
         # (Settings.train_micro_batch_tokens): those draws moved the SST-2 acceptance run.
         self.token_budget = token_budget
+        self._best_score = -math.inf
         self._stale = 0
         self._per_epoch = 1
 
-    def run(self, train: list[Example], val: list[Example], *, evaluate_start: bool) -> State:
+    def run(self, train: list[Any], val: list[Any], *, evaluate_start: bool) -> State:
         """Train; `evaluate_start` makes the untrained model (an LP-FT probe head) a candidate,
         so that fine-tuning that only hurts falls back to the probe instead of shipping worse."""
+        with yielding(self.model, self.tick):
+            return self._run(train, val, evaluate_start=evaluate_start)
+
+    def _run(self, train: list[Any], val: list[Any], *, evaluate_start: bool) -> State:
         plan = Schedule.of(len(train), self.hp)
         self.steps = Steps(planned=plan.total)
         self._per_epoch = plan.per_epoch
-        optimizer, scheduler = self._optimizer(plan.total)
+        optimizer, scheduler = stepping.optimizer(self.model, self.hp, plan.total)
         best_state = self._trainable_state()
         if evaluate_start:
             self._evaluate(val, step=0, epoch=0.0)
-        step = 0
-        for epoch in range(math.ceil(plan.total / plan.per_epoch)):
-            for batch in batches(
-                train,
-                batch_size=self.hp.batch_size,
-                shuffle=True,
-                seed=self.hp.seed + epoch,
-                task=self.plan.task,
-                pad_id=self.pad_id,
-                device=self.base.device,
-            ):
-                self.tick()
-                loss = self._step(batch, optimizer, scheduler, step + 1)
-                step += 1
-                self.steps.run = step
-                self.reporter.progress(
-                    step=step, total_steps=plan.total, epoch=step / plan.per_epoch
-                )
-                if step % self.hp.log_every_steps == 0 or step == 1:
-                    self.reporter.event(
-                        "loss", {"step": step, "loss": loss, "lr": scheduler.get_last_lr()[0]}
-                    )
-                if step % plan.eval_every == 0 or step == plan.total:
-                    if self._evaluate(val, step=step, epoch=step / plan.per_epoch):
-                        best_state = self._trainable_state()
-                    if step < plan.total and self._should_stop(step):
-                        return best_state
-                if step >= plan.total:
+        for step, batch in enumerate(self._batches(train, plan), start=1):
+            self.tick()
+            loss = self._step(batch, optimizer, scheduler, step)
+            self.steps.run = step
+            self._report(step, plan, loss=loss, lr=float(scheduler.get_last_lr()[0]))
+            if step % plan.eval_every == 0 or step == plan.total:
+                if self._evaluate(val, step=step, epoch=step / plan.per_epoch):
+                    best_state = self._trainable_state()
+                if step < plan.total and self._should_stop(step):
                     return best_state
+            if step >= plan.total:
+                break
         return best_state
+
+    def _batches(self, train: list[Any], plan: Schedule) -> Iterator[Batch]:
+        """The epochs' shuffled batches, each epoch drawn with its own seed."""
+        for epoch in range(math.ceil(plan.total / plan.per_epoch)):
+            yield from self.objective.batches(
+                train, batch_size=self.hp.batch_size, shuffle=True, seed=self.hp.seed + epoch
+            )
+
+    def _report(self, step: int, plan: Schedule, *, loss: float, lr: float) -> None:
+        self.reporter.progress(step=step, total_steps=plan.total, epoch=step / plan.per_epoch)
+        if step % self.hp.log_every_steps == 0 or step == 1:
+            self.reporter.event("loss", {"step": step, "loss": loss, "lr": lr})
 
     def _should_stop(self, step: int) -> bool:
         patience = self.hp.early_stopping_patience
@@ -197,43 +203,20 @@ class TrainLoop:
     def _criterion_name(self) -> str:
         return "validation loss" if self.rule.criterion == "loss" else self.rule.criterion
 
-    def _optimizer(
-        self, total: int
-    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-        head: list[nn.Parameter] = []
-        body: list[nn.Parameter] = []
-        for name, param in self.model.named_parameters():
-            if param.requires_grad:
-                # PEFT's name for a trained copy of the head; it learns faster (LP-FT).
-                (head if "modules_to_save" in name else body).append(param)
-        optimizer = torch.optim.AdamW(
-            [
-                {"params": body, "lr": self.hp.learning_rate},
-                {"params": head, "lr": self.hp.head_learning_rate},
-            ],
-            weight_decay=self.hp.weight_decay,
-        )
-        warmup = max(1, int(self.hp.warmup_ratio * total))
-
-        def schedule(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            return max(0.0, (total - step) / max(1, total - warmup))
-
-        return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-
     def _step(
         self,
-        batch: dict[str, torch.Tensor],
-        optimizer: torch.optim.Optimizer,
-        scheduler: torch.optim.lr_scheduler.LambdaLR,
+        batch: Batch,
+        optimizer: stepping.Optimizer,
+        scheduler: stepping.Scheduler,
         step: int,
     ) -> float:
         """One optimizer step over the batch, in micro-batches of at most `token_budget`
         tokens whose gradients add up to the whole batch's (each loss weighted by its share of
         the batch's labelled rows or tokens)."""
         self.model.train()
-        parts = [(part, _weight(part)) for part in micro_batches(batch, self.token_budget)]
+        parts = [
+            (part, self.objective.weight(part)) for part in micro_batches(batch, self.token_budget)
+        ]
         total = sum(weight for _part, weight in parts) or 1
         loss_sum = 0.0
         try:
@@ -242,11 +225,11 @@ class TrainLoop:
                     continue  # no labelled token in it: nothing to learn, and a NaN mean
                 loss = self.model(**part).loss
                 if not torch.isfinite(loss):
-                    raise _diverged(step, self.hp)
+                    raise stepping.diverged(step, self.hp)
                 (loss * (weight / total)).backward()
                 loss_sum += float(loss.detach()) * weight / total
         except (torch.OutOfMemoryError, MemoryError) as exc:
-            raise _out_of_memory(self.hp) from exc
+            raise stepping.out_of_memory(self.hp) from exc
         torch.nn.utils.clip_grad_norm_(
             [p for p in self.model.parameters() if p.requires_grad], max_norm=1.0
         )
@@ -256,41 +239,25 @@ class TrainLoop:
         trim_heap()
         return loss_sum
 
-    def _evaluate(self, val: list[Example], *, step: int, epoch: float) -> bool:
+    def _evaluate(self, val: list[Any], *, step: int, epoch: float) -> bool:
         """Evaluate, log, and keep the best; True when this evaluation is the new best."""
         if not val:
             return self.rule.keep_last
-        result = evaluation.evaluate_run(
-            self.model,
-            val,
-            task=self.plan.task,
-            labels=self.plan.labels,
-            pad_id=self.pad_id,
-            device=self.base.device,
-            batch_size=max(self.hp.batch_size, 64),
-            pause=self.tick,
-        )
-        metrics, loss, pairs = result.metrics, result.loss, result.pairs
-        entry = {"step": step, "epoch": round(epoch, 3), **metrics, "validation_loss": loss}
+        judged = self.objective.evaluate(self.model, val, pause=self.tick)
+        entry = {"step": step, "epoch": round(epoch, 3), **judged.entry}
         self.history.append(entry)
-        joined = _joined(pairs) if pairs else None
-        if self.record_logits and joined is not None:
-            self.logits_by_epoch[round(epoch)] = joined
+        if self.record_logits and judged.logits is not None:
+            self.logits_by_epoch[round(epoch)] = judged.logits
         self.reporter.event("evaluation", entry)
-        value = (
-            -loss if self.rule.criterion == "loss" else metrics.get(self.rule.criterion, -math.inf)
-        )
-        if not math.isfinite(value):
-            value = float("-inf")  # a constant prediction has no Pearson: never the best
-        if self.best and value <= self.best["value"] and not self.rule.keep_last:
+        if self.best and judged.score <= self._best_score and not self.rule.keep_last:
             self._stale += 1
             return False
-        self.best = {"step": step, "epoch": round(epoch, 3), "metric": self.metric, "value": value}
-        if self.rule.criterion != self.metric:  # the value is the criterion's; show the metric
-            self.best["value"] = metrics.get(self.metric, float("nan"))
+        self.best = {"step": step, "epoch": round(epoch, 3), "metric": self.metric}
+        self.best["value"] = judged.value
+        if self.rule.criterion != self.metric:  # the value is the metric's; say what chose it
             self.best["criterion"] = self._criterion_name
-        self.best_metrics, self._stale = metrics, 0
-        self.best_logits = joined
+        self.best_metrics, self.best_logits = judged.metrics, judged.logits
+        self._best_score, self._stale = judged.score, 0
         return True
 
     def _trainable_state(self) -> State:
@@ -310,90 +277,17 @@ class Steps:
     stopped_early: bool = False
 
 
-def _joined(
-    pairs: list[tuple[torch.Tensor, torch.Tensor]],
-) -> tuple[torch.Tensor, torch.Tensor] | None:
-    if pairs[0][0].dim() > 2:  # per-token logits of batches of different widths: not pooled
-        return None
-    return torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])
+class Savable(Protocol):
+    """A trained adapter model that writes PEFT's files (a PeftModel, a pooled head)."""
+
+    def save_pretrained(self, save_directory: str) -> None:
+        """Write the adapter's files into `save_directory`."""
+        ...
 
 
-def release_memory() -> None:
-    """Give the heap's free pages back to the OS after a run. glibc keeps what a training step
-    freed (here about twice its peak: +380 MiB after 40 MiniLM steps, +24 MiB once trimmed),
-    and the service would otherwise hold it until it exits."""
-    gc.collect()
-    trim_heap()
-
-
-def trim_heap() -> None:
-    """Return the allocator's free pages to the OS (glibc's malloc_trim). After every step too:
-    between steps a job then holds about +20 MiB instead of its step's peak (+235 MiB on
-    MiniLM), for no measurable time (bench/README.md, train_memory)."""
-    if sys.platform.startswith("linux"):
-        # Not glibc (musl, say): no malloc_trim, nothing to give back this way.
-        with contextlib.suppress(OSError, AttributeError):
-            _libc().malloc_trim(0)
-
-
-@functools.cache
-def _libc() -> Any:
-    return ctypes.CDLL("libc.so.6")
-
-
-def micro_batches(
-    batch: dict[str, torch.Tensor], budget: int | None
-) -> list[dict[str, torch.Tensor]]:
-    """Row slices of a padded batch with at most `budget` tokens each, cut to their own
-    longest row. Activation memory grows with the tokens of a forward; on a CPU box the
-    allocator keeps the peak of a step resident for the rest of the process, so the peak is
-    bounded here (the arithmetic is the same: the gradients are summed)."""
-    ids = batch["input_ids"]
-    rows, width = ids.shape
-    if budget is None or rows * width <= budget:
-        return [batch]
-    step = max(1, budget // width)
-    parts = []
-    for start in range(0, rows, step):
-        part = {k: v[start : start + step] for k, v in batch.items()}
-        longest = int(part["attention_mask"].sum(dim=1).max())
-        # Cut only the per-token tensors (a multi-label target may be as wide by chance), and
-        # make them contiguous: the models `.view()` their labels.
-        parts.append(
-            {k: v[:, :longest].contiguous() if _per_token(k, v) else v for k, v in part.items()}
-        )
-    return parts
-
-
-def _per_token(key: str, value: torch.Tensor) -> bool:
-    if key == "labels":
-        return value.dim() == 2 and value.dtype == torch.long  # token classification tags
-    return value.dim() == 2
-
-
-def _weight(batch: dict[str, torch.Tensor]) -> int:
-    """What a batch's mean loss averages over: labelled tokens, or rows."""
-    labels = batch["labels"]
-    if labels.dim() == 2 and labels.dtype == torch.long:  # token classification
-        return int((labels != IGNORE).sum())
-    return int(labels.shape[0])
-
-
-def _diverged(step: int, hp: Hyperparameters) -> SwitchyardError:
-    return SwitchyardError(
-        400,
-        "training_diverged",
-        f"the loss became NaN or infinite at step {step}; lower learning_rate "
-        f"(it was {hp.learning_rate:g}) or leave it unset for the default",
-        param="hyperparameters.learning_rate",
-    )
-
-
-def _out_of_memory(hp: Hyperparameters) -> SwitchyardError:
-    return SwitchyardError(
-        400,
-        "out_of_memory",
-        f"a training batch did not fit in memory; lower batch_size (it was {hp.batch_size}) "
-        f"or max_length (it was {hp.max_length})",
-        param="hyperparameters.batch_size",
-    )
+def save_files(model: Savable) -> dict[str, bytes]:
+    """The PEFT files `model.save_pretrained` writes, read back into memory: what a run
+    returns to be registered, for every task and method."""
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp)
+        return {p.name: p.read_bytes() for p in Path(tmp).iterdir() if p.is_file()}

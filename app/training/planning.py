@@ -7,7 +7,7 @@ worker starts it (from the persisted request, so a restart gives the very same p
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from app.errors import SwitchyardError, bad_request
@@ -24,9 +24,15 @@ MIN_ROWS_PER_CLASS = 2
 Rows = list[dict[str, Any]]
 
 
-@dataclass
+@dataclass(frozen=True)
 class JobRequest:
-    """A training job's body, checked for shape; persisted as is and replayed by workers."""
+    """A training job's body, checked for shape; persisted as is and replayed by workers.
+
+    The route builds it from the HTTP body (`parse`), the job manager stores it
+    (`to_record`) and a worker reads it back (`from_record`): one record from the route to
+    the plan. `hyperparameters` stay the JSON object the user gave: the dry run
+    (app/training/preflight.py) parses them into `Hyperparameters`, on the base, in the
+    order of its checks."""
 
     adapter: str
     method: str
@@ -68,13 +74,36 @@ class JobRequest:
             hyperparameters=dict(hyperparameters),
         )
 
+    @classmethod
+    def from_record(cls, stored: Mapping[str, Any]) -> JobRequest:
+        """The request as `to_record` stored it in the catalog."""
+        return cls(**stored)
 
-@dataclass
+    def to_record(self, *, task: str) -> dict[str, Any]:
+        """The JSON the catalog keeps, with the task the data resolved to."""
+        return asdict(self) | {"task": task}
+
+
+@dataclass(frozen=True)
+class DataSummary:
+    """What a job shows about its data: the labels and the rows on each side."""
+
+    labels: list[str]
+    train_rows: int
+    validation_rows: int
+    validation_source: str  # held_out | validation_data | training_rows
+
+    def as_json(self) -> dict[str, Any]:
+        """The job's stored `summary`."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
 class PreparedJob:
     """A plan ready for the trainer, and what the job shows about its data."""
 
     plan: TrainingPlan
-    summary: dict[str, Any]  # labels, train_rows, validation_rows, validation_source
+    summary: DataSummary
 
 
 def prepare_job(
@@ -107,12 +136,12 @@ def prepare_job(
         hyperparameters=request.hyperparameters,
         validation_source=source,
     )
-    summary = {
-        "labels": labels,
-        "train_rows": len(rows),
-        "validation_rows": len(validation),
-        "validation_source": source,
-    }
+    summary = DataSummary(
+        labels=labels,
+        train_rows=len(rows),
+        validation_rows=len(validation),
+        validation_source=source,
+    )
     return PreparedJob(plan, summary)
 
 

@@ -9,9 +9,7 @@ one that ships.
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,7 +19,7 @@ from app.tasks import head_rows
 from app.training import methods, probe
 from app.training.encoding import Example, encode_rows
 from app.training.hyperparameters import Hyperparameters
-from app.training.loop import Ticker, TrainLoop, yielding
+from app.training.loop import Ticker, TrainLoop, save_files, yielding
 from app.training.methods import AdapterModel
 from app.training.pooled import PooledHeadModel, reads_pooled
 from app.training.preflight import Setup
@@ -89,8 +87,7 @@ class Recipe:
             rule=rule,
         )
         loop.record_logits = record_logits
-        with yielding(model, self.tick):
-            state = loop.run(train, val, evaluate_start=hp.head_init == "probe")
+        state = loop.run(train, val, evaluate_start=hp.head_init == "probe")
         model.load_state_dict(state, strict=False)
         return Fitted(model, loop)
 
@@ -138,10 +135,3 @@ class Recipe:
             validation_logits=loop.best_logits,
             selection=selection,
         )
-
-
-def save_files(model: Model) -> dict[str, bytes]:
-    """The PEFT files `model.save_pretrained` writes, read back into memory."""
-    with tempfile.TemporaryDirectory() as tmp:
-        model.save_pretrained(tmp)
-        return {p.name: p.read_bytes() for p in Path(tmp).iterdir() if p.is_file()}

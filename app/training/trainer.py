@@ -7,6 +7,7 @@ keeps a fair share of the CPU and a cancel lands within one batch (see `app.trai
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -22,10 +23,11 @@ from app.training.crossval import Pending, PhaseReporter, cross_validate_adapter
 from app.training.encoding import token_lengths
 from app.training.generation import train_generation
 from app.training.hyperparameters import fill_defaults
-from app.training.loop import Pause, Steps, Ticker, release_memory
-from app.training.preflight import preflight
-from app.training.recipe import Recipe, save_files
+from app.training.loop import Pause, Steps, Ticker, save_files
+from app.training.preflight import Setup, preflight
+from app.training.recipe import Recipe
 from app.training.selection import Rule, rule_for
+from app.training.stepping import release_memory
 from app.training.types import CancelToken, TrainingOutcome, TrainingPlan, TrainingReporter
 
 
@@ -43,51 +45,48 @@ def train(
 ) -> TrainingOutcome:
     """Train one adapter and return the PEFT files of its best evaluation."""
     try:
-        return _train(
-            plan,
-            base=base,
-            reporter=reporter,
-            cancel=cancel,
-            max_rank=max_rank,
-            max_tokens=max_tokens,
-            pause=pause,
-            checkpoint_activations=checkpoint_activations,
-            micro_batch_tokens=micro_batch_tokens,
-        )
+        # The submit-time dry run again, on the same base: the same checks, the same targets.
+        setup = preflight(plan, base=base, max_rank=max_rank, max_tokens=max_tokens)
+        tick = Ticker(cancel, pause)
+        if plan.task == GENERATION:  # causal-LM loss on completions: its own objective
+            return train_generation(
+                replace(plan, method="lora") if plan.method == AUTO else plan,
+                base=base,
+                setup=setup,
+                reporter=reporter,
+                tick=tick,
+                token_budget=micro_batch_tokens,
+            )
+        recipe_of = _recipes(
+            plan, base, setup, tick,
+            checkpoint_activations=checkpoint_activations, micro_batch_tokens=micro_batch_tokens,
+        )  # fmt: skip
+        if plan.method == AUTO:
+            outcome = train_auto(
+                plan, recipe_of=recipe_of, estimate=estimate_method, reporter=reporter
+            )
+        else:
+            outcome = train_method(recipe_of(plan.method), reporter)
+        return calibrate(outcome, task=plan.task)
     finally:
         release_memory()
 
 
-def _train(
+def _recipes(
     plan: TrainingPlan,
-    *,
     base: FrozenBase,
-    reporter: TrainingReporter,
-    cancel: CancelToken,
-    max_rank: int,
-    max_tokens: int,
-    pause: Pause | None = None,
-    checkpoint_activations: bool = False,
-    micro_batch_tokens: int | None = None,
-) -> TrainingOutcome:
-    if plan.task == GENERATION:  # causal-LM loss on completions: its own module
-        return train_generation(
-            replace(plan, method="lora") if plan.method == AUTO else plan,
-            base=base,
-            reporter=reporter,
-            cancel=cancel,
-            max_rank=max_rank,
-            max_tokens=max_tokens,
-            pause=pause,
-        )
-    # The submit-time dry run again, on the same base: the same checks, the same targets.
-    setup = preflight(plan, base=base, max_rank=max_rank, max_tokens=max_tokens)
+    setup: Setup,
+    tick: Ticker,
+    *,
+    checkpoint_activations: bool,
+    micro_batch_tokens: int | None,
+) -> Callable[[str], Recipe]:
+    """A job's recipe for each method it tries: the parsed hyperparameters filled for it."""
     lengths = token_lengths(plan.train_rows, base.tokenizer, task=plan.task)
-    tick = Ticker(cancel, pause)
 
     def recipe_of(method: str) -> Recipe:
         hp = fill_defaults(
-            setup.hp.model_copy(deep=True),
+            setup.hp,
             method=method,
             rows=len(plan.train_rows),
             lengths=lengths,
@@ -103,11 +102,7 @@ def _train(
             micro_batch_tokens=micro_batch_tokens,
         )
 
-    if plan.method == AUTO:
-        outcome = train_auto(plan, recipe_of=recipe_of, estimate=estimate_method, reporter=reporter)
-    else:
-        outcome = train_method(recipe_of(plan.method), reporter)
-    return calibrate(outcome, task=plan.task)
+    return recipe_of
 
 
 def train_method(recipe: Recipe, reporter: TrainingReporter) -> TrainingOutcome:

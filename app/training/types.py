@@ -9,9 +9,14 @@ from typing import Any, Protocol
 import torch
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainingPlan:
-    """Everything one training run needs, already validated by the job manager."""
+    """Everything one training run needs, already validated by the job manager.
+
+    `hyperparameters` is the JSON object the job gave: the trainer's dry run
+    (app/training/preflight.py) parses it once into `Hyperparameters`, and the run takes
+    that typed record from there (a `Setup`, a `Recipe`); only contrastive still asks the
+    dict which fields were given."""
 
     adapter: str
     task: str  # classification | multi_label_classification | regression | token_classification ...
@@ -19,7 +24,7 @@ class TrainingPlan:
     train_rows: list[dict[str, Any]]
     validation_rows: list[dict[str, Any]]
     labels: list[str]  # head order; [] for regression and generation
-    hyperparameters: dict[str, Any] = field(default_factory=dict)  # user-given, unvalidated
+    hyperparameters: dict[str, Any] = field(default_factory=dict)  # as given, unvalidated
     # Where validation_rows came from: "held_out" (our split of the training rows, which
     # cross-validation may redraw), "validation_data" (the user's), "training_rows" (none).
     validation_source: str = "validation_data"

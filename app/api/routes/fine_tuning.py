@@ -31,6 +31,7 @@ from app.errors import bad_request, not_found
 from app.runtime.admission import BASE_LABEL
 from app.training.hyperparameters import default_learning_rate
 from app.training.jobs import JobManager
+from app.training.planning import JobRequest
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["openai"])
 _MAX_JOBS = 10_000  # jobs scanned for an `after` cursor
@@ -109,7 +110,7 @@ def create_job(
     options = body.switchyard or SwitchyardOptions()
     adapter = body.suffix or f"ft-{secrets.token_hex(4)}"
     principal.check_adapter(adapter)
-    job = jobs.create(
+    request = JobRequest.parse(
         {
             "adapter": adapter,
             "method": options.method,
@@ -119,6 +120,7 @@ def create_job(
             "hyperparameters": _hyperparameters(body, options),
         }
     )
+    job = jobs.create(request)
     return job_view(job)
 
 

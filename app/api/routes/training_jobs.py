@@ -14,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from app.api.deps import JobsDep, PrincipalDep
 from app.api.responses import JobEventList, TrainingJobList, TrainingJobOut
 from app.api.schemas import TrainingJobRequest
+from app.training.planning import JobRequest
 
 router = APIRouter(prefix="/v1/training-jobs", tags=["training"])
 _EVENT_STREAM: dict[int | str, dict[str, Any]] = {
@@ -34,7 +35,7 @@ def create_job(
 ) -> dict[str, Any]:
     """Check the job completely and queue it; a 4xx here means it would never have run."""
     principal.check_adapter(body.adapter)
-    job = jobs.create(body.model_dump())
+    job = jobs.create(JobRequest.parse(body.model_dump()))
     response.headers["Location"] = f"{router.prefix}/{job['id']}"
     return job
 

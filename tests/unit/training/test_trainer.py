@@ -346,7 +346,7 @@ def _grad(param: torch.Tensor) -> torch.Tensor:
 def test_micro_batches_add_up_to_the_batch() -> None:
     """A batch over the token budget is cut into row slices trimmed to their longest row; the
     weighted micro-batch gradients equal the whole batch's gradient."""
-    from app.training.loop import _weight, micro_batches
+    from app.training.stepping import label_weight, micro_batches
 
     torch.manual_seed(0)
     lengths = [2, 3, 8, 8, 4, 1]
@@ -359,7 +359,7 @@ def test_micro_batches_add_up_to_the_batch() -> None:
     batch = {"input_ids": ids, "attention_mask": mask, "labels": tags}
     parts = micro_batches(batch, budget=16)
     assert [p["input_ids"].shape for p in parts] == [(2, 3), (2, 8), (2, 4)]
-    assert sum(_weight(p) for p in parts) == _weight(batch) == sum(lengths)
+    assert sum(label_weight(p) for p in parts) == label_weight(batch) == sum(lengths)
     assert micro_batches(batch, budget=None) == [batch]
 
     embed, head = nn.Embedding(50, 4), nn.Linear(4, 3)
@@ -372,5 +372,5 @@ def test_micro_batches_add_up_to_the_batch() -> None:
     whole = _grad(head.weight).clone()
     head.weight.grad = None
     for part in parts:
-        (loss_of(part) * _weight(part) / _weight(batch)).backward()
+        (loss_of(part) * label_weight(part) / label_weight(batch)).backward()
     assert torch.allclose(_grad(head.weight), whole, atol=1e-6)

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from app.base import FrozenBase
-from app.tasks import GENERATION
+from app.tasks import Readout, get_task
 from app.training import evaluation, probe
 from app.training.auto import AUTO, train_auto
 from app.training.calibration import calibrate
@@ -70,7 +70,7 @@ def _train(
     checkpoint_activations: bool = False,
     micro_batch_tokens: int | None = None,
 ) -> TrainingOutcome:
-    if plan.task == GENERATION:  # causal-LM loss on completions: its own module
+    if get_task(plan.task).readout is Readout.TEXT:  # causal-LM loss: its own module
         return train_generation(
             replace(plan, method="lora") if plan.method == AUTO else plan,
             base=base,

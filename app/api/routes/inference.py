@@ -25,7 +25,7 @@ from app.registry.store import check_name
 from app.runtime.engine import Job
 from app.runtime.generation_service import BASE_LABEL
 from app.runtime.runtime import Runtime
-from app.tasks import EMBEDDINGS, GENERATION, classification
+from app.tasks import EMBEDDINGS, Readout, classification, get_task
 
 router = APIRouter(tags=["inference"])
 Input = str | dict[str, Any]
@@ -202,7 +202,7 @@ async def _run(
     settings: Settings,
 ) -> list[Any]:
     task = str(meta["task"])
-    if task == GENERATION:
+    if get_task(task).readout is Readout.TEXT:
         generate = getattr(runtime, "generate", None)
         if generate is None:
             raise bad_request("unsupported_task", "this base cannot generate", param="name")

@@ -29,7 +29,7 @@ from app.runtime.cache import Key
 from app.runtime.generation import GenOutput
 from app.runtime.generation_service import BASE_LABEL, GenerationService
 from app.runtime.runtime import Runtime
-from app.tasks import GENERATION
+from app.tasks import TASKS, Readout
 
 router = APIRouter(tags=["generation"])
 
@@ -150,7 +150,8 @@ def _adapter_key(registry: Registry, model: str | None, principal: Principal) ->
         return None
     principal.check_adapter(model)
     meta = registry.meta(check_name(model))
-    if meta.get("task") != GENERATION:
+    task = TASKS.get(str(meta.get("task")))
+    if task is None or task.readout is not Readout.TEXT:
         raise bad_request(
             "unsupported_task",
             f"adapter {model!r} is a {meta.get('task')} adapter, not generation",

@@ -26,9 +26,8 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 
 from app.base import FrozenBase
 from app.runtime.batch import pool
-from app.tasks import Readout, head_task, reading
+from app.tasks import Readout, get_task, head_task
 
-SEQUENCE_TASKS = reading(Readout.POOLED)
 _POOLED_METHODS = ("lora", "ia3", "contrastive")
 
 POOLING = "mean"
@@ -99,7 +98,8 @@ def reads_pooled(base: FrozenBase, *, task: str, method: str) -> bool:
     """Whether a trained adapter of `method` for `task` on `base` gets a mean-pooled head:
     LoRA and IA3 on an encoder, for sequence-level tasks. Prompt and prefix tuning keep the
     pooler, which reads their first virtual token (their prompts start from [CLS])."""
-    return base.kind == "encoder" and task in SEQUENCE_TASKS and method in _POOLED_METHODS
+    pooled = get_task(task).readout is Readout.POOLED  # token heads read every token
+    return base.kind == "encoder" and pooled and method in _POOLED_METHODS
 
 
 def mark_pooled(config_path: Path, **extra: Any) -> None:

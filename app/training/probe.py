@@ -328,22 +328,9 @@ def _probe_data(
 ) -> tuple[np.ndarray, np.ndarray, Scorer]:
     """Training features of `layers` and targets, and how a head fitted on (the first columns
     of) them scores on validation."""
-    pad = int(base.tokenizer.pad_token_id or 0)
     if _per_token(plan.task):
-        x, y = token_features(
-            backbone, train, device=base.device, pad_id=pad, layers=layers, tick=tick
-        )
-        val_batches = token_batches(
-            backbone, val, device=base.device, pad_id=pad, layers=layers, tick=tick
-        )
-
-        def score_tokens(weight: np.ndarray, bias: np.ndarray) -> tuple[dict[str, float], None]:
-            w = torch.as_tensor(weight, dtype=torch.float32)
-            b = torch.as_tensor(bias, dtype=torch.float32)
-            pairs = [(feats[..., : w.shape[1]] @ w.t() + b, tags) for feats, tags in val_batches]
-            return evaluation.metrics_from_logits(pairs, task=plan.task, labels=plan.labels), None
-
-        return x, y, score_tokens
+        return _token_probe_data(plan, base, layers, backbone, train, val, tick)
+    pad = int(base.tokenizer.pad_token_id or 0)
     x_train, x_val = [
         sentence_features(
             backbone,
@@ -367,3 +354,28 @@ def _probe_data(
         return evaluation.metrics_from_logits([pair], task=plan.task, labels=plan.labels), pair
 
     return x_train, np.asarray([e.label for e in train]), score
+
+
+def _token_probe_data(
+    plan: TrainingPlan,
+    base: FrozenBase,
+    layers: list[int],
+    backbone: nn.Module,
+    train: list[Example],
+    val: list[Example],
+    tick: Tick,
+) -> tuple[np.ndarray, np.ndarray, Scorer]:
+    """`_probe_data` of a token task: features and tags of every labelled token."""
+    pad = int(base.tokenizer.pad_token_id or 0)
+    x, y = token_features(backbone, train, device=base.device, pad_id=pad, layers=layers, tick=tick)
+    val_batches = token_batches(
+        backbone, val, device=base.device, pad_id=pad, layers=layers, tick=tick
+    )
+
+    def score_tokens(weight: np.ndarray, bias: np.ndarray) -> tuple[dict[str, float], None]:
+        w = torch.as_tensor(weight, dtype=torch.float32)
+        b = torch.as_tensor(bias, dtype=torch.float32)
+        pairs = [(feats[..., : w.shape[1]] @ w.t() + b, tags) for feats, tags in val_batches]
+        return evaluation.metrics_from_logits(pairs, task=plan.task, labels=plan.labels), None
+
+    return x, y, score_tokens

@@ -15,8 +15,11 @@ from app.errors import bad_request
 from app.tasks.base import HeadTask, Readout, Task, TrainableTask
 
 __all__ = [
+    "ALIASES",
     "CLASSIFICATION",
+    "DECODER_TASKS",
     "EMBEDDINGS",
+    "ENCODER_TASKS",
     "GENERATION",
     "HEAD_TASKS",
     "MULTI_LABEL",
@@ -24,6 +27,7 @@ __all__ = [
     "TASKS",
     "TOKEN_CLASSIFICATION",
     "TRAINABLE",
+    "TRAINABLE_TASKS",
     "Readout",
     "canonical_task",
     "check_base",
@@ -44,6 +48,9 @@ def _discover() -> dict[str, Task]:
             task = getattr(importlib.import_module(f"{__name__}.{module.name}"), "TASK", None)
             if task is not None:
                 found.append(cast(Task, task))
+    names = [task.name for task in found]
+    if len(set(names)) != len(names):
+        raise RuntimeError(f"two task modules register the same name: {sorted(names)}")
     return {task.name: task for task in sorted(found, key=lambda t: t.order)}
 
 

@@ -22,10 +22,10 @@ from pydantic import ValidationError
 from app.base import FrozenBase
 from app.errors import bad_request
 from app.registry.probe_format import MARKER, ProbeSpec
-from app.tasks import CLASSIFICATION, MULTI_LABEL, REGRESSION
+from app.tasks import Readout, reading
 
 KEYS = ("layers", "pooling")
-SEQUENCE_TASKS = (CLASSIFICATION, MULTI_LABEL, REGRESSION)
+SEQUENCE_TASKS = reading(Readout.POOLED)
 POOLED_METHODS = ("lora", "ia3")
 # Methods the trainer marks in `switchyard_method` whose files are a pooled-head LoRA.
 SHOWN_METHODS = ("contrastive",)

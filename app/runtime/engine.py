@@ -21,7 +21,7 @@ from app.runtime.batch import Features, build_layout, model_inputs
 from app.runtime.batch import pool as pool  # re-exported: training pools the same way
 from app.runtime.cache import AdapterCache, Resident
 from app.runtime.layers import LayerSet
-from app.tasks import EMBEDDINGS, TOKEN_CLASSIFICATION, classification, token_classification
+from app.tasks import CLASSIFICATION, EMBEDDINGS, Readout, embeddings, get_task, head_task
 
 
 @dataclass
@@ -83,6 +83,7 @@ class EncoderEngine:
     def prepare(self, inputs: list[Any], *, task: str) -> list[EncodedRow]:
         """Tokenize request inputs; 400 for a malformed or (when not truncating) too long one."""
         rows = []
+        per_token = get_task(task).readout is Readout.TOKENS  # entities need character offsets
         for index, item in enumerate(inputs):
             text, pair = _split_input(item, index)
             enc = self.base.tokenizer(
@@ -90,7 +91,7 @@ class EncoderEngine:
                 pair,
                 truncation=self.truncate,
                 max_length=self.max_tokens,
-                return_offsets_mapping=task == TOKEN_CLASSIFICATION,
+                return_offsets_mapping=per_token,
             )
             ids = list(enc["input_ids"])
             if len(ids) > self.max_tokens:
@@ -100,7 +101,7 @@ class EncoderEngine:
                     param=f"inputs[{index}]",
                 )
             row = EncodedRow(ids, enc.get("token_type_ids"), text=text)
-            if task == TOKEN_CLASSIFICATION:
+            if per_token:
                 row.offsets = [tuple(o) for o in enc["offset_mapping"]]
                 row.word_ids = enc.word_ids()
             rows.append(row)
@@ -219,20 +220,19 @@ class EncoderEngine:
         positions: list[int],
         rows: list[EncodedRow],
     ) -> list[Any]:
-        if job.task == EMBEDDINGS:
-            layers = list(job.params.get("layers", [-1]))
+        if get_task(job.task).readout is Readout.EMBEDDING:
+            params, task = job.params, embeddings.TASK
             pooled = features.pooled(
-                positions, layers, job.params.get("pooling", "mean"), concat=False
+                positions, task.layers(params), task.pooling(params), concat=False
             )
-            if job.params.get("normalize", True):
-                pooled = F.normalize(pooled, dim=-1)
-            return [v for v in pooled.float().tolist()]
+            return task.decode(pooled, params)
         if resident is None:
             raise bad_request(
                 "adapter_required", f"task {job.task!r} needs an adapter", param="adapter"
             )
         weights, head = resident.weights, resident.head
-        token_task = job.task == TOKEN_CLASSIFICATION
+        decoder = head_task(job.task)
+        token_task = decoder.readout is Readout.TOKENS
         # Probes and pooled-head LoRA/IA3 read pooled hidden states of their own rows' forward
         # (its deltas applied); every other head reads the pooler (app/registry/pooled_head.py).
         probe = weights.probe_layers or None
@@ -243,44 +243,24 @@ class EncoderEngine:
         else:
             x = features.sentence(positions)
         logits = F.linear(x.to(head["weight"].dtype), head["weight"], head["bias"])
-        if token_task:
-            return _decode_tokens(job, weights.labels, logits, features, positions, rows)
+        outputs = _token_rows(logits, features, positions, rows) if token_task else logits
         if job.raw:
-            return list(logits)
-        return classification.decode(
-            logits, task=job.task, labels=weights.labels, params=job.params
-        )
+            return list(outputs)
+        return decoder.decode(outputs, labels=weights.labels, params=job.params, rows=rows)
 
     def warm_up(self) -> None:
         """One forward so the first request does not pay for lazy initialisation."""
-        rows = self.prepare(["warm up"], task="classification")
+        rows = self.prepare(["warm up"], task=CLASSIFICATION)
         self.run([EncodeRequest(key=None, task=EMBEDDINGS, rows=rows)])
 
 
-def _decode_tokens(
-    job: EncodeRequest,
-    labels: list[str],
-    logits: torch.Tensor,
-    features: Features,
-    positions: list[int],
-    rows: list[EncodedRow],
-) -> list[Any]:
+def _token_rows(
+    logits: torch.Tensor, features: Features, positions: list[int], rows: list[EncodedRow]
+) -> list[torch.Tensor]:
     """Each row's own tokens only: virtual prompt positions and padding are dropped."""
-    per_row = [
+    return [
         logits[n, features.starts[p] : features.starts[p] + len(row.input_ids)]
         for n, (p, row) in enumerate(zip(positions, rows, strict=True))
-    ]
-    if job.raw:
-        return per_row
-    return [
-        token_classification.decode_entities(
-            row_logits,
-            labels=labels,
-            text=row.text,
-            offsets=row.offsets,
-            word_ids=row.word_ids,
-        )
-        for row_logits, row in zip(per_row, rows, strict=True)
     ]
 
 
@@ -302,8 +282,8 @@ def _distinct_rows(
 
 
 def _needs_hidden(job: EncodeRequest, residents: dict[AdapterRef, Resident]) -> bool:
-    if job.task == EMBEDDINGS:
-        return list(job.params.get("layers", [-1])) != [-1]
+    if get_task(job.task).readout is Readout.EMBEDDING:
+        return embeddings.TASK.layers(job.params) != [-1]
     resident = residents.get(job.key) if job.key else None
     # The last layer is the forward's own output: only other layers need all hidden states.
     return bool(resident and any(layer != -1 for layer in resident.weights.probe_layers))

@@ -13,15 +13,11 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from app.errors import bad_request
-from app.tasks import CLASSIFICATION, EMBEDDINGS, MULTI_LABEL, REGRESSION, TOKEN_CLASSIFICATION
+from app.tasks import TASKS
 
-# What `app.tasks.classification.decode` and the engine's embeddings pooling read, per task.
+# What each task's decoding (and the engine's embeddings pooling) reads.
 ACCEPTED_PARAMETERS: Mapping[str, frozenset[str]] = {
-    CLASSIFICATION: frozenset({"top_k", "function_to_apply"}),
-    MULTI_LABEL: frozenset({"threshold", "function_to_apply"}),
-    REGRESSION: frozenset(),
-    TOKEN_CLASSIFICATION: frozenset(),
-    EMBEDDINGS: frozenset({"layers", "pooling", "normalize"}),
+    name: task.parameters for name, task in TASKS.items()
 }
 INPUT_KEYS = ("text", "text_pair")
 

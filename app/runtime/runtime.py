@@ -29,7 +29,7 @@ from app.runtime.inputs import check_input_keys, check_parameter_names
 from app.runtime.layers import LayerSet
 from app.runtime.metrics import Metrics
 from app.runtime.streaming import GenerationStream
-from app.tasks import EMBEDDINGS, GENERATION, classification
+from app.tasks import EMBEDDINGS, Readout, classification, get_task
 
 
 def serving_layer_paths(base: FrozenBase) -> list[str]:
@@ -215,7 +215,7 @@ class Runtime:
     async def _predict(
         self, meta: AdapterMeta, inputs: list[Any], params: dict[str, Any]
     ) -> Prediction:
-        if meta.task == GENERATION:
+        if get_task(meta.task).readout is Readout.TEXT:
             outputs = await self.generate(meta.ref, inputs, params, param="name")
             return Prediction(meta, [{"generated_text": out.text} for out in outputs])
         check_parameter_names(params, [meta.task])
@@ -258,7 +258,7 @@ class Runtime:
         if model is None or model == BASE_LABEL:
             return None
         meta = self.registry.meta(check_name(model))
-        if meta.task != GENERATION:
+        if get_task(meta.task).readout is not Readout.TEXT:
             raise bad_request(
                 "unsupported_task",
                 f"adapter {model!r} is a {meta.task} adapter, not generation",

@@ -1,48 +1,112 @@
-"""Sequence-level tasks: single-label, multi-label and regression heads over pooled features."""
+"""Single-label classification of a text or a text pair: softmax head, top-k labels out.
+
+Also home of what the pooled head tasks' serving shares: `function_to_apply` and the check of
+a predict request's `parameters`.
+"""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Hashable, Sequence
 from typing import Any
 
-import numpy as np
 import torch
-from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score
 
 from app.errors import bad_request
-from app.tasks import MULTI_LABEL, REGRESSION
+from app.tasks.base import (
+    Calibration,
+    HeadTask,
+    Objective,
+    Outputs,
+    Pairs,
+    Row,
+    RowProblem,
+    ServedRow,
+    check_text,
+    is_number,
+    need_labels,
+    show,
+)
+from app.tasks.objectives import SingleLabel
+from app.tasks.sequence import SequenceTask, as_matrix
+
+NAME = "classification"
+FUNCTIONS = ("softmax", "sigmoid", "none")
+
+_OBJECTIVE = SingleLabel()
 
 
-def decode(
-    logits: torch.Tensor, *, task: str, labels: list[str], params: dict[str, Any]
-) -> list[Any]:
-    """Pipeline-shaped outputs for a [rows, outputs] logits tensor."""
-    if task == REGRESSION:
-        return [{"score": float(v)} for v in logits[:, 0].tolist()]
-    if task == MULTI_LABEL:
-        threshold = float(params.get("threshold", 0.5))
-        scores = _apply(logits, str(params.get("function_to_apply", "sigmoid"))).tolist()
+class Classification(SequenceTask):
+    """One class of a closed set a row; rows are `{"text", "text_pair"?, "label"}`."""
+
+    name = NAME
+    order = 0
+    aliases: tuple[str, ...] = ()
+    parameters: frozenset[str] = frozenset({"top_k", "function_to_apply"})
+    single_label = True
+    family = NAME
+    columns: tuple[str, ...] = ("label",)
+    detect_rank = 3
+    primary_metric = "accuracy"
+    objective: Objective = _OBJECTIVE
+    calibration: Calibration | None = _OBJECTIVE
+
+    def check_row(self, row: Row) -> Row:
+        """Text plus a class name; integer class ids (HF exports) become names."""
+        out = check_text(row)
+        label = row.get("label")
+        if isinstance(label, str) and label.strip():
+            out["label"] = label
+        elif is_number(label) and math.isfinite(label):
+            # 1 and 1.0 both mean class "1".
+            out["label"] = str(int(label)) if float(label).is_integer() else str(label)
+        else:
+            raise RowProblem(f"label must be a non-empty string (a class name), got {show(label)}")
+        return out
+
+    def row_labels(self, row: Row) -> list[str]:
+        """The row's class."""
+        return [row["label"]]
+
+    def head_size(self, labels: list[str]) -> int:
+        """A row a class; at least two classes."""
+        return need_labels(self.name, labels, 2)
+
+    def strata(self, rows: Sequence[Row]) -> list[Hashable]:
+        """The class: every class reaches validation."""
+        return [row["label"] for row in rows]
+
+    def label(self, row: Row, index: dict[str, int]) -> Any:
+        """The class's head row."""
+        return index[str(row["label"])]
+
+    def metrics(self, pairs: Pairs, labels: list[str]) -> dict[str, float]:
+        """Accuracy and macro-F1 of the argmax."""
+        logits = torch.cat([p[0] for p in pairs])
+        gold = torch.cat([p[1] for p in pairs])
+        return classification_metrics(logits.argmax(-1).tolist(), gold.tolist())
+
+    def decode(
+        self,
+        logits: Outputs,
+        *,
+        labels: list[str],
+        params: dict[str, Any],
+        rows: Sequence[ServedRow],
+    ) -> list[Any]:
+        """The `top_k` best labels a row, scored by `function_to_apply` (softmax)."""
+        top_k = params.get("top_k", 1)
+        k = len(labels) if top_k is None else max(1, min(int(top_k), len(labels)))
+        function = str(params.get("function_to_apply", "softmax"))
+        values, index = apply_function(as_matrix(logits), function).topk(k, dim=-1)
         return [
-            sorted(
-                (
-                    {"label": lab, "score": p}
-                    for lab, p in zip(labels, row, strict=True)
-                    if p >= threshold
-                ),
-                key=lambda item: -float(item["score"]),
-            )
-            for row in scores
+            [{"label": labels[i], "score": s} for s, i in zip(srow, irow, strict=True)]
+            for srow, irow in zip(values.tolist(), index.tolist(), strict=True)
         ]
-    top_k = params.get("top_k", 1)
-    k = len(labels) if top_k is None else max(1, min(int(top_k), len(labels)))
-    values, index = _apply(logits, str(params.get("function_to_apply", "softmax"))).topk(k, dim=-1)
-    return [
-        [{"label": labels[i], "score": s} for s, i in zip(srow, irow, strict=True)]
-        for srow, irow in zip(values.tolist(), index.tolist(), strict=True)
-    ]
 
 
-def _apply(logits: torch.Tensor, function: str) -> torch.Tensor:
+def apply_function(logits: torch.Tensor, function: str) -> torch.Tensor:
     """The pipeline's `function_to_apply`: softmax, sigmoid, or none (raw logits)."""
     logits = logits.float()
     if function == "none":
@@ -66,26 +130,6 @@ def classification_metrics(pred: list[int], gold: list[int]) -> dict[str, float]
     }
 
 
-def multi_label_metrics(pred: np.ndarray, gold: np.ndarray) -> dict[str, float]:
-    """Micro/macro F1 and exact-match accuracy over a [rows, labels] 0/1 matrix."""
-    return {
-        "micro_f1": float(f1_score(gold, pred, average="micro", zero_division=0)),
-        "macro_f1": float(f1_score(gold, pred, average="macro", zero_division=0)),
-        "exact_match": float((pred == gold).all(axis=1).mean()),
-    }
-
-
-def regression_metrics(pred: list[float], gold: list[float]) -> dict[str, float]:
-    """Pearson and Spearman correlation, and mean squared error."""
-    p, g = np.asarray(pred, dtype=float), np.asarray(gold, dtype=float)
-    if len(p) < 2 or np.std(p) == 0 or np.std(g) == 0:
-        pearson = spearman = 0.0
-    else:
-        pearson = float(pearsonr(p, g)[0])
-        spearman = float(spearmanr(p, g)[0])
-    return {"pearson": pearson, "spearman": spearman, "mse": float(np.mean((p - g) ** 2))}
-
-
 def check_params(params: dict[str, object]) -> None:
     """Reject bad `parameters` before the request joins a batch (400 naming the field)."""
     top_k = params.get("top_k", 1)
@@ -107,9 +151,12 @@ def check_params(params: dict[str, object]) -> None:
             param="parameters.threshold",
         )
     function = params.get("function_to_apply", "softmax")
-    if function not in ("softmax", "sigmoid", "none"):
+    if function not in FUNCTIONS:
         raise bad_request(
             "invalid_parameter",
             f"function_to_apply {function!r} is not one of softmax, sigmoid, none",
             param="parameters.function_to_apply",
         )
+
+
+TASK: HeadTask = Classification()

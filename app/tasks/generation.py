@@ -8,14 +8,86 @@ the completion (and the end-of-sequence token) only.
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Sequence
 from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
 from app.errors import bad_request
+from app.tasks.base import IGNORE, Readout, Row, RowProblem, TrainableTask, show
 
-IGNORE = -100  # label of tokens that carry no loss (prompt, padding)
+__all__ = ["IGNORE", "TASK", "check_messages", "example_ids", "example_length", "prompt_ids"]
+
+NAME = "generation"
 MESSAGE_ROLES = ("system", "user", "assistant", "tool")
+METHODS = ("lora", "prefix", "auto")  # auto: lora, the one candidate
+
+
+class Generation:
+    """Rows are `{"prompt", "completion"}` or `{"messages": [...]}`; a causal LM continues."""
+
+    name = NAME
+    order = 4
+    aliases: tuple[str, ...] = ()
+    kinds: frozenset[str] = frozenset({"decoder"})
+    readout = Readout.TEXT
+    parameters: frozenset[str] = frozenset()  # sampling parameters have their own model
+    methods: tuple[str, ...] | None = METHODS
+    single_label = False
+    family = NAME
+    columns: tuple[str, ...] = ("messages", "prompt", "completion")
+    detect_rank = 1
+    primary_metric = "loss"  # validation loss on completion tokens: lower is better
+
+    def check_row(self, row: Row) -> Row:
+        """Either a conversation with an assistant turn, or a prompt and its completion."""
+        if "messages" in row:
+            if "prompt" in row or "completion" in row:
+                raise RowProblem("give either messages or prompt+completion, not both")
+            return {"messages": _training_messages(row["messages"])}
+        prompt, completion = row.get("prompt"), row.get("completion")
+        if not isinstance(prompt, str):
+            raise RowProblem(f"prompt must be a string, got {show(prompt)}")
+        if not isinstance(completion, str) or not completion.strip():
+            raise RowProblem(f"completion must be a non-empty string, got {show(completion)}")
+        return {"prompt": prompt, "completion": completion}
+
+    def claims(self, rows: Sequence[Row]) -> bool:
+        """No other task has this shape."""
+        return False
+
+    def row_labels(self, row: Row) -> list[str]:
+        """Text has no classes."""
+        return []
+
+    def head_size(self, labels: list[str]) -> int:
+        """The LM head is the base's own."""
+        return 0
+
+    def strata(self, rows: Sequence[Row]) -> list[Hashable]:
+        """One stratum."""
+        return [None] * len(rows)
+
+
+def _training_messages(messages: Any) -> list[dict[str, str]]:
+    if not isinstance(messages, list) or not messages:
+        raise RowProblem(f"messages must be a non-empty list, got {show(messages)}")
+    out = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise RowProblem(f"messages[{i}] must be an object with role and content")
+        role, content = message.get("role"), message.get("content")
+        if role not in MESSAGE_ROLES:
+            raise RowProblem(
+                f"messages[{i}].role must be one of {list(MESSAGE_ROLES)}, got {show(role)}"
+            )
+        if not isinstance(content, str):
+            raise RowProblem(f"messages[{i}].content must be a string, got {show(content)}")
+        out.append({"role": role, "content": content})
+    # Only assistant turns are learned from; a conversation without one teaches nothing.
+    if not any(m["role"] == "assistant" and m["content"].strip() for m in out):
+        raise RowProblem("messages need at least one non-empty assistant message")
+    return out
 
 
 def prompt_ids(
@@ -138,3 +210,6 @@ def _truncate(ids: list[int], labels: list[int], max_length: int) -> tuple[list[
     first_label = next((i for i, label in enumerate(labels) if label != IGNORE), len(labels))
     cut = min(overflow, first_label)
     return ids[cut:][:max_length], labels[cut:][:max_length]
+
+
+TASK: TrainableTask = Generation()

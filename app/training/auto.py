@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from app.tasks import CLASSIFICATION, GENERATION
+from app.tasks import Readout, get_task
 from app.training import evaluation
 from app.training.crossval import Pending, PhaseReporter
 from app.training.recipe import Recipe
@@ -49,9 +49,10 @@ clock = time.monotonic  # the budget's clock (tests advance their own)
 def candidates_for(plan: TrainingPlan) -> list[str]:
     """The methods `auto` tries for this plan: the probe first (seconds), then the preferred
     method for the regime (`preferred_method`), then the rest."""
-    if plan.task == GENERATION:
+    task = get_task(plan.task)
+    if task.readout is Readout.TEXT:  # lora, the one generation method auto tries
         return ["lora"]
-    if plan.task != CLASSIFICATION:
+    if not task.single_label:  # contrastive pairs need one label a row
         return ["linear_probe", "lora"]
     if preferred_method(plan) == "contrastive":
         return ["linear_probe", "contrastive", "lora"]
@@ -64,7 +65,7 @@ def preferred_method(plan: TrainingPlan) -> str:
     """What wins unless the measurements clearly say otherwise."""
     rows = len(plan.train_rows) + len(plan.validation_rows)
     few = rows / max(1, len(plan.labels)) < _FEW_SHOT_PER_CLASS
-    return "contrastive" if plan.task == CLASSIFICATION and few else "lora"
+    return "contrastive" if get_task(plan.task).single_label and few else "lora"
 
 
 def choose(

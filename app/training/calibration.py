@@ -20,13 +20,12 @@ import math
 import re
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load, save
 
-from app.tasks import CLASSIFICATION, MULTI_LABEL
+from app.tasks import HEAD_TASKS
+from app.tasks.base import Calibration
 from app.training.types import TrainingOutcome
 
-CALIBRATED_TASKS = (CLASSIFICATION, MULTI_LABEL)
 MIN_ROWS = 20  # fewer held-out rows fit a temperature to noise
 T_BOUNDS = (0.05, 20.0)
 _HEAD_KEY = re.compile(r"(^|.*\.)(classifier|score)\.(weight|bias)")
@@ -50,10 +49,15 @@ def expected_calibration_error(probs: torch.Tensor, gold: torch.Tensor, *, bins:
 
 def fit_temperature(logits: torch.Tensor, gold: torch.Tensor, *, task: str) -> float:
     """The temperature minimising held-out NLL, by a bounded search over log T."""
+    calibration = _calibration(task)
+    if calibration is None:
+        raise ValueError(f"task {task!r} has no probabilities to calibrate")
     logits, lo, hi = logits.double(), math.log(T_BOUNDS[0]), math.log(T_BOUNDS[1])
     for _ in range(60):  # golden-section search: the NLL is unimodal in log T
         a, b = hi - (hi - lo) / 1.618, lo + (hi - lo) / 1.618
-        if _nll(logits, gold, math.exp(a), task) < _nll(logits, gold, math.exp(b), task):
+        if _nll(logits, gold, math.exp(a), calibration) < _nll(
+            logits, gold, math.exp(b), calibration
+        ):
             hi = b
         else:
             lo = a
@@ -65,31 +69,34 @@ def calibrate(outcome: TrainingOutcome, *, task: str) -> TrainingOutcome:
     `ece` (after) and `ece_uncalibrated` to its metrics. Outcomes without enough held-out
     logits, or of tasks without class probabilities, come back unchanged."""
     pair = outcome.validation_logits
-    if task not in CALIBRATED_TASKS or pair is None or len(pair[1]) < MIN_ROWS:
+    calibration = _calibration(task)
+    if calibration is None or pair is None or len(pair[1]) < MIN_ROWS:
         return outcome
     logits, gold = pair[0].float(), pair[1]
     temperature = fit_temperature(logits, gold, task=task)
-    before = _ece(logits, gold, task)
-    after = _ece(logits / temperature, gold, task)
+    before = _ece(logits, gold, calibration)
+    after = _ece(logits / temperature, gold, calibration)
     outcome.files = _fold(outcome.files, temperature)
     outcome.metrics = {**outcome.metrics, "ece": after, "ece_uncalibrated": before}
     outcome.best = {**outcome.best, "temperature": round(temperature, 4)}
     return outcome
 
 
-def _nll(logits: torch.Tensor, gold: torch.Tensor, temperature: float, task: str) -> float:
-    scaled = logits / temperature
-    if task == MULTI_LABEL:
-        return float(F.binary_cross_entropy_with_logits(scaled, gold.double()))
-    return float(F.cross_entropy(scaled, gold))
+def _calibration(task: str) -> Calibration | None:
+    """The task's calibration; None for tasks whose outputs are not probabilities."""
+    found = HEAD_TASKS.get(task)  # generation has no head to fold a temperature into
+    return found.calibration if found is not None else None
 
 
-def _ece(logits: torch.Tensor, gold: torch.Tensor, task: str) -> float:
-    if task == MULTI_LABEL:  # each label a binary question: its own top label and confidence
-        p = torch.sigmoid(logits).flatten()
-        probs, truth = torch.stack([1 - p, p], dim=-1), gold.flatten().long()
-        return round(expected_calibration_error(probs, truth), 4)
-    return round(expected_calibration_error(logits.softmax(dim=-1), gold), 4)
+def _nll(
+    logits: torch.Tensor, gold: torch.Tensor, temperature: float, calibration: Calibration
+) -> float:
+    return float(calibration.loss(logits / temperature, gold, reduction="mean"))
+
+
+def _ece(logits: torch.Tensor, gold: torch.Tensor, calibration: Calibration) -> float:
+    probs, truth = calibration.confidences(logits, gold)
+    return round(expected_calibration_error(probs, truth), 4)
 
 
 def _fold(files: dict[str, bytes], temperature: float) -> dict[str, bytes]:

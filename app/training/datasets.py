@@ -26,6 +26,7 @@ from app.config import Settings
 from app.db import Database, Dataset, iso
 from app.errors import SwitchyardError, bad_request, not_found
 from app.registry.store import storage_full
+from app.tasks import CLASSIFICATION
 from app.training.rows import (
     InvalidDatasetError,
     RowError,
@@ -280,7 +281,7 @@ class DatasetService:
     def _validate(self, parsed: ParsedFile) -> tuple[str, builtins.list[dict[str, Any]]]:
         if not parsed.rows and not parsed.errors:
             raise InvalidDatasetError([], param="file", message="the file has no rows")
-        task = detect_task(parsed.rows, parsed.lines) if parsed.rows else "classification"
+        task = detect_task(parsed.rows, parsed.lines) if parsed.rows else CLASSIFICATION
         rows, errors = check_rows(parsed.rows, task, lines=parsed.lines)
         errors = sorted(parsed.errors + errors, key=lambda e: e.line)
         if errors:

@@ -1,33 +1,24 @@
 """Rows to tensors per task: tokenization, label encoding, padding into batches.
 
-Token classification labels only the first sub-token of each word (-100 elsewhere), which is
-the same rule the serving path uses to read entities back out.
+What is task-specific (tokenizing a row, encoding and collating its label) is the task's
+(app/tasks); this module batches: length-grouped order, padding, devices.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from app.tasks import MULTI_LABEL, REGRESSION, TOKEN_CLASSIFICATION
-from app.tasks.token_classification import word_starts
+from app.tasks import head_task
+from app.tasks.base import IGNORE, Example
 
-IGNORE = -100
+__all__ = ["IGNORE", "Example", "batch_order", "batches", "collate", "encode_rows", "token_lengths"]
+
 _GROUP_SPAN = 50  # batches sorted together by length
-
-
-@dataclass
-class Example:
-    """One tokenized training row."""
-
-    input_ids: list[int]
-    token_type_ids: list[int] | None
-    label: Any  # int, float, list[float] (multi-hot) or list[int] (per token)
 
 
 def encode_rows(
@@ -40,42 +31,16 @@ def encode_rows(
 ) -> list[Example]:
     """Tokenize rows and encode their labels for `task`."""
     index = {label: i for i, label in enumerate(labels)}
-    out = []
-    for row in rows:
-        if task == TOKEN_CLASSIFICATION:
-            enc = tokenizer(
-                row["tokens"], is_split_into_words=True, truncation=True, max_length=max_length
-            )
-            tags = [IGNORE] * len(enc["input_ids"])
-            word_ids = enc.word_ids()
-            for position in word_starts(word_ids):
-                tags[position] = index[row["tags"][word_ids[position]]]
-            out.append(Example(enc["input_ids"], enc.get("token_type_ids"), tags))
-            continue
-        enc = tokenizer(row["text"], row.get("text_pair"), truncation=True, max_length=max_length)
-        out.append(Example(enc["input_ids"], enc.get("token_type_ids"), _label(row, task, index)))
-    return out
-
-
-def _label(row: dict[str, Any], task: str, index: dict[str, int]) -> Any:
-    if task == REGRESSION:
-        return float(row["label"])
-    if task == MULTI_LABEL:
-        hot = [0.0] * len(index)
-        for label in row["labels"]:
-            hot[index[label]] = 1.0
-        return hot
-    return index[str(row["label"])]
+    encode = head_task(task).encode
+    return [encode(row, tokenizer, index=index, max_length=max_length) for row in rows]
 
 
 def token_lengths(
     rows: list[dict[str, Any]], tokenizer: PreTrainedTokenizerBase, *, task: str
 ) -> list[int]:
     """Untruncated token counts of a sample of rows, to pick max_length from the data."""
-    sample = rows[:2000]
-    if task == TOKEN_CLASSIFICATION:
-        return [len(tokenizer(r["tokens"], is_split_into_words=True)["input_ids"]) for r in sample]
-    return [len(tokenizer(r["text"], r.get("text_pair"))["input_ids"]) for r in sample]
+    count = head_task(task).token_count
+    return [count(row, tokenizer) for row in rows[:2000]]
 
 
 def batches(
@@ -129,22 +94,14 @@ def collate(
     ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(chunk), width), dtype=torch.long)
     types = torch.zeros((len(chunk), width), dtype=torch.long)
-    tags = torch.full((len(chunk), width), IGNORE, dtype=torch.long)
     for n, e in enumerate(chunk):
         length = len(e.input_ids)
         ids[n, :length] = torch.tensor(e.input_ids)
         mask[n, :length] = 1
         if e.token_type_ids is not None:
             types[n, :length] = torch.tensor(e.token_type_ids)
-        if task == TOKEN_CLASSIFICATION:
-            tags[n, :length] = torch.tensor(e.label)
     batch = {"input_ids": ids, "attention_mask": mask}
     if chunk[0].token_type_ids is not None:
         batch["token_type_ids"] = types
-    if task == TOKEN_CLASSIFICATION:
-        batch["labels"] = tags
-    elif task in (REGRESSION, MULTI_LABEL):
-        batch["labels"] = torch.tensor([e.label for e in chunk], dtype=torch.float32)
-    else:
-        batch["labels"] = torch.tensor([e.label for e in chunk], dtype=torch.long)
+    batch["labels"] = head_task(task).collate_labels(chunk, width)
     return {k: v.to(device) for k, v in batch.items()}

@@ -6,20 +6,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from app.tasks import MULTI_LABEL, REGRESSION, TOKEN_CLASSIFICATION
-from app.tasks.classification import classification_metrics, multi_label_metrics, regression_metrics
-from app.tasks.token_classification import entity_metrics
-from app.training.encoding import IGNORE, Example, batches
-
-_PRIMARY = {REGRESSION: "pearson", MULTI_LABEL: "micro_f1", TOKEN_CLASSIFICATION: "entity_f1"}
+from app.tasks import head_task, trainable_task
+from app.training.encoding import Example, batches
 
 
 def primary_metric(task: str) -> str:
     """The metric the best checkpoint is chosen by."""
-    return _PRIMARY.get(task, "accuracy")
+    return trainable_task(task).primary_metric
 
 
 @torch.no_grad()
@@ -114,43 +109,15 @@ def metrics_from_logits(
     pairs: list[tuple[torch.Tensor, torch.Tensor]], *, task: str, labels: list[str]
 ) -> dict[str, float]:
     """Metrics from batches of (logits, gold labels)."""
-    if task == TOKEN_CLASSIFICATION:
-        pred_tags: list[list[str]] = []
-        gold_tags: list[list[str]] = []
-        for logits, gold in pairs:
-            for row_logits, row_gold in zip(logits, gold, strict=True):
-                keep = row_gold != IGNORE
-                pred_tags.append([labels[i] for i in row_logits[keep].argmax(-1).tolist()])
-                gold_tags.append([labels[i] for i in row_gold[keep].tolist()])
-        return entity_metrics(pred_tags, gold_tags)
-    logits = torch.cat([p[0] for p in pairs])
-    gold = torch.cat([p[1] for p in pairs])
-    if task == REGRESSION:
-        return regression_metrics(logits[:, 0].tolist(), gold.tolist())
-    if task == MULTI_LABEL:
-        pred = (torch.sigmoid(logits) >= 0.5).int().numpy()
-        return multi_label_metrics(pred, gold.int().numpy())
-    return classification_metrics(logits.argmax(-1).tolist(), gold.tolist())
+    return head_task(task).metrics(pairs, labels)
 
 
 def mean_loss(pairs: list[tuple[torch.Tensor, torch.Tensor]], *, task: str) -> float:
     """The task's training loss over batches of (logits, gold): what selection compares when
     accuracy moves in steps too coarse to rank checkpoints."""
+    objective = head_task(task).objective
     total, count = 0.0, 0
     for logits, gold in pairs:
-        if task == TOKEN_CLASSIFICATION:
-            value = F.cross_entropy(
-                logits.flatten(0, 1), gold.flatten(), ignore_index=IGNORE, reduction="sum"
-            )
-            n = int((gold != IGNORE).sum())
-        elif task == REGRESSION:
-            value = F.mse_loss(logits[:, 0], gold.float(), reduction="sum")
-            n = len(gold)
-        elif task == MULTI_LABEL:
-            value = F.binary_cross_entropy_with_logits(logits, gold.float(), reduction="sum")
-            n = gold.numel()
-        else:
-            value = F.cross_entropy(logits, gold, reduction="sum")
-            n = len(gold)
-        total, count = total + float(value), count + n
+        value = objective.loss(logits, gold, reduction="sum")
+        total, count = total + float(value), count + objective.count(gold)
     return total / max(count, 1)

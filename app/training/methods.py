@@ -16,13 +16,12 @@ from torch import nn
 
 from app.base import FrozenBase
 from app.errors import bad_request
-from app.tasks import TOKEN_CLASSIFICATION
+from app.tasks import Readout, get_task
 from app.training.encoding import IGNORE
 from app.training.hyperparameters import Hyperparameters
-from app.training.prefix import PrefixModel
 
-# Pieces below this id are special or unused in BERT vocabularies (see prefix.py).
-_FIRST_WORD_ID = 1000
+# Pieces below this id are special or unused in BERT vocabularies (one definition, prefix.py).
+from app.training.prefix import _FIRST_WORD_ID, PrefixModel
 
 
 class PromptTokenModel(nn.Module):
@@ -66,7 +65,8 @@ def wrap(
     (app/training/targets.py); PEFT gets them rather than the user's pattern, so it never runs
     a user's regular expression itself.
     """
-    task_type = TaskType.TOKEN_CLS if task == TOKEN_CLASSIFICATION else TaskType.SEQ_CLS
+    per_token = get_task(task).readout is Readout.TOKENS
+    task_type = TaskType.TOKEN_CLS if per_token else TaskType.SEQ_CLS
     if method == "lora":
         config: Any = LoraConfig(
             task_type=task_type,

@@ -12,7 +12,7 @@ from typing import Any
 
 from app.errors import SwitchyardError, bad_request
 from app.registry.store import check_name
-from app.tasks import CLASSIFICATION, canonical_task, head_rows
+from app.tasks import canonical_task, get_task, head_rows
 from app.training.datasets import DatasetService
 from app.training.rows import derive_labels, detect_task, label_counts, validate_rows
 from app.training.split import holdout_split
@@ -154,7 +154,7 @@ def _check_labels(rows: Rows, task: str, labels: list[str], param: str) -> None:
     except SwitchyardError as exc:
         exc.param = param
         raise
-    if task != CLASSIFICATION:
+    if not get_task(task).single_label:
         return
     small = {k: n for k, n in label_counts(rows, task).items() if n < MIN_ROWS_PER_CLASS}
     if small:

@@ -21,15 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from app.base import FrozenBase
 from app.runtime.batch import pool
-from app.tasks import CLASSIFICATION, MULTI_LABEL, REGRESSION
+from app.tasks import Readout, get_task, head_task
 
-SEQUENCE_TASKS = (CLASSIFICATION, MULTI_LABEL, REGRESSION)
 _POOLED_METHODS = ("lora", "ia3", "contrastive")
 
 POOLING = "mean"
@@ -51,6 +49,7 @@ class PooledHeadModel(nn.Module):
         wrapped: Any = peft
         view: Any = wrapped.base_model.model
         self.task = task
+        self._objective = head_task(task).objective
         self._backbone_name = backbone
         config = view.config
         rate = getattr(config, "classifier_dropout", None)
@@ -84,7 +83,8 @@ class PooledHeadModel(nn.Module):
     ) -> SequenceClassifierOutput:
         """Logits of the head on the pooled features, and the task's loss when labelled."""
         logits = self.head(self.dropout(self.embed(**batch)))
-        loss = None if labels is None else _loss(logits, labels, self.task)
+        # The task's loss is transformers' own for its problem type.
+        loss = None if labels is None else self._objective.loss(logits, labels, reduction="mean")
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
     def save_pretrained(self, folder: str) -> None:
@@ -98,7 +98,8 @@ def reads_pooled(base: FrozenBase, *, task: str, method: str) -> bool:
     """Whether a trained adapter of `method` for `task` on `base` gets a mean-pooled head:
     LoRA and IA3 on an encoder, for sequence-level tasks. Prompt and prefix tuning keep the
     pooler, which reads their first virtual token (their prompts start from [CLS])."""
-    return base.kind == "encoder" and task in SEQUENCE_TASKS and method in _POOLED_METHODS
+    pooled = get_task(task).readout is Readout.POOLED  # token heads read every token
+    return base.kind == "encoder" and pooled and method in _POOLED_METHODS
 
 
 def mark_pooled(config_path: Path, **extra: Any) -> None:
@@ -106,12 +107,3 @@ def mark_pooled(config_path: Path, **extra: Any) -> None:
     config = json.loads(config_path.read_text())
     config.update({"layers": list(LAYERS), "pooling": POOLING, **extra})
     config_path.write_text(json.dumps(config, indent=2))
-
-
-def _loss(logits: torch.Tensor, labels: torch.Tensor, task: str) -> torch.Tensor:
-    # The same losses transformers' sequence-classification heads use for these problem types.
-    if task == REGRESSION:
-        return F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype))
-    if task == MULTI_LABEL:
-        return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
-    return F.cross_entropy(logits, labels)

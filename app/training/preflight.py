@@ -13,13 +13,13 @@ from dataclasses import dataclass
 
 from app.base import FrozenBase
 from app.errors import bad_request
-from app.tasks import CLASSIFICATION, GENERATION
+from app.tasks import check_base
+from app.tasks.generation import METHODS as GENERATION_METHODS  # noqa: F401  (re-exported)
 from app.training.hyperparameters import Hyperparameters, parse_hyperparameters
 from app.training.targets import resolve_targets
 from app.training.types import TrainingPlan
 from app.untrusted import check_tree
 
-GENERATION_METHODS = ("lora", "prefix", "auto")  # auto: lora, the one candidate
 _MIN_TEXT_TOKENS = 8  # the schema's least max_length
 
 
@@ -57,22 +57,14 @@ def preflight(plan: TrainingPlan, *, base: FrozenBase, max_rank: int, max_tokens
 
 
 def _check_task_and_method(base: FrozenBase, task: str, method: str) -> None:
-    if base.kind == "decoder" and task != GENERATION:
-        raise bad_request(
-            "unsupported_task",
-            f"task {task!r} needs an encoder base; this one is a decoder",
-            param="task",
-        )
-    if base.kind != "decoder" and task == GENERATION:
-        raise bad_request("unsupported_task", "generation needs a decoder base", param="task")
-    if task == GENERATION and method not in GENERATION_METHODS:
+    found = check_base(task, base.kind)
+    if found.methods is not None and method not in found.methods:
         raise bad_request(
             "unsupported_method",
-            f"method {method!r} cannot train task generation; use one of "
-            f"{list(GENERATION_METHODS)}",
+            f"method {method!r} cannot train task {found.name}; use one of {list(found.methods)}",
             param="method",
         )
-    if method == "contrastive" and task != CLASSIFICATION:
+    if method == "contrastive" and not found.single_label:
         # Pairs are "same label or not": that needs exactly one label a row.
         raise bad_request(
             "unsupported_task",

@@ -16,7 +16,7 @@ from torch import nn
 
 from app.base import FrozenBase
 from app.registry.probe_format import probe_files
-from app.tasks import MULTI_LABEL, REGRESSION, TOKEN_CLASSIFICATION
+from app.tasks import TOKEN_CLASSIFICATION, Readout, head_task
 from app.training import evaluation
 from app.training.encoding import IGNORE, Example, batch_order, collate
 from app.training.heads import Tick, choose_c, fit_head
@@ -147,7 +147,7 @@ def init_head(
     backbone = getattr(view, base.prefix)
     pad = int(base.tokenizer.pad_token_id or 0)
     head: Any = view.classifier
-    if task == TOKEN_CLASSIFICATION:
+    if _per_token(task):
         sample = _sample(examples, _INIT_SENTENCES, hp.seed)
         x, y = token_features(backbone, sample, device=base.device, pad_id=pad, tick=tick)
     else:
@@ -163,7 +163,7 @@ def init_head(
             tick=tick,
         )
         y = np.asarray([e.label for e in sample])
-    if task != REGRESSION and task != MULTI_LABEL and len(np.unique(y)) < 2:
+    if not head_task(task).objective.separable(y):
         return  # one class only: nothing to separate, keep the random head
     rows = head.out_features
     # Too few rows to hold any out: a strong prior rather than a noisy choice.
@@ -171,6 +171,11 @@ def init_head(
     weight, bias = fit_head(x, y, task=task, rows=rows, c=c, tick=tick)
     head.weight.data.copy_(torch.as_tensor(weight, dtype=head.weight.dtype))
     head.bias.data.copy_(torch.as_tensor(bias, dtype=head.bias.dtype))
+
+
+def _per_token(task: str) -> bool:
+    """Token tasks fit their head on every labelled token, not on a vector a row."""
+    return head_task(task).readout is Readout.TOKENS
 
 
 def _sample(examples: list[Example], limit: int, seed: int) -> list[Example]:
@@ -185,9 +190,7 @@ def train_probe(recipe: Recipe, *, rule: Rule, reporter: TrainingReporter) -> Tr
     validation rows, or by k-fold cross-validation over all rows when `rule` says so (then
     the head is fitted on all of them)."""
     plan, base, hp, tick = recipe.plan, recipe.base, recipe.hp, recipe.tick
-    folds = (
-        rule.folds if rule.name == "cross_validation" and plan.task != TOKEN_CLASSIFICATION else 0
-    )
+    folds = rule.folds if rule.name == "cross_validation" and not _per_token(plan.task) else 0
     train_rows = plan.train_rows + plan.validation_rows if folds else plan.train_rows
     train = recipe.encode(train_rows)
     val = [] if folds else recipe.encode(plan.validation_rows)
@@ -198,7 +201,7 @@ def train_probe(recipe: Recipe, *, rule: Rule, reporter: TrainingReporter) -> Tr
             plan, base, hp, candidates[-1], backbone, train, val, tick
         )
     width = x_train.shape[1] // len(candidates[-1])  # features per layer
-    rows = 1 if plan.task == REGRESSION else len(plan.labels)
+    rows = head_task(plan.task).head_size(plan.labels)
 
     def judge(x: np.ndarray, c: float) -> Judged:
         if folds:  # the head is fitted on all rows once chosen
@@ -274,7 +277,7 @@ def _layer_candidates(task: str, hp: Hyperparameters, base: FrozenBase) -> list[
     """The user's layers, else the last layer and the last few concatenated (one more point
     on SST-2 at 2,000 rows). Token features of four layers would not fit in memory on big
     data, so token classification keeps the last layer."""
-    if "layers" in hp.model_fields_set or task == TOKEN_CLASSIFICATION:
+    if "layers" in hp.model_fields_set or _per_token(task):
         return [hp.layers]
     states = int(getattr(base.config, "num_hidden_layers", 1)) + 1  # with the embeddings
     deep = [-i for i in range(1, min(_PROBE_LAYERS, states) + 1)]
@@ -325,22 +328,9 @@ def _probe_data(
 ) -> tuple[np.ndarray, np.ndarray, Scorer]:
     """Training features of `layers` and targets, and how a head fitted on (the first columns
     of) them scores on validation."""
+    if _per_token(plan.task):
+        return _token_probe_data(plan, base, layers, backbone, train, val, tick)
     pad = int(base.tokenizer.pad_token_id or 0)
-    if plan.task == TOKEN_CLASSIFICATION:
-        x, y = token_features(
-            backbone, train, device=base.device, pad_id=pad, layers=layers, tick=tick
-        )
-        val_batches = token_batches(
-            backbone, val, device=base.device, pad_id=pad, layers=layers, tick=tick
-        )
-
-        def score_tokens(weight: np.ndarray, bias: np.ndarray) -> tuple[dict[str, float], None]:
-            w = torch.as_tensor(weight, dtype=torch.float32)
-            b = torch.as_tensor(bias, dtype=torch.float32)
-            pairs = [(feats[..., : w.shape[1]] @ w.t() + b, tags) for feats, tags in val_batches]
-            return evaluation.metrics_from_logits(pairs, task=plan.task, labels=plan.labels), None
-
-        return x, y, score_tokens
     x_train, x_val = [
         sentence_features(
             backbone,
@@ -364,3 +354,28 @@ def _probe_data(
         return evaluation.metrics_from_logits([pair], task=plan.task, labels=plan.labels), pair
 
     return x_train, np.asarray([e.label for e in train]), score
+
+
+def _token_probe_data(
+    plan: TrainingPlan,
+    base: FrozenBase,
+    layers: list[int],
+    backbone: nn.Module,
+    train: list[Example],
+    val: list[Example],
+    tick: Tick,
+) -> tuple[np.ndarray, np.ndarray, Scorer]:
+    """`_probe_data` of a token task: features and tags of every labelled token."""
+    pad = int(base.tokenizer.pad_token_id or 0)
+    x, y = token_features(backbone, train, device=base.device, pad_id=pad, layers=layers, tick=tick)
+    val_batches = token_batches(
+        backbone, val, device=base.device, pad_id=pad, layers=layers, tick=tick
+    )
+
+    def score_tokens(weight: np.ndarray, bias: np.ndarray) -> tuple[dict[str, float], None]:
+        w = torch.as_tensor(weight, dtype=torch.float32)
+        b = torch.as_tensor(bias, dtype=torch.float32)
+        pairs = [(feats[..., : w.shape[1]] @ w.t() + b, tags) for feats, tags in val_batches]
+        return evaluation.metrics_from_logits(pairs, task=plan.task, labels=plan.labels), None
+
+    return x, y, score_tokens

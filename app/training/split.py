@@ -9,16 +9,15 @@ evaluation stays cheap on big datasets.
 from __future__ import annotations
 
 import random
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Hashable, Sequence
 from typing import Any
 
-from app.tasks import CLASSIFICATION, MULTI_LABEL, REGRESSION
+from app.tasks import trainable_task
 
 HOLDOUT_FRACTION = 0.1
 MAX_HOLDOUT_ROWS = 2000
 SPLIT_SEED = 1234
-_REGRESSION_BINS = 10
 # A class gives up a row for validation only if it keeps this many for training.
 _MIN_TRAIN_PER_CLASS = 2
 
@@ -73,27 +72,9 @@ def _trim(shares: dict[Hashable, int], max_rows: int) -> None:
 def strata(rows: Sequence[Row], task: str) -> dict[Hashable, list[int]]:
     """Row indices by stratum: the label, a multi-label row's rarest label, a score's bin."""
     groups: dict[Hashable, list[int]] = defaultdict(list)
-    for index, key in enumerate(_keys(rows, task)):
+    for index, key in enumerate(trainable_task(task).strata(rows)):
         groups[key].append(index)
     return groups
-
-
-def _keys(rows: Sequence[Row], task: str) -> list[Hashable]:
-    if task == CLASSIFICATION:
-        return [row["label"] for row in rows]
-    if task == MULTI_LABEL:
-        # A row stands for its rarest label, so rare labels reach validation too.
-        counts = Counter(label for row in rows for label in row["labels"])
-        return [min(row["labels"], key=lambda x: (counts[x], x), default="") for row in rows]
-    if task == REGRESSION:
-        # Quantile bins of the target: validation covers the low, middle and high scores.
-        order = sorted(range(len(rows)), key=lambda i: float(rows[i]["label"]))
-        bins = min(_REGRESSION_BINS, max(1, len(rows) // 10))
-        keys: list[Hashable] = [0] * len(rows)
-        for rank, index in enumerate(order):
-            keys[index] = rank * bins // len(rows)
-        return keys
-    return [None] * len(rows)
 
 
 def fold_indices(

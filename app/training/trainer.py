@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from app.base import FrozenBase
-from app.tasks import GENERATION
+from app.tasks import Readout, get_task
 from app.training import evaluation, probe
 from app.training.auto import AUTO, train_auto
 from app.training.calibration import calibrate
@@ -48,7 +48,7 @@ def train(
         # The submit-time dry run again, on the same base: the same checks, the same targets.
         setup = preflight(plan, base=base, max_rank=max_rank, max_tokens=max_tokens)
         tick = Ticker(cancel, pause)
-        if plan.task == GENERATION:  # causal-LM loss on completions: its own objective
+        if get_task(plan.task).readout is Readout.TEXT:  # causal-LM loss: its own objective
             return train_generation(
                 replace(plan, method="lora") if plan.method == AUTO else plan,
                 base=base,

@@ -21,16 +21,17 @@ from transformers import (
 
 from app.base import FrozenBase
 from app.errors import bad_request
-from app.tasks import GENERATION, REGRESSION, TOKEN_CLASSIFICATION
+from app.tasks import HEAD_TASKS, Readout, check_base
 
 
 def build_view(base: FrozenBase, *, task: str, num_labels: int) -> PreTrainedModel:
     """The task model (`BertForSequenceClassification`, ...) over the base's own tensors."""
     config = base.config.__class__.from_dict(base.config.to_dict())
     config.num_labels = max(num_labels, 1)
-    if task == REGRESSION:
-        config.problem_type = "regression"
     factory = _factory(base, task)
+    head = HEAD_TASKS.get(task)  # None for generation: the causal LM's head is the base's
+    if head is not None and head.objective.problem_type is not None:
+        config.problem_type = head.objective.problem_type
     with torch.device("meta"):
         view = factory.from_config(config)
     prefix = "" if base.kind == "decoder" else base.prefix + "."
@@ -53,22 +54,18 @@ def build_view(base: FrozenBase, *, task: str, num_labels: int) -> PreTrainedMod
     return view
 
 
+_FACTORIES: dict[Readout, Any] = {
+    Readout.TEXT: AutoModelForCausalLM,
+    Readout.TOKENS: AutoModelForTokenClassification,
+    Readout.POOLED: AutoModelForSequenceClassification,
+}
+
+
 def _factory(base: FrozenBase, task: str) -> Any:
-    if base.kind == "decoder":
-        if task != GENERATION:
-            raise bad_request(
-                "unsupported_task",
-                f"task {task!r} needs an encoder base; this one is a decoder",
-                param="task",
-            )
-        return AutoModelForCausalLM
-    if task == GENERATION:
-        raise bad_request("unsupported_task", "generation needs a decoder base", param="task")
-    return (
-        AutoModelForTokenClassification
-        if task == TOKEN_CLASSIFICATION
-        else (AutoModelForSequenceClassification)
-    )
+    readout = check_base(task, base.kind).readout
+    if readout not in _FACTORIES:
+        raise bad_request("unsupported_task", f"task {task!r} is not trained", param="task")
+    return _FACTORIES[readout]
 
 
 def _buffers(base: FrozenBase, prefix: str) -> dict[str, torch.Tensor]:

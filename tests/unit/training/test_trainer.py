@@ -17,6 +17,7 @@ from torch import nn
 from app.base import FrozenBase
 from app.errors import SwitchyardError
 from app.registry.store import CONFIG_FILE, WEIGHTS_FILE
+from app.tasks import objectives
 from app.training import evaluation, heads
 from app.training.encoding import encode_rows
 from app.training.hyperparameters import Hyperparameters, fill_defaults
@@ -192,7 +193,7 @@ def test_cancel_lands_inside_an_evaluation(
 
 
 def test_cancel_lands_between_solver_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(heads, "_LBFGS_CHUNK", 2)  # a fit of more than two iterations
+    monkeypatch.setattr(objectives, "_LBFGS_CHUNK", 2)  # a fit of more than two iterations
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(200, 16)), rng.integers(0, 3, size=200)
     ticks: list[int] = []

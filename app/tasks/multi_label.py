@@ -8,7 +8,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.metrics import f1_score
 
 from app.tasks.base import (
     Calibration,
@@ -112,6 +111,10 @@ class MultiLabel(SequenceTask):
 
 def multi_label_metrics(pred: np.ndarray, gold: np.ndarray) -> dict[str, float]:
     """Micro/macro F1 and exact-match accuracy over a [rows, labels] 0/1 matrix."""
+    # Imported here: scikit-learn takes seconds to load, and the registry and the routes
+    # import the tasks without ever scoring or fitting.
+    from sklearn.metrics import f1_score
+
     return {
         "micro_f1": float(f1_score(gold, pred, average="micro", zero_division=0)),
         "macro_f1": float(f1_score(gold, pred, average="macro", zero_division=0)),

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression, Ridge
 
 from app.tasks.base import IGNORE, ProblemType
+
+if TYPE_CHECKING:
+    from sklearn.linear_model import LogisticRegression
 
 Tick = Callable[[], None]  # raises when the job is cancelled; yields to queued requests
 Head = tuple[np.ndarray, np.ndarray]  # weight [rows, features], bias [rows]
@@ -131,6 +133,8 @@ class Score:
 
     def fit(self, x: np.ndarray, y: np.ndarray, *, rows: int, c: float, tick: Tick) -> Head:
         """Ridge regression, its strength the inverse of `c`."""
+        from sklearn.linear_model import Ridge  # see `logistic`: loaded when a head is fitted
+
         ridge = Ridge(alpha=1.0 / c).fit(x, y)
         return ridge.coef_.reshape(1, -1), np.atleast_1d(ridge.intercept_)
 
@@ -141,6 +145,11 @@ class Score:
 
 def logistic(x: np.ndarray, y: np.ndarray, *, c: float, tick: Tick) -> LogisticRegression:
     """L-BFGS in warm-started chunks, checking for a cancel between them."""
+    # Imported here: scikit-learn takes seconds to load, and the registry and the routes
+    # import the tasks without ever scoring or fitting.
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+
     model = LogisticRegression(C=c, max_iter=_LBFGS_CHUNK, warm_start=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # a chunk is not meant to converge

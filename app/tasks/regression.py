@@ -8,7 +8,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy.stats import pearsonr, spearmanr
 
 from app.tasks import classification
 from app.tasks.base import (
@@ -106,6 +105,9 @@ class Regression(SequenceTask):
 
 def regression_metrics(pred: list[float], gold: list[float]) -> dict[str, float]:
     """Pearson and Spearman correlation, and mean squared error."""
+    # Imported here: like scikit-learn, scipy.stats is slow to load for tasks never scored.
+    from scipy.stats import pearsonr, spearmanr
+
     p, g = np.asarray(pred, dtype=float), np.asarray(gold, dtype=float)
     if len(p) < 2 or np.std(p) == 0 or np.std(g) == 0:
         pearson = spearman = 0.0

@@ -11,7 +11,6 @@ from collections.abc import Hashable, Sequence
 from typing import Any
 
 import torch
-from seqeval.metrics import f1_score, precision_score, recall_score
 from transformers import PreTrainedTokenizerBase
 
 from app.tasks.base import (
@@ -204,6 +203,9 @@ def _word_spans(
 
 def entity_metrics(pred: list[list[str]], gold: list[list[str]]) -> dict[str, float]:
     """Entity-level precision, recall and F1 (seqeval, CoNLL rules)."""
+    # Imported here: seqeval loads scikit-learn, seconds for tasks never scored.
+    from seqeval.metrics import f1_score, precision_score, recall_score
+
     return {
         "entity_f1": float(f1_score(gold, pred, zero_division=0)),
         "precision": float(precision_score(gold, pred, zero_division=0)),

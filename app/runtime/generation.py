@@ -20,6 +20,7 @@ import torch
 
 from app.base import FrozenBase
 from app.errors import SwitchyardError, bad_request
+from app.methods import decoder_methods
 from app.registry.weights import AdapterWeights
 from app.runtime.cache import AdapterCache, Key, Resident
 from app.runtime.decode_batch import KVBatch, Prefix, prefill_inputs
@@ -33,7 +34,7 @@ from app.runtime.sampling import (
 )
 from app.tasks.generation import prompt_ids
 
-SERVABLE_METHODS = ("lora", "prefix")
+SERVABLE_METHODS = decoder_methods(stored=True)
 
 
 class DecoderLayerSet(LayerSet):
@@ -231,7 +232,7 @@ class GenerationEngine:
                 f"{list(SERVABLE_METHODS)}",
                 param="name",
             )
-        if weights.method == "prefix":
+        if weights.prefix:  # a prefix adapter: its keys/values go in front of the KV cache
             job.prefix = torch.stack([torch.stack(kv) for kv in weights.prefix]).to(
                 device=self.base.device, dtype=self.base.dtype
             )

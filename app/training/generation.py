@@ -19,10 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from peft import LoraConfig, PeftModel, PrefixTuningConfig, TaskType, get_peft_model
+from peft import PeftModel
 from torch import nn
 
 from app.base import FrozenBase
+from app.errors import bad_request
+from app.methods import METHODS as ALL_METHODS
 from app.tasks import GENERATION
 from app.tasks.generation import IGNORE, example_ids, example_length
 from app.training.hyperparameters import Hyperparameters, fill_defaults
@@ -87,21 +89,14 @@ def wrap(
 ) -> PeftModel:
     """PEFT's causal-LM model for the method, over the shared view; `targets` as resolved
     by the dry run (app/training/targets.py)."""
-    config: LoraConfig | PrefixTuningConfig
-    if method == "lora":
-        config = LoraConfig(
-            task_type=TaskType.CAUSAL_LM,
-            r=hp.rank,
-            lora_alpha=hp.alpha or 2 * hp.rank,  # type: ignore[arg-type]
-            lora_dropout=hp.dropout,
-            target_modules=targets if targets is not None else hp.target_modules,
+    causal = ALL_METHODS[method].causal
+    if causal is None:
+        raise bad_request(
+            "unsupported_method",
+            f"method {method!r} cannot train task generation; use one of {list(METHODS)}",
+            param="method",
         )
-    else:
-        # No projection MLP: the registry and the runtime take the key/values as they are.
-        config = PrefixTuningConfig(
-            task_type=TaskType.CAUSAL_LM, num_virtual_tokens=hp.num_virtual_tokens
-        )
-    return get_peft_model(view, config)
+    return causal.causal_lm(view, hp, targets=targets)
 
 
 def batches(

@@ -26,11 +26,11 @@ from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from app.base import FrozenBase
+from app.methods import METHODS
 from app.runtime.batch import pool
 from app.tasks import CLASSIFICATION, MULTI_LABEL, REGRESSION
 
 SEQUENCE_TASKS = (CLASSIFICATION, MULTI_LABEL, REGRESSION)
-_POOLED_METHODS = ("lora", "ia3", "contrastive")
 
 POOLING = "mean"
 LAYERS = [-1]
@@ -98,7 +98,7 @@ def reads_pooled(base: FrozenBase, *, task: str, method: str) -> bool:
     """Whether a trained adapter of `method` for `task` on `base` gets a mean-pooled head:
     LoRA and IA3 on an encoder, for sequence-level tasks. Prompt and prefix tuning keep the
     pooler, which reads their first virtual token (their prompts start from [CLS])."""
-    return base.kind == "encoder" and task in SEQUENCE_TASKS and method in _POOLED_METHODS
+    return base.kind == "encoder" and task in SEQUENCE_TASKS and METHODS[method].traits.pooled_head
 
 
 def mark_pooled(config_path: Path, **extra: Any) -> None:

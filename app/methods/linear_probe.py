@@ -1,0 +1,48 @@
+"""`method: "linear_probe"`: a head on pooled hidden states of the frozen base, nothing else.
+
+Files: a LoRA config in PEFT's clothes, marked `"switchyard_method": "linear_probe"`, whose
+only trained part is the head, plus one all-zero LoRA pair so that PEFT loads it
+(app/registry/probe_format.py); probes stored before that format (`peft_type: LINEAR_PROBE`,
+the head only) still load. Served without a slot: the head reads `features.pooled(layers,
+pooling)` of the base's forward. Trained by a run of its own (app/training/probe.py), encoders
+only.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+
+from app.base import FrozenBase
+from app.methods.base import AdapterWeights, Entry, Traits, read_pooled, spec
+from app.registry.probe_format import ProbeSpec, check_probe_body, is_probe_in_lora
+
+
+class ProbeConfigSpec(ProbeSpec):
+    """How probes were stored before they loaded in PEFT."""
+
+    peft_type: Literal["LINEAR_PROBE"]
+
+
+class ProbeFiles:
+    """A probe's files, either format."""
+
+    peft_type = "LINEAR_PROBE"
+
+    def parse(
+        self,
+        config: dict[str, Any],
+        body: dict[str, torch.Tensor],
+        base: FrozenBase,
+        weights: AdapterWeights,
+        *,
+        max_rank: int,
+    ) -> int:
+        """Check a probe's layers; returns how many layers its head concatenates."""
+        probe: ProbeSpec = spec(ProbeSpec if is_probe_in_lora(config) else ProbeConfigSpec, config)
+        check_probe_body(body)
+        return read_pooled(probe, base, weights)
+
+
+LINEAR_PROBE = Entry(name="linear_probe", traits=Traits(head_only=True), files=ProbeFiles())

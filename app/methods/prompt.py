@@ -1,0 +1,141 @@
+"""`method: "prompt"`: learned input embeddings in front of each row (PEFT's prompt tuning).
+
+Files: PEFT's `PROMPT_TUNING` config and one `prompt_embeddings` [virtual, hidden] tensor.
+Served by the per-slot virtual-token table of app/runtime/prompts.py (`VirtualTable`,
+`prompt_embeddings`). Trained as PEFT's own model, encoders only; its virtual tokens take the
+base's positions, so they shorten the longest text a job can take.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+import torch.nn.functional as F
+from peft import PeftModel, PromptTuningConfig, TaskType, get_peft_model
+from pydantic import Field
+from torch import nn
+
+from app.base import FrozenBase
+from app.methods.base import (
+    WEIGHTS,
+    AdapterWeights,
+    Entry,
+    StrictSpec,
+    Traits,
+    spec,
+    task_type,
+    virtual,
+)
+from app.registry.finite import as_float32
+from app.training.encoding import IGNORE
+
+if TYPE_CHECKING:
+    from app.training.hyperparameters import Hyperparameters
+
+# Pieces below this id are special or unused in BERT vocabularies (see app/training/prefix.py).
+_FIRST_WORD_ID = 1000
+
+
+class PromptConfigSpec(StrictSpec):
+    """The fields of PEFT's PromptTuningConfig that serving acts on."""
+
+    peft_type: Literal["PROMPT_TUNING"]
+    num_virtual_tokens: int = Field(ge=1, le=1024)
+
+
+class PromptFiles:
+    """PEFT's PROMPT_TUNING files."""
+
+    peft_type = "PROMPT_TUNING"
+
+    def parse(
+        self,
+        config: dict[str, Any],
+        body: dict[str, torch.Tensor],
+        base: FrozenBase,
+        weights: AdapterWeights,
+        *,
+        max_rank: int,
+    ) -> int:
+        """The one `prompt_embeddings` tensor, [virtual, hidden] for this base."""
+        prompt: PromptConfigSpec = spec(PromptConfigSpec, config)
+        emb = virtual(body, prompt.num_virtual_tokens, base.hidden_size)
+        weights.prompt = as_float32(
+            emb, runtime_dtype=base.dtype, what="prompt_embeddings", param=WEIGHTS
+        )
+        return 1
+
+
+class PromptTokenModel(nn.Module):
+    """Prompt tuning for token classification: PEFT's logits include the virtual positions.
+
+    Labels get `virtual` ignored positions in front, and logits lose them, so the loop, the
+    evaluation and the served outputs all see one logit row per real token.
+    """
+
+    def __init__(self, peft: PeftModel, virtual: int) -> None:
+        super().__init__()
+        self.peft = peft
+        self.virtual = virtual
+
+    def forward(self, labels: torch.Tensor | None = None, **batch: torch.Tensor) -> Any:
+        if labels is not None:
+            labels = F.pad(labels, (self.virtual, 0), value=IGNORE)
+        out = self.peft(labels=labels, **batch)
+        out.logits = out.logits[:, self.virtual :]
+        return out
+
+    def save_pretrained(self, folder: str) -> None:
+        self.peft.save_pretrained(folder)
+
+
+class PromptTrainer:
+    """PEFT's prompt tuning, its prompt started from real word embeddings."""
+
+    def wrap(
+        self,
+        view: nn.Module,
+        hp: Hyperparameters,
+        *,
+        task: str,
+        base: FrozenBase,
+        targets: list[str] | None,
+    ) -> nn.Module:
+        """PEFT's prompt-tuning model over an encoder view (virtual positions cut off the
+        logits for token classification)."""
+        kind = task_type(task)
+        count = hp.num_virtual_tokens
+        config = PromptTuningConfig(task_type=kind, num_virtual_tokens=count)
+        model: Any = get_peft_model(view, config)
+        _init_prompt(
+            model.prompt_encoder[model.active_adapter].embedding.weight, view, base, seed=hp.seed
+        )
+        return PromptTokenModel(model, count) if kind == TaskType.TOKEN_CLS else model
+
+
+@torch.no_grad()
+def _init_prompt(prompt: torch.Tensor, view: nn.Module, base: FrozenBase, *, seed: int) -> None:
+    """Start from real embeddings: [CLS] first, then random words.
+
+    The pooler reads the first virtual token; as [CLS] at position 0 it is what the LP-FT head
+    was fitted on, so training starts near the probe instead of from a random read-out.
+    """
+    model: Any = view
+    words: torch.Tensor = model.get_input_embeddings().weight
+    vocab = words.shape[0]
+    generator = torch.Generator().manual_seed(seed)
+    low = _FIRST_WORD_ID if vocab > 2 * _FIRST_WORD_ID else 0
+    ids = torch.randint(low, vocab, (prompt.shape[0],), generator=generator)
+    cls = base.tokenizer.cls_token_id
+    if cls is not None:
+        ids[0] = int(cls)
+    prompt.copy_(words[ids.to(words.device)].to(prompt.dtype))
+
+
+PROMPT = Entry(
+    name="prompt",
+    traits=Traits(virtual_positions=True),
+    files=PromptFiles(),
+    trainer=PromptTrainer(),
+)

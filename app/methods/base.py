@@ -86,6 +86,11 @@ class Traits:
     checkpointable: bool = True
     # A training-only method writes another method's files, marked with its own name.
     stored_as: str | None = None
+    # The learning rate a job trains at unless given one, and the fewest optimizer steps a run
+    # should take: new parameters on a frozen model (prompt, prefix) start far from useful and
+    # need more steps than LoRA or IA3, whose untrained state is the base itself.
+    learning_rate: float = 1e-3
+    min_steps: int = 300
 
 
 class Files(Protocol):

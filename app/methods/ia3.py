@@ -123,4 +123,9 @@ def _config(hp: Hyperparameters, task: TaskType, resolved: list[str] | None) -> 
     )
 
 
-IA3 = Entry(name="ia3", traits=Traits(pooled_head=True), files=IA3Files(), trainer=IA3Trainer())
+IA3 = Entry(
+    name="ia3",
+    traits=Traits(pooled_head=True, learning_rate=3e-3),
+    files=IA3Files(),
+    trainer=IA3Trainer(),
+)

@@ -45,4 +45,6 @@ class ProbeFiles:
         return read_pooled(probe, base, weights)
 
 
-LINEAR_PROBE = Entry(name="linear_probe", traits=Traits(head_only=True), files=ProbeFiles())
+LINEAR_PROBE = Entry(
+    name="linear_probe", traits=Traits(head_only=True, learning_rate=3e-3), files=ProbeFiles()
+)

@@ -118,7 +118,7 @@ PREFIX = Entry(
     name="prefix",
     # Its attention reads the batch's prefixes from a router cleared once the forward returns,
     # so recomputing a layer in the backward pass would miss them.
-    traits=Traits(bases=ANY_BASE, checkpointable=False),
+    traits=Traits(bases=ANY_BASE, checkpointable=False, learning_rate=1e-2, min_steps=600),
     files=PrefixFiles(),
     trainer=PrefixTrainer(),
     causal=PrefixTrainer(),

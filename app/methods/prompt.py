@@ -135,7 +135,7 @@ def _init_prompt(prompt: torch.Tensor, view: nn.Module, base: FrozenBase, *, see
 
 PROMPT = Entry(
     name="prompt",
-    traits=Traits(virtual_positions=True),
+    traits=Traits(virtual_positions=True, learning_rate=3e-2, min_steps=600),
     files=PromptFiles(),
     trainer=PromptTrainer(),
 )

@@ -93,38 +93,46 @@ class Traits:
     min_steps: int = 300
 
 
+@dataclass(frozen=True)
+class Parsing:
+    """One adapter's files being checked: what `Files.parse` reads, and the weights it fills."""
+
+    config: dict[str, Any]
+    body: dict[str, torch.Tensor]  # the tensors less the head
+    base: FrozenBase
+    weights: AdapterWeights
+    max_rank: int
+
+
+@dataclass(frozen=True)
+class Wrapping:
+    """What `Trainer.wrap` builds on: the training view (its head already initialised), the
+    parsed hyperparameters, and the view's module names `target_modules` resolved to (None:
+    the method's default; app/training/targets.py)."""
+
+    view: nn.Module
+    hp: Hyperparameters
+    task: str
+    base: FrozenBase
+    targets: list[str] | None = None
+
+
 class Files(Protocol):
     """The files side (PEFT's `config.py`): `peft_type` and the check of config and tensors."""
 
     peft_type: str
 
-    def parse(
-        self,
-        config: dict[str, Any],
-        body: dict[str, torch.Tensor],
-        base: FrozenBase,
-        weights: AdapterWeights,
-        *,
-        max_rank: int,
-    ) -> int:
-        """Fill `weights` from `body` (the tensors less the head); a 400 naming the problem.
-        Returns how many hidden-state vectors the head reads concatenated (1 but for probes)."""
+    def parse(self, job: Parsing) -> int:
+        """Fill `job.weights` from `job.body`; a 400 naming the problem. Returns how many
+        hidden-state vectors the head reads concatenated (1 but for probes)."""
         ...
 
 
 class Trainer(Protocol):
     """The training side (PEFT's `model.py`): the trainable model around the training view."""
 
-    def wrap(
-        self,
-        view: nn.Module,
-        hp: Hyperparameters,
-        *,
-        task: str,
-        base: FrozenBase,
-        targets: list[str] | None,
-    ) -> nn.Module:
-        """The trainable model over `view` (its head already initialised)."""
+    def wrap(self, job: Wrapping) -> nn.Module:
+        """The trainable model over `job.view`."""
         ...
 
 

@@ -7,7 +7,7 @@ app/runtime/layers.py (`MultiLoraLinear._scaled`). Trained as PEFT's own model, 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from peft import IA3Config, TaskType, get_peft_model
@@ -19,8 +19,10 @@ from app.methods.base import (
     WEIGHTS,
     AdapterWeights,
     Entry,
+    Parsing,
     StrictSpec,
     Traits,
+    Wrapping,
     module_path,
     spec,
     task_type,
@@ -44,18 +46,11 @@ class IA3Files:
 
     peft_type = "IA3"
 
-    def parse(
-        self,
-        config: dict[str, Any],
-        body: dict[str, torch.Tensor],
-        base: FrozenBase,
-        weights: AdapterWeights,
-        *,
-        max_rank: int,
-    ) -> int:
+    def parse(self, job: Parsing) -> int:
         """Every `ia3_l` vector, on a linear layer of the base, on the side its shape says."""
-        spec(IA3ConfigSpec, config)
-        for key, tensor in sorted(body.items()):
+        spec(IA3ConfigSpec, job.config)
+        base, weights = job.base, job.weights
+        for key, tensor in sorted(job.body.items()):
             if not key.endswith(".ia3_l"):
                 raise bad_request(
                     "unknown_tensor", f"tensor {key!r} is not an IA3 vector", param=WEIGHTS
@@ -94,17 +89,9 @@ def _check_side(path: str, tensor: torch.Tensor, base: FrozenBase, weights: Adap
 class IA3Trainer:
     """PEFT's IA3 model; the head kept under `modules_to_save`."""
 
-    def wrap(
-        self,
-        view: nn.Module,
-        hp: Hyperparameters,
-        *,
-        task: str,
-        base: FrozenBase,
-        targets: list[str] | None,
-    ) -> nn.Module:
+    def wrap(self, job: Wrapping) -> nn.Module:
         """PEFT's IA3 model over an encoder view."""
-        return get_peft_model(view, _config(hp, task_type(task), targets))
+        return get_peft_model(job.view, _config(job.hp, task_type(job.task), job.targets))
 
 
 def _config(hp: Hyperparameters, task: TaskType, resolved: list[str] | None) -> IA3Config:

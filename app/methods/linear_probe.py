@@ -10,12 +10,9 @@ only.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
-import torch
-
-from app.base import FrozenBase
-from app.methods.base import AdapterWeights, Entry, Traits, read_pooled, spec
+from app.methods.base import Entry, Parsing, Traits, read_pooled, spec
 from app.registry.probe_format import ProbeSpec, check_probe_body, is_probe_in_lora
 
 
@@ -30,19 +27,12 @@ class ProbeFiles:
 
     peft_type = "LINEAR_PROBE"
 
-    def parse(
-        self,
-        config: dict[str, Any],
-        body: dict[str, torch.Tensor],
-        base: FrozenBase,
-        weights: AdapterWeights,
-        *,
-        max_rank: int,
-    ) -> int:
+    def parse(self, job: Parsing) -> int:
         """Check a probe's layers; returns how many layers its head concatenates."""
+        config = job.config
         probe: ProbeSpec = spec(ProbeSpec if is_probe_in_lora(config) else ProbeConfigSpec, config)
-        check_probe_body(body)
-        return read_pooled(probe, base, weights)
+        check_probe_body(job.body)
+        return read_pooled(probe, job.base, job.weights)
 
 
 LINEAR_PROBE = Entry(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import torch
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model
@@ -23,10 +23,11 @@ from app.methods.base import (
     ANY_BASE,
     CONFIG,
     WEIGHTS,
-    AdapterWeights,
     Entry,
+    Parsing,
     StrictSpec,
     Traits,
+    Wrapping,
     module_path,
     spec,
     task_type,
@@ -63,18 +64,11 @@ class LoraFiles:
 
     peft_type = "LORA"
 
-    def parse(
-        self,
-        config: dict[str, Any],
-        body: dict[str, torch.Tensor],
-        base: FrozenBase,
-        weights: AdapterWeights,
-        *,
-        max_rank: int,
-    ) -> int:
+    def parse(self, job: Parsing) -> int:
         """Every `lora_A`/`lora_B` pair, on a linear layer of the base, scale folded into B."""
-        lora: LoraConfigSpec = spec(LoraConfigSpec, config)
-        pairs = _pairs(body)
+        lora: LoraConfigSpec = spec(LoraConfigSpec, job.config)
+        base, weights = job.base, job.weights
+        pairs = _pairs(job.body)
         ranks = compile_patterns("rank_pattern", lora.rank_pattern)
         alphas = compile_patterns("alpha_pattern", lora.alpha_pattern)
         for module_key, ab in sorted(pairs.items()):
@@ -95,7 +89,7 @@ class LoraFiles:
             rank = int(ranks.value_for(path, lora.r))
             alpha = float(alphas.value_for(path, lora.lora_alpha))
             weights.lora[path] = _pair(
-                lora, path, ab, base, rank=rank, alpha=alpha, max_rank=max_rank
+                lora, path, ab, base, rank=rank, alpha=alpha, max_rank=job.max_rank
             )
             weights.rank = max(weights.rank, ab["A"].shape[0])
         return 1
@@ -166,17 +160,10 @@ def _config(
 class LoraTrainer:
     """PEFT's LoRA model; the head kept under `modules_to_save` (the trainer's head rate)."""
 
-    def wrap(
-        self,
-        view: nn.Module,
-        hp: Hyperparameters,
-        *,
-        task: str,
-        base: FrozenBase,
-        targets: list[str] | None,
-    ) -> nn.Module:
+    def wrap(self, job: Wrapping) -> nn.Module:
         """PEFT's LoRA model over an encoder view."""
-        return get_peft_model(view, _config(hp, targets, task_type(task), ["classifier"]))
+        config = _config(job.hp, job.targets, task_type(job.task), ["classifier"])
+        return get_peft_model(job.view, config)
 
     def causal_lm(
         self, view: nn.Module, hp: Hyperparameters, *, targets: list[str] | None

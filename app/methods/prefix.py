@@ -10,22 +10,21 @@ PEFT on decoders.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
 from peft import PeftModel, PrefixTuningConfig, TaskType, get_peft_model
 from pydantic import Field
 from torch import nn
 
-from app.base import FrozenBase
 from app.errors import bad_request
 from app.methods.base import (
     ANY_BASE,
     WEIGHTS,
-    AdapterWeights,
     Entry,
+    Parsing,
     StrictSpec,
     Traits,
+    Wrapping,
     spec,
     task_type,
     virtual,
@@ -50,29 +49,22 @@ class PrefixFiles:
 
     peft_type = "PREFIX_TUNING"
 
-    def parse(
-        self,
-        config: dict[str, Any],
-        body: dict[str, torch.Tensor],
-        base: FrozenBase,
-        weights: AdapterWeights,
-        *,
-        max_rank: int,
-    ) -> int:
+    def parse(self, job: Parsing) -> int:
         """PEFT's layout: [virtual, layers * 2 * kv_dim], key then value for each layer."""
-        prefix: PrefixConfigSpec = spec(PrefixConfigSpec, config)
+        prefix: PrefixConfigSpec = spec(PrefixConfigSpec, job.config)
+        base = job.base
         cfg = base.config
         heads = int(getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads)
         head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
         layers, tokens = base.num_layers, prefix.num_virtual_tokens
         emb = as_float32(
-            virtual(body, tokens, layers * 2 * heads * head_dim),
+            virtual(job.body, tokens, layers * 2 * heads * head_dim),
             runtime_dtype=base.dtype,
             what="prompt_embeddings (prefix keys and values)",
             param=WEIGHTS,
         )
         grid = emb.view(tokens, layers * 2, heads, head_dim).permute(1, 2, 0, 3)
-        weights.prefix = [
+        job.weights.prefix = [
             (grid[2 * i].contiguous(), grid[2 * i + 1].contiguous()) for i in range(layers)
         ]
         return 1
@@ -81,25 +73,17 @@ class PrefixFiles:
 class PrefixTrainer:
     """Ours on encoders (`PrefixModel`), PEFT's on decoders."""
 
-    def wrap(
-        self,
-        view: nn.Module,
-        hp: Hyperparameters,
-        *,
-        task: str,
-        base: FrozenBase,
-        targets: list[str] | None,
-    ) -> nn.Module:
+    def wrap(self, job: Wrapping) -> nn.Module:
         """The view plus a learned prefix, saved in PEFT's layout."""
-        if base.kind != "encoder":
+        if job.base.kind != "encoder":
             raise bad_request(
                 "unsupported_method", "prefix tuning needs an encoder base", param="method"
             )
         return PrefixModel(
-            view,
-            virtual=hp.num_virtual_tokens,
-            task_type=task_type(task).value,
-            base_path=str(base.path),
+            job.view,
+            virtual=job.hp.num_virtual_tokens,
+            task_type=task_type(job.task).value,
+            base_path=str(job.base.path),
         )
 
     def causal_lm(

@@ -8,7 +8,7 @@ base's positions, so they shorten the longest text a job can take.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -19,22 +19,18 @@ from torch import nn
 from app.base import FrozenBase
 from app.methods.base import (
     WEIGHTS,
-    AdapterWeights,
     Entry,
+    Parsing,
     StrictSpec,
     Traits,
+    Wrapping,
     spec,
     task_type,
     virtual,
 )
 from app.registry.finite import as_float32
-from app.training.encoding import IGNORE
-
-if TYPE_CHECKING:
-    from app.training.hyperparameters import Hyperparameters
-
-# Pieces below this id are special or unused in BERT vocabularies (see app/training/prefix.py).
-_FIRST_WORD_ID = 1000
+from app.tasks.generation import IGNORE  # light: app.training.encoding pulls in seqeval
+from app.training.prefix import FIRST_WORD_ID  # special or unused pieces lie below it
 
 
 class PromptConfigSpec(StrictSpec):
@@ -49,20 +45,12 @@ class PromptFiles:
 
     peft_type = "PROMPT_TUNING"
 
-    def parse(
-        self,
-        config: dict[str, Any],
-        body: dict[str, torch.Tensor],
-        base: FrozenBase,
-        weights: AdapterWeights,
-        *,
-        max_rank: int,
-    ) -> int:
+    def parse(self, job: Parsing) -> int:
         """The one `prompt_embeddings` tensor, [virtual, hidden] for this base."""
-        prompt: PromptConfigSpec = spec(PromptConfigSpec, config)
-        emb = virtual(body, prompt.num_virtual_tokens, base.hidden_size)
-        weights.prompt = as_float32(
-            emb, runtime_dtype=base.dtype, what="prompt_embeddings", param=WEIGHTS
+        prompt: PromptConfigSpec = spec(PromptConfigSpec, job.config)
+        emb = virtual(job.body, prompt.num_virtual_tokens, job.base.hidden_size)
+        job.weights.prompt = as_float32(
+            emb, runtime_dtype=job.base.dtype, what="prompt_embeddings", param=WEIGHTS
         )
         return 1
 
@@ -93,24 +81,15 @@ class PromptTokenModel(nn.Module):
 class PromptTrainer:
     """PEFT's prompt tuning, its prompt started from real word embeddings."""
 
-    def wrap(
-        self,
-        view: nn.Module,
-        hp: Hyperparameters,
-        *,
-        task: str,
-        base: FrozenBase,
-        targets: list[str] | None,
-    ) -> nn.Module:
+    def wrap(self, job: Wrapping) -> nn.Module:
         """PEFT's prompt-tuning model over an encoder view (virtual positions cut off the
         logits for token classification)."""
-        kind = task_type(task)
-        count = hp.num_virtual_tokens
+        kind = task_type(job.task)
+        count = job.hp.num_virtual_tokens
         config = PromptTuningConfig(task_type=kind, num_virtual_tokens=count)
-        model: Any = get_peft_model(view, config)
-        _init_prompt(
-            model.prompt_encoder[model.active_adapter].embedding.weight, view, base, seed=hp.seed
-        )
+        model: Any = get_peft_model(job.view, config)
+        prompt = model.prompt_encoder[model.active_adapter].embedding.weight
+        _init_prompt(prompt, job.view, job.base, seed=job.hp.seed)
         return PromptTokenModel(model, count) if kind == TaskType.TOKEN_CLS else model
 
 
@@ -125,7 +104,7 @@ def _init_prompt(prompt: torch.Tensor, view: nn.Module, base: FrozenBase, *, see
     words: torch.Tensor = model.get_input_embeddings().weight
     vocab = words.shape[0]
     generator = torch.Generator().manual_seed(seed)
-    low = _FIRST_WORD_ID if vocab > 2 * _FIRST_WORD_ID else 0
+    low = FIRST_WORD_ID if vocab > 2 * FIRST_WORD_ID else 0
     ids = torch.randint(low, vocab, (prompt.shape[0],), generator=generator)
     cls = base.tokenizer.cls_token_id
     if cls is not None:

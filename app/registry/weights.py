@@ -16,7 +16,7 @@ import torch
 from app.base import FrozenBase
 from app.errors import bad_request
 from app.methods import METHODS, PEFT_TYPES, AdapterWeights, Method, method_of_files
-from app.methods.base import CONFIG, read_pooled
+from app.methods.base import CONFIG, Parsing, read_pooled
 from app.registry.heads import HEAD_MODULES, check_head, normalise_key, normalised, split_head
 from app.registry.pooled_head import KEYS, has_pooled_head, parse_pooled_head
 from app.tasks import TASKS
@@ -52,7 +52,8 @@ def build_weights(
     head_module, head = split_head(tensors)
     body = {k: v for k, v in tensors.items() if k.split(".")[0] not in HEAD_MODULES}
     weights = AdapterWeights(method=method.name, task=task, labels=labels, config=config)
-    width = method.files.parse(config, body, base, weights, max_rank=max_rank)
+    parsing = Parsing(config=config, body=body, base=base, weights=weights, max_rank=max_rank)
+    width = method.files.parse(parsing)
     width *= _pooled_width(config, base, weights, method)
     weights.head = check_head(
         head, module=head_module, task=task, labels=labels, in_features=width * base.hidden_size

@@ -14,6 +14,7 @@ from torch import nn
 from app.base import FrozenBase
 from app.errors import bad_request
 from app.methods import METHODS
+from app.methods.base import Wrapping
 from app.methods.prompt import PromptTokenModel
 from app.training.hyperparameters import Hyperparameters
 from app.training.prefix import PrefixModel
@@ -45,7 +46,7 @@ def wrap(
             f"method {method!r} cannot be trained on this base",
             param="method",
         )
-    model = entry.trainer.wrap(view, hp, task=task, base=base, targets=targets)
+    model = entry.trainer.wrap(Wrapping(view=view, hp=hp, task=task, base=base, targets=targets))
     if not isinstance(model, PeftModel | PrefixModel | PromptTokenModel):
         raise TypeError(f"method {method!r} wrapped the view as {type(model).__name__}")
     return model

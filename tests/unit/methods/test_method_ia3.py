@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 from transformers import PreTrainedTokenizerBase
 
 from app.base import FrozenBase
+from app.methods.base import Wrapping
 from app.methods.ia3 import IA3
 from app.training.hyperparameters import Hyperparameters
 from app.training.view import build_view
@@ -57,7 +58,7 @@ def test_ia3_trainer_scales_dense_modules_on_their_input(tiny_base: FrozenBase) 
     view = build_view(tiny_base, task=SEQ, num_labels=len(LABELS))
     assert IA3.trainer is not None
     hp = Hyperparameters(target_modules=["query", "dense"])
-    model = IA3.trainer.wrap(view, hp, task=SEQ, base=tiny_base, targets=None)
+    model = IA3.trainer.wrap(Wrapping(view=view, hp=hp, task=SEQ, base=tiny_base))
     peft: Any = model
     config = peft.peft_config["default"]
     assert set(config.feedforward_modules) == {"dense"}

@@ -11,6 +11,7 @@ from transformers import PreTrainedTokenizerBase
 
 from app.base import FrozenBase
 from app.methods import METHODS
+from app.methods.base import Wrapping
 from app.methods.lora import LORA
 from app.tasks import GENERATION
 from app.training.hyperparameters import Hyperparameters
@@ -66,7 +67,9 @@ def test_lora_served_equals_peft(
 def test_lora_trainer_keeps_the_head_under_modules_to_save(tiny_base: FrozenBase) -> None:
     view = build_view(tiny_base, task=SEQ, num_labels=len(LABELS))
     assert LORA.trainer is not None
-    model = LORA.trainer.wrap(view, Hyperparameters(rank=2), task=SEQ, base=tiny_base, targets=None)
+    model = LORA.trainer.wrap(
+        Wrapping(view=view, hp=Hyperparameters(rank=2), task=SEQ, base=tiny_base)
+    )
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert any("modules_to_save" in n and "classifier" in n for n in trainable)
     assert any("lora_A" in n for n in trainable)

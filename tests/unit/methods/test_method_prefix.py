@@ -13,6 +13,7 @@ from transformers import PreTrainedTokenizerBase
 
 from app.base import FrozenBase
 from app.errors import SwitchyardError
+from app.methods.base import Wrapping
 from app.methods.prefix import PREFIX
 from app.tasks import GENERATION
 from app.training.hyperparameters import Hyperparameters
@@ -65,7 +66,7 @@ def test_prefix_trainer_is_ours_on_an_encoder(tiny_base: FrozenBase) -> None:
     view = build_view(tiny_base, task=SEQ, num_labels=len(LABELS))
     assert PREFIX.trainer is not None and not PREFIX.traits.checkpointable
     hp = Hyperparameters(num_virtual_tokens=2)
-    model = PREFIX.trainer.wrap(view, hp, task=SEQ, base=tiny_base, targets=None)
+    model = PREFIX.trainer.wrap(Wrapping(view=view, hp=hp, task=SEQ, base=tiny_base))
     assert isinstance(model, PrefixModel) and model.virtual == 2
 
 
@@ -73,7 +74,9 @@ def test_prefix_trainer_refuses_a_decoder_base() -> None:
     base, _files = causal_files("prefix", Hyperparameters(num_virtual_tokens=2))
     assert PREFIX.trainer is not None
     with pytest.raises(SwitchyardError) as info:
-        PREFIX.trainer.wrap(base.model, Hyperparameters(), task=GENERATION, base=base, targets=None)
+        PREFIX.trainer.wrap(
+            Wrapping(view=base.model, hp=Hyperparameters(), task=GENERATION, base=base)
+        )
     assert info.value.code == "unsupported_method"
 
 

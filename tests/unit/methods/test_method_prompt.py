@@ -12,6 +12,7 @@ from transformers import PreTrainedTokenizerBase
 
 from app.base import FrozenBase
 from app.errors import SwitchyardError
+from app.methods.base import Wrapping
 from app.methods.prompt import PROMPT, PromptTokenModel
 from app.tasks import TOKEN_CLASSIFICATION
 from app.training.hyperparameters import Hyperparameters
@@ -72,8 +73,7 @@ def test_prompt_virtual_tokens_shorten_the_length_cap(tiny_base: FrozenBase) -> 
 def test_prompt_trainer_drops_virtual_positions_for_tokens(tiny_base: FrozenBase) -> None:
     view = build_view(tiny_base, task=TOKEN_CLASSIFICATION, num_labels=3)
     assert PROMPT.trainer is not None
-    model = PROMPT.trainer.wrap(
-        view, Hyperparameters(num_virtual_tokens=2), task=TOKEN_CLASSIFICATION,
-        base=tiny_base, targets=None,
-    )  # fmt: skip
+    hp = Hyperparameters(num_virtual_tokens=2)
+    job = Wrapping(view=view, hp=hp, task=TOKEN_CLASSIFICATION, base=tiny_base)
+    model = PROMPT.trainer.wrap(job)
     assert isinstance(model, PromptTokenModel) and model.virtual == 2

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from app.base import FrozenBase
 from app.config import Settings
 from app.errors import SwitchyardError, bad_request
-from app.registry.pooled_head import shown_method
+from app.methods import shown_method
 from app.registry.records import AdapterMeta
 from app.registry.store import (
     CONFIG_FILE,

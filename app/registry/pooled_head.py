@@ -21,14 +21,11 @@ from pydantic import ValidationError
 
 from app.base import FrozenBase
 from app.errors import bad_request
-from app.registry.probe_format import MARKER, ProbeSpec
+from app.registry.probe_format import ProbeSpec
 from app.tasks import Readout, reading
 
 KEYS = ("layers", "pooling")
 SEQUENCE_TASKS = reading(Readout.POOLED)
-POOLED_METHODS = ("lora", "ia3")
-# Methods the trainer marks in `switchyard_method` whose files are a pooled-head LoRA.
-SHOWN_METHODS = ("contrastive",)
 
 
 def has_pooled_head(config: dict[str, Any]) -> bool:
@@ -36,19 +33,14 @@ def has_pooled_head(config: dict[str, Any]) -> bool:
     return any(key in config for key in KEYS)
 
 
-def parse_pooled_head(config: dict[str, Any], *, method: str, task: str) -> ProbeSpec:
+def parse_pooled_head(config: dict[str, Any], *, task: str) -> ProbeSpec:
     """The checked `layers`/`pooling` of a pooled-head adapter; a 400 naming the key.
 
-    Call only when `has_pooled_head(config)`. Layer bounds need the base: see `check_layers`.
+    Call only when `has_pooled_head(config)` and the method's head may read pooled states
+    (`Traits.pooled_head`, checked by app/registry/weights.py). Layer bounds need the base:
+    see `check_layers`.
     """
     key = next(k for k in KEYS if k in config)
-    if method not in POOLED_METHODS:
-        raise bad_request(
-            "invalid_adapter_config",
-            f"adapter_config.json key {key!r} is read for {list(POOLED_METHODS)} adapters and "
-            f"linear probes; a {method} adapter's head reads the pooler",
-            param=key,
-        )
     if task not in SEQUENCE_TASKS:
         raise bad_request(
             "unsupported_task",
@@ -83,12 +75,3 @@ def check_layers(layers: list[int], base: FrozenBase) -> None:
                 f"layers lie in [{-base.num_layers - 1}, {base.num_layers}]",
                 param="layers",
             )
-
-
-def shown_method(config: dict[str, Any], method: str) -> str:
-    """The method the catalog lists: the trainer's name for a pooled-head LoRA it marked
-    (`"switchyard_method": "contrastive"`), else the PEFT method. Serving never reads it."""
-    marked = config.get(MARKER)
-    if method == "lora" and has_pooled_head(config) and marked in SHOWN_METHODS:
-        return str(marked)
-    return method

@@ -19,6 +19,7 @@ import torch
 
 from app.base import FrozenBase
 from app.errors import SwitchyardError, bad_request
+from app.methods import decoder_methods
 from app.registry.records import AdapterRef
 from app.registry.weights import AdapterWeights
 from app.runtime.cache import AdapterCache, Resident
@@ -33,7 +34,7 @@ from app.runtime.sampling import (
 )
 from app.tasks.generation import prompt_ids
 
-SERVABLE_METHODS = ("lora", "prefix")
+SERVABLE_METHODS = decoder_methods(stored=True)
 
 
 class DecoderLayerSet(LayerSet):
@@ -233,7 +234,7 @@ class DecoderEngine:
                 f"{list(SERVABLE_METHODS)}",
                 param="name",
             )
-        if weights.method == "prefix":
+        if weights.prefix:  # a prefix adapter: its keys/values go in front of the KV cache
             job.prefix = torch.stack([torch.stack(kv) for kv in weights.prefix]).to(
                 device=self.base.device, dtype=self.base.dtype
             )

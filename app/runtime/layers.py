@@ -274,7 +274,7 @@ class LayerSet:
 
     def clear(self, slot: int) -> None:
         """Empty `slot` in every layer and table."""
-        self.load(slot, AdapterWeights(method="lora", task="", labels=[]))
+        self.load(slot, AdapterWeights(method="", task="", labels=[]))
 
     def _assign_ia3(self, slot: int, weights: AdapterWeights) -> None:
         if slot not in self._ia3_slots and not weights.ia3:

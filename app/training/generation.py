@@ -15,16 +15,19 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
-from peft import LoraConfig, PeftModel, PrefixTuningConfig, TaskType, get_peft_model
+from peft import PeftModel
 from torch import nn
 
 from app.base import FrozenBase
+from app.errors import bad_request
+from app.methods import METHODS as ALL_METHODS
+from app.methods import decoder_methods
 from app.tasks import GENERATION
 from app.tasks.generation import IGNORE, example_ids, example_length
 from app.training.hyperparameters import Hyperparameters, fill_defaults
 from app.training.loop import Ticker, TrainLoop, save_files
 from app.training.objectives import Judged
-from app.training.preflight import GENERATION_METHODS, Setup
+from app.training.preflight import Setup
 from app.training.selection import Rule
 from app.training.stepping import Batch, next_token_weight
 from app.training.types import TrainingOutcome, TrainingPlan, TrainingReporter
@@ -32,7 +35,7 @@ from app.training.view import build_view
 
 Pause = Callable[[], None]
 Example = tuple[list[int], list[int]]  # (input_ids, labels)
-METHODS = GENERATION_METHODS
+METHODS = decoder_methods(stored=False)  # auto: lora, the one candidate
 METRIC = "loss"  # validation loss on completion tokens: lower is better
 LOSS_RULE = Rule("validation_loss", criterion=METRIC, early_stop=True)
 
@@ -125,21 +128,14 @@ def wrap(
 ) -> PeftModel:
     """PEFT's causal-LM model for the method, over the shared view; `targets` as resolved
     by the dry run (app/training/targets.py)."""
-    config: LoraConfig | PrefixTuningConfig
-    if method == "lora":
-        config = LoraConfig(
-            task_type=TaskType.CAUSAL_LM,
-            r=hp.rank,
-            lora_alpha=hp.alpha or 2 * hp.rank,  # type: ignore[arg-type]
-            lora_dropout=hp.dropout,
-            target_modules=targets if targets is not None else hp.target_modules,
+    causal = ALL_METHODS[method].causal
+    if causal is None:
+        raise bad_request(
+            "unsupported_method",
+            f"method {method!r} cannot train task generation; use one of {list(METHODS)}",
+            param="method",
         )
-    else:
-        # No projection MLP: the registry and the runtime take the key/values as they are.
-        config = PrefixTuningConfig(
-            task_type=TaskType.CAUSAL_LM, num_virtual_tokens=hp.num_virtual_tokens
-        )
-    return get_peft_model(view, config)
+    return causal.causal_lm(view, hp, targets=targets)
 
 
 def batches(

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from app.errors import bad_request
+from app.methods import METHODS
 
 # Bounds of what a job may ask for. Past these a value is a typo or an attack, never a recipe:
 # a seed must fit every generator it seeds (NumPy's are 32-bit), and the LoRA scale
@@ -117,20 +118,10 @@ def _invalid(exc: ValidationError) -> Exception:
     )
 
 
-# Per method: the learning rate, and the fewest optimizer steps a run should take. New
-# parameters on a frozen model (prompt, prefix) start far from useful and need more steps than
-# LoRA or IA3, whose untrained state is the base itself.
-# contrastive: its LoRA on pairs, 8 rows a class, 2 seeds (bench/contrastive_tune.py): 1e-3
-# gave CR 0.79 and TREC 0.81 against 0.74 and 0.84 at 3e-4 (SetFit's 2e-5 is for a whole body).
-_LEARNING_RATE = {
-    "lora": 1e-3,
-    "ia3": 3e-3,
-    "prefix": 1e-2,
-    "prompt": 3e-2,
-    "linear_probe": 3e-3,
-    "contrastive": 1e-3,
-}
-_MIN_STEPS = {"prefix": 600, "prompt": 600}
+# Per method (app/methods/, `Traits`): the learning rate, and the fewest optimizer steps a run
+# should take.
+_LEARNING_RATE = {name: m.traits.learning_rate for name, m in METHODS.items()}
+_MIN_STEPS = {name: m.traits.min_steps for name, m in METHODS.items()}
 _DEFAULT_MIN_STEPS = 300
 _MAX_EPOCHS = 20
 # Most steps between two evaluations: big data gets several evaluations an epoch, so the best

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from app.errors import SwitchyardError, bad_request
+from app.methods import METHODS  # "auto", the default, is one (app/training/auto.py)
 from app.registry.store import check_name
 from app.tasks import canonical_task, get_task, head_rows
 from app.training.datasets import DatasetService
@@ -18,8 +19,6 @@ from app.training.rows import derive_labels, detect_task, label_counts, validate
 from app.training.split import holdout_split
 from app.training.types import TrainingPlan
 
-# "auto" (the default) measures the others and keeps the best (app/training/auto.py).
-METHODS = ("auto", "lora", "prefix", "prompt", "ia3", "linear_probe", "contrastive")
 MIN_ROWS_PER_CLASS = 2
 Rows = list[dict[str, Any]]
 

@@ -25,10 +25,9 @@ from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from app.base import FrozenBase
+from app.methods import METHODS
 from app.runtime.batch import pool
 from app.tasks import Readout, get_task, head_task
-
-_POOLED_METHODS = ("lora", "ia3", "contrastive")
 
 POOLING = "mean"
 LAYERS = [-1]
@@ -99,7 +98,7 @@ def reads_pooled(base: FrozenBase, *, task: str, method: str) -> bool:
     LoRA and IA3 on an encoder, for sequence-level tasks. Prompt and prefix tuning keep the
     pooler, which reads their first virtual token (their prompts start from [CLS])."""
     pooled = get_task(task).readout is Readout.POOLED  # token heads read every token
-    return base.kind == "encoder" and pooled and method in _POOLED_METHODS
+    return base.kind == "encoder" and pooled and METHODS[method].traits.pooled_head
 
 
 def mark_pooled(config_path: Path, **extra: Any) -> None:

@@ -31,7 +31,7 @@ from app.runtime.prefix_attention import (
 
 # Token ids below this are special or unused pieces in BERT vocabularies; the prefix starts as
 # the keys/values of ordinary words, so the untrained adapter barely disturbs the base.
-_FIRST_WORD_ID = 1000
+FIRST_WORD_ID = 1000
 
 
 class PrefixModel(nn.Module):
@@ -63,7 +63,7 @@ class PrefixModel(nn.Module):
         backbone: Any = getattr(self.model, self.model.base_model_prefix)
         device = self.model.classifier.weight.device
         vocab = int(backbone.config.vocab_size)
-        low = _FIRST_WORD_ID if vocab > 2 * _FIRST_WORD_ID else 0
+        low = FIRST_WORD_ID if vocab > 2 * FIRST_WORD_ID else 0
         generator = torch.Generator().manual_seed(0)
         ids = torch.randint(low, vocab, (1, self.virtual), generator=generator).to(device)
         captured: list[torch.Tensor] = []

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 from app.base import FrozenBase
 from app.errors import bad_request
+from app.methods import METHODS
 from app.tasks import check_base
-from app.tasks.generation import METHODS as GENERATION_METHODS  # noqa: F401  (re-exported)
 from app.training.hyperparameters import Hyperparameters, parse_hyperparameters
 from app.training.targets import resolve_targets
 from app.training.types import TrainingPlan
@@ -41,7 +41,9 @@ def preflight(plan: TrainingPlan, *, base: FrozenBase, max_rank: int, max_tokens
     cap = _length_cap(base, plan.method, hp, max_tokens)
     if hp.max_length is not None and hp.max_length > cap:
         beside = (
-            f" beside {hp.num_virtual_tokens} virtual tokens" if plan.method == "prompt" else ""
+            f" beside {hp.num_virtual_tokens} virtual tokens"
+            if METHODS[plan.method].traits.virtual_positions
+            else ""
         )
         raise bad_request(
             "invalid_hyperparameter",
@@ -64,11 +66,15 @@ def _check_task_and_method(base: FrozenBase, task: str, method: str) -> None:
             f"method {method!r} cannot train task {found.name}; use one of {list(found.methods)}",
             param="method",
         )
-    if method == "contrastive" and not found.single_label:
-        # Pairs are "same label or not": that needs exactly one label a row.
+    if method not in METHODS:  # planning refuses it first; a plan built by hand as well
+        raise bad_request(
+            "invalid_method", f"method {method!r} is not one of {list(METHODS)}", param="method"
+        )
+    traits = METHODS[method].traits
+    if traits.tasks is not None and task not in traits.tasks:
         raise bad_request(
             "unsupported_task",
-            f"method 'contrastive' trains single-label classification (texts or text pairs); "
+            f"method {method!r} trains {traits.tasks_note}; "
             f"task {task!r} needs another method, such as 'lora' or 'linear_probe'",
             param="task",
         )
@@ -80,7 +86,7 @@ def _length_cap(base: FrozenBase, method: str, hp: Hyperparameters, max_tokens: 
     positions = getattr(base.config, "max_position_embeddings", None)
     if not isinstance(positions, int) or positions <= 0:
         return max_tokens
-    virtual = hp.num_virtual_tokens if method == "prompt" else 0
+    virtual = hp.num_virtual_tokens if METHODS[method].traits.virtual_positions else 0
     if positions - virtual < _MIN_TEXT_TOKENS:
         raise bad_request(
             "invalid_hyperparameter",

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from app.base import FrozenBase
+from app.methods import METHODS
 from app.tasks import head_rows
 from app.training import methods, probe
 from app.training.encoding import Example, encode_rows
@@ -112,7 +113,7 @@ class Recipe:
         )
         if pooled:
             model = PooledHeadModel(model, backbone=base.prefix, task=plan.task)
-        if self.checkpoint_activations and plan.method != "prefix":
+        if self.checkpoint_activations and METHODS[plan.method].traits.checkpointable:
             # Keep only each layer's input and recompute the rest in the backward pass: the
             # activation peak becomes one layer's instead of all of them (bench/README.md,
             # train_contention). Non-reentrant, so frozen inputs need no requires_grad trick

@@ -144,6 +144,11 @@ class Settings(BaseSettings):
                 f"host {self.host!r} is not loopback and no SWITCHYARD_API_KEYS are configured; "
                 "set keys or bind 127.0.0.1"
             )
+        if self.replica_max_adapters > self.max_slots:
+            raise ValueError(
+                f"replica_max_adapters {self.replica_max_adapters} > max_slots {self.max_slots}: "
+                "each adapter Ray keeps on a replica holds one of its slots"
+            )
         if self.job_heartbeat_s >= self.job_lease_s:
             raise ValueError(
                 f"job_heartbeat_s {self.job_heartbeat_s} must be below job_lease_s "

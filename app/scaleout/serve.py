@@ -38,6 +38,10 @@ from app.scaleout.forwarding import (
 log = logging.getLogger(__name__)
 
 APP_NAME = "switchyard"
+# How long Ray's router waits for a replica that holds the adapter before another one loads a
+# second copy (Ray's default 1 s). Longer keeps an adapter on fewer replicas (fewer loads,
+# more slots free) at the price of queueing behind a busy one: a hot adapter stays put.
+MATCHING_TIMEOUT = "RAY_SERVE_MULTIPLEXED_MODEL_ID_MATCHING_TIMEOUT_S"
 _METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 
 # `serve.ingress` pickles the class as it is decorated: whatever its methods call must exist
@@ -133,9 +137,10 @@ def start_cluster(settings: Settings, *, replicas: int, num_cpus: int | None = N
     # Workers import `app` from this checkout, whichever way it was installed.
     source = str(Path(app_package.__file__).resolve().parent.parent)
     path = os.pathsep.join(p for p in (source, os.environ.get("PYTHONPATH")) if p)
+    env = {"PYTHONPATH": path, MATCHING_TIMEOUT: os.environ.get(MATCHING_TIMEOUT, "3")}
     ray.init(
         num_cpus=num_cpus or os.cpu_count(),
-        runtime_env={"env_vars": {"PYTHONPATH": path}},
+        runtime_env={"env_vars": env},
         include_dashboard=False,
     )
     serve.start(http_options={"host": settings.host, "port": settings.port})

@@ -126,6 +126,9 @@ def _logits(response: httpx.Response) -> torch.Tensor:
 def test_predicts_are_routed_by_adapter_and_equal_peft(
     cluster: Cluster, expected: dict[str, torch.Tensor]
 ) -> None:
+    for i in range(ADAPTERS):  # each adapter's first request places it on a replica
+        assert _predict(cluster.http, f"ad{i}").status_code == 200
+    time.sleep(2)  # replicas report the ids they hold every 0.1 s; let the router see them
     names = [f"ad{random.Random(i).randrange(ADAPTERS)}" for i in range(PREDICTS)]
     with ThreadPoolExecutor(8) as pool:
         responses = list(pool.map(lambda name: _predict(cluster.http, name), names))

@@ -74,6 +74,24 @@ def latency_ms(url: str, name: str) -> float:
         return (time.perf_counter() - start) * 1000
 
 
+def rss_mb(pid: int) -> float:
+    """Resident memory of one process, in MiB."""
+    import psutil
+
+    return float(psutil.Process(pid).memory_info().rss) / 2**20
+
+
+def replicas_rss_mb() -> float:
+    """Resident memory of all Switchyard runtime replicas (Ray worker processes), in MiB."""
+    import psutil
+
+    total = 0.0
+    for process in psutil.process_iter(["cmdline", "memory_info"]):
+        if "ServeReplica:switchyard:Runtime" in " ".join(process.info["cmdline"] or []):
+            total += process.info["memory_info"].rss
+    return total / 2**20
+
+
 def start_ray(store: Path, replicas: int, env: dict[str, str]) -> tuple[str, subprocess.Popen]:
     """`switchyard serve --replicas N`, waited on until ready."""
     port = free_port()
@@ -133,12 +151,14 @@ def ray_run(work: Path, replicas: int, names: list[str], args: argparse.Namespac
         cold = [latency_ms(url, name) for name in names]  # each adapter's first request
         warm = [latency_ms(url, names[0]) for _ in range(20)]
         rps = load(url, names, clients=args.clients, seconds=args.seconds)
+        memory = replicas_rss_mb() / replicas
     finally:
         stop_ray(process)
     return {
         "rps": rps,
         "cold_p50_ms": statistics.median(cold),
         "warm_p50_ms": statistics.median(warm),
+        "replica_rss_mb": memory,
     }
 
 
@@ -157,6 +177,7 @@ def main() -> None:
         upload(server.url, work / "peft", names)
         latency_ms(server.url, names[0])
         plain = load(server.url, names, clients=args.clients, seconds=args.seconds)
+        plain_rss = rss_mb(server.process.pid)
     finally:
         stop_server(server)
     one = ray_run(work, 1, names, args)
@@ -173,6 +194,8 @@ def main() -> None:
         "warm_p50_ms_ray": round(one["warm_p50_ms"], 1),
         "ray_2_replicas_rps": round(two["rps"], 1),
         "ray_2_over_1": round(two["rps"] / one["rps"], 2),
+        "plain_rss_mb": round(plain_rss),
+        "runtime_replica_rss_mb": round(one["replica_rss_mb"]),
     }
     print(json.dumps(result, indent=2))
 

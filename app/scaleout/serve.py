@@ -113,9 +113,6 @@ def runtime_deployment(max_adapters: int) -> Any:
                 self.started = True
                 await self.inner.start()
 
-        def check_health(self) -> None:
-            """Ray restarts a replica whose check raises; ours has no state to check yet."""
-
     return Runtime
 
 
@@ -126,7 +123,7 @@ def build_app(settings: Settings, *, replicas: int) -> Any:
     return cast(Any, Ingress).bind(runtime.bind(payload))
 
 
-def app_builder(args: dict[str, str]) -> Any:
+def app_builder(args: dict[str, Any]) -> Any:
     """`serve deploy`'s entry (deploy/serve.yaml): settings from SWITCHYARD_* on the nodes,
     the replica count from the config's args."""
     return build_app(Settings(), replicas=int(args.get("replicas", 2)))

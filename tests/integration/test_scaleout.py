@@ -143,6 +143,41 @@ def test_predicts_are_routed_by_adapter_and_equal_peft(
     assert len({r for counts in replicas.values() for r in counts}) == 2  # both replicas work
 
 
+def test_a_job_trained_through_the_ingress_is_served_by_both_replicas(
+    cluster: Cluster, expected: dict[str, torch.Tensor]
+) -> None:
+    # Which replica holds each uploaded adapter: a multi-adapter call keyed by one of them
+    # runs on that replica, so two keys on two replicas reach both.
+    holder = {f"ad{i}": _predict(cluster.http, f"ad{i}").headers[REPLICA] for i in range(8)}
+    keys = {replica: name for name, replica in holder.items()}
+    assert len(keys) == 2, holder
+    examples = [{"text": f"good film {i}", "label": "pos"} for i in range(8)]
+    examples += [{"text": f"bad film {i}", "label": "neg"} for i in range(8)]
+    body = {
+        "adapter": "trained",
+        "method": "lora",
+        "examples": examples,
+        "hyperparameters": {"max_steps": 2, "epochs": 1},
+    }
+    created = cluster.http.post("/v1/training-jobs", json=body)
+    assert created.status_code == 202, created.text
+    job_url = f"/v1/training-jobs/{created.json()['id']}"
+    deadline = time.monotonic() + 180
+    while (job := cluster.http.get(job_url).json())["status"] not in ("succeeded", "failed"):
+        assert time.monotonic() < deadline, job
+        time.sleep(1)
+    assert job["status"] == "succeeded", job
+    finished, seen = time.monotonic(), set[str]()
+    while seen != set(keys):
+        assert time.monotonic() - finished < 5, f"served by {seen} only"
+        for key in keys.values():
+            multi = {"adapters": [key, "trained"], "inputs": TEXTS}
+            response = cluster.http.post("/v1/predict", json=multi)
+            if response.status_code == 200:
+                seen.add(response.headers[REPLICA])
+        time.sleep(0.1)
+
+
 def _runtime_pids() -> list[int]:
     listing = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
     return [

@@ -4,6 +4,7 @@ describing one schema."""
 
 from __future__ import annotations
 
+import multiprocessing
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from sqlalchemy import inspect, select, text
 from app.config import Settings
 from app.db import Database, Dataset, JobEvent, Model, TrainingJob, open_database
 from app.migrations import current_revision, upgrade
-from tests.unit.scaleout.pgtools import BACKENDS, catalog_url
+from tests.unit.scaleout.pgtools import BACKENDS, catalog_url, fresh_schema, needs_pg, pg_url
 
 BASELINE_TABLES = {"datasets", "training_jobs", "job_events"}
 SHARED_TABLES = {"adapter_versions", "adapter_catalog", "job_leases"}
@@ -131,3 +132,25 @@ def test_a_downgrade_to_the_baseline_removes_only_the_shared_tables(tmp_path: Pa
     with db.engine.connect() as conn:
         assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0001"
     db.dispose()
+
+
+def _migrate_in_a_process(url: str) -> None:
+    db = Database(url)
+    db.migrate()
+    db.dispose()
+
+
+@needs_pg
+def test_replicas_starting_together_on_postgresql_migrate_once() -> None:
+    context = multiprocessing.get_context("spawn")
+    with fresh_schema() as schema:
+        url = pg_url(schema)
+        workers = [context.Process(target=_migrate_in_a_process, args=(url,)) for _ in range(3)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(120)
+            assert worker.exitcode == 0  # the advisory lock: no "relation already exists"
+        db = Database(url)
+        assert current_revision(db.engine) == _head()
+        db.dispose()

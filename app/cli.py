@@ -60,14 +60,22 @@ def serve(
     ] = None,
     port: Annotated[int | None, typer.Option(help="[default: SWITCHYARD_PORT or 8000]")] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn's log level")] = "info",
+    replicas: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="run on a local Ray cluster with this many runtime replicas "
+            "(needs the `ray` extra); default: one plain process",
+        ),
+    ] = None,
 ) -> None:
     """Start the service (settings from SWITCHYARD_* and .env)."""
-    code = _serve(host=host, port=port, log_level=log_level)
+    code = _serve(host=host, port=port, log_level=log_level, replicas=replicas)
     if code:
         raise typer.Exit(code)
 
 
-def _serve(*, host: str | None, port: int | None, log_level: str) -> int:
+def _serve(*, host: str | None, port: int | None, log_level: str, replicas: int | None) -> int:
     import uvicorn
     from pydantic import ValidationError
 
@@ -85,6 +93,10 @@ def _serve(*, host: str | None, port: int | None, log_level: str) -> int:
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if replicas is not None:
+        from app.scaleout.cluster import serve_on_ray
+
+        return serve_on_ray(settings, replicas=replicas)
     app = create_app(settings)
     config = uvicorn.Config(
         app,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import socket
 from pathlib import Path
 from typing import Literal
 
@@ -95,6 +96,21 @@ class Settings(BaseSettings):
     )
     shutdown_timeout_s: float = Field(30.0, gt=0, description="bound on draining at SIGTERM")
 
+    # --- scale-out: replicas sharing a PostgreSQL catalog (app/scaleout, README "Scale-out")
+    node_name: str = Field(
+        default_factory=socket.gethostname,
+        min_length=1,
+        max_length=256,
+        description="this machine in training leases; max_concurrent_jobs counts per node",
+    )
+    job_lease_s: float = Field(
+        30.0, gt=0, le=3600, description="a training job whose node stops renewing fails then"
+    )
+    job_heartbeat_s: float = Field(10.0, gt=0, description="how often a node renews its leases")
+    replica_max_adapters: int = Field(
+        16, ge=1, description="max_num_models_per_replica of the Ray Serve runtime deployment"
+    )
+
     @field_validator("api_keys", mode="before")
     @classmethod
     def _parse_keys(cls, value: object) -> object:
@@ -127,6 +143,16 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"host {self.host!r} is not loopback and no SWITCHYARD_API_KEYS are configured; "
                 "set keys or bind 127.0.0.1"
+            )
+        if self.replica_max_adapters > self.max_slots:
+            raise ValueError(
+                f"replica_max_adapters {self.replica_max_adapters} > max_slots {self.max_slots}: "
+                "each adapter Ray keeps on a replica holds one of its slots"
+            )
+        if self.job_heartbeat_s >= self.job_lease_s:
+            raise ValueError(
+                f"job_heartbeat_s {self.job_heartbeat_s} must be below job_lease_s "
+                f"{self.job_lease_s}, or a live job's lease expires between two heartbeats"
             )
         if self.max_upload_bytes > self.max_body_bytes * 64:
             raise ValueError(

@@ -1,14 +1,15 @@
 """The catalog database: datasets, training jobs and their event logs.
 
 SQLite inside the store by default, any SQLAlchemy URL (Postgres when several replicas share
-one catalog) otherwise. Tables are created at start; the models are typed SQLAlchemy 2.x
-declarative classes so that mypy checks every column access.
+one catalog) otherwise. Alembic migrations (`app/migrations`) bring the tables up to date at
+start; the models are typed SQLAlchemy 2.x declarative classes so that mypy checks every
+column access, and a test holds the models and the migrations to the same schema.
 
 A catalog that is locked (SQLite held by another writer past the busy timeout) or unreachable
 (a PostgreSQL server down) is not a bug: every session maps the driver's connection-level
 errors, in this one place, to a 503 `database_unavailable` with `Retry-After`, and the next
 session simply tries again, so the service recovers by itself once the database is back. A
-database that is down at start only delays creating the tables until the first session.
+database that is down at start only delays the migrations until the first session.
 """
 
 from __future__ import annotations
@@ -23,7 +24,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Engine, ForeignKey, Index, String, create_engine, event
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Engine,
+    ForeignKey,
+    Index,
+    PrimaryKeyConstraint,
+    String,
+    create_engine,
+    event,
+)
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
@@ -128,6 +139,43 @@ class JobEvent(Model):
     data: Mapped[JSONDict] = mapped_column(default=dict)
 
 
+class AdapterVersionMark(Model):
+    """The highest version number a name was ever given: replicas sharing a catalog draw their
+    numbers here (an atomic upsert), so two uploads of one name never get the same number."""
+
+    __tablename__ = "adapter_versions"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    high_water: Mapped[int]
+
+
+class AdapterRow(Model):
+    """One stored adapter version as every replica sees it: name, number and its metadata
+    (switchyard.json). The store's files stay the source of truth; this is their shared index."""
+
+    __tablename__ = "adapter_catalog"
+    __table_args__ = (PrimaryKeyConstraint("name", "version", name="pk_adapter_catalog"),)
+
+    name: Mapped[str] = mapped_column(String(64))
+    version: Mapped[int]
+    meta: Mapped[JSONDict]
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class JobLease(Model):
+    """A training job held by one node until `expires_at`; a node that stops heartbeating loses
+    it and the job fails as `interrupted` (never left `running`)."""
+
+    __tablename__ = "job_leases"
+
+    job_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("training_jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    node: Mapped[str] = mapped_column(String(256), index=True)
+    expires_at: Mapped[dt.datetime] = mapped_column(index=True)
+    heartbeat_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
 class DatabaseUnavailable(SwitchyardError):
     """503 `database_unavailable`: the catalog is locked or unreachable; retry after a while."""
 
@@ -177,10 +225,12 @@ class Database:
             with self.sessions() as session, session.begin():
                 yield session
 
-    def create_all(self) -> None:
-        """Create missing tables; existing ones are left as they are."""
+    def migrate(self) -> None:
+        """Apply the Alembic migrations the catalog lacks (all of them on an empty one)."""
+        from app.migrations import upgrade  # env.py imports this module: import it late
+
         with _mapped_errors():
-            Model.metadata.create_all(self.engine)
+            upgrade(self.engine)
         self._tables_ready = True
 
     def _ensure_tables(self) -> None:
@@ -188,7 +238,7 @@ class Database:
             return
         with self._tables_lock:
             if not self._tables_ready:
-                self.create_all()
+                self.migrate()
 
     def dispose(self) -> None:
         """Close pooled connections (at shutdown, or between tests)."""
@@ -196,16 +246,16 @@ class Database:
 
 
 def open_database(settings: Settings) -> Database:
-    """The catalog of `settings`, tables created (at the first session if it is down now)."""
+    """The catalog of `settings`, migrated (at the first session if it is down now)."""
     database = Database(
         settings.resolved_database_url, busy_timeout_s=settings.database_busy_timeout_s
     )
     try:
-        database.create_all()
+        database.migrate()
     except DatabaseUnavailable as exc:
         # Inference needs no catalog: start anyway; catalog routes answer 503 until it is back.
         log.warning(
-            "catalog database unavailable at start (%s); tables are created later", exc.__cause__
+            "catalog database unavailable at start (%s); migrations run later", exc.__cause__
         )
     return database
 

@@ -34,6 +34,8 @@ from app.registry.catalog import Registry
 from app.registry.store import AdapterStore
 from app.runtime.metrics import Metrics
 from app.runtime.runtime import Runtime
+from app.scaleout.leasing import leased_records
+from app.scaleout.versions import reconcile_quietly, shared_ledger
 from app.training.datasets import DatasetService
 from app.training.jobs import JobManager
 from app.training.preflight import preflight
@@ -102,7 +104,10 @@ def _include_routers(app: FastAPI) -> None:
 
 
 def _start(app: FastAPI, settings: Settings, base: FrozenBase | None) -> None:
-    store = AdapterStore(settings.store)
+    db = open_database(settings)
+    # Replicas sharing a server catalog draw version numbers from it (app/scaleout/versions.py).
+    ledger = shared_ledger(db)
+    store = AdapterStore(settings.store, ledger=ledger)
     removed = store.sweep()
     if removed:
         log.warning("start-up removed %d leftovers of interrupted writes", len(removed))
@@ -114,7 +119,8 @@ def _start(app: FastAPI, settings: Settings, base: FrozenBase | None) -> None:
     app.state.registry = registry
     runtime = Runtime(base, registry, settings, metrics)
     app.state.runtime = runtime
-    db = open_database(settings)
+    if ledger is not None:
+        reconcile_quietly(ledger, store)
     app.state.db = db
     app.state.datasets = DatasetService(db, settings)
     rank, tokens = settings.max_rank, settings.max_input_tokens
@@ -133,4 +139,5 @@ def _start(app: FastAPI, settings: Settings, base: FrozenBase | None) -> None:
         ),
         register_fn=registry.register,
         check_plan=functools.partial(preflight, base=base, max_rank=rank, max_tokens=tokens),
+        records=leased_records(db, settings),
     )

@@ -26,9 +26,12 @@ import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app.errors import SwitchyardError, bad_request, not_found
+
+if TYPE_CHECKING:
+    from app.scaleout.ledger import VersionLedger
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +82,8 @@ def _raise_if_full(exc: OSError, what: str) -> None:
 class AdapterStore:
     """Versioned adapter folders under one root; every write is whole or absent."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, ledger: VersionLedger | None = None) -> None:
+        self.ledger = ledger
         self.root = root.resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         self._locks: dict[str, threading.RLock] = {}
@@ -229,9 +233,10 @@ class AdapterStore:
         final: Path | None = None
         try:
             os.mkdir(tmp)
-            version = self.high_water(name) + 1
+            version = self._allocate(name, self.high_water(name))
             while os.path.lexists(folder / str(version)):
-                version += 1  # a stray link or file with that number: never replace it
+                # A stray link or file with that number: never replace it.
+                version = self._allocate(name, version)
             meta = {**meta, "name": name, "version": version}
             for filename, data in {**files, META_FILE: _json_bytes(meta)}.items():
                 _write_synced(tmp / filename, data)
@@ -241,6 +246,8 @@ class AdapterStore:
             os.rename(tmp, folder / str(version))
             final = folder / str(version)
             _fsync_dir(folder)
+            if self.ledger is not None:
+                self.ledger.recorded(name, version, meta)
         except BaseException:
             if final is not None:
                 # Renamed but not durable: a failed request must not leave a version behind.
@@ -250,6 +257,9 @@ class AdapterStore:
                 folder.rmdir()  # the folder of a name that never got a version (if empty)
             raise
         return version
+
+    def _allocate(self, name: str, floor: int) -> int:
+        return floor + 1 if self.ledger is None else self.ledger.allocate(name, floor)
 
     def _read_mark(self, name: str) -> int:
         path = self.root / HIGH_WATER_DIR / name
@@ -298,6 +308,8 @@ class AdapterStore:
             versions = [self.resolve(name, version)] if version is not None else self.versions(name)
             if not versions:
                 raise not_found("adapter_not_found", f"no adapter named {name!r}", param="name")
+            if self.ledger is not None:
+                self.ledger.removed(name, versions)
             folder = self.root / name
             for v in versions:
                 os.rename(folder / str(v), folder / f"{_TRASH_PREFIX}{v}-{uuid.uuid4().hex}")

@@ -88,8 +88,10 @@ class JobManager:
         poll_interval_s: float = 1.0,
         progress_interval_s: float = 0.5,
         cancel_wait_s: float = 5.0,
+        records: JobRecords | None = None,
     ) -> None:
-        self.records = JobRecords(db)
+        # Replicas sharing a catalog pass leased records (app/scaleout/leasing.py).
+        self.records = records or JobRecords(db)
         self.datasets = datasets
         self.settings = settings
         self._train_fn = train_fn

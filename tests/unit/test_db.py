@@ -1,14 +1,21 @@
-"""The catalog database: tables, SQLite settings, JSON columns, cascades, timestamps."""
+"""The catalog database: tables, SQLite settings, JSON columns, cascades, timestamps.
+
+The catalog's behaviour is tested on both backends it supports: a SQLite file and a fresh
+schema on the local PostgreSQL server (`catalog` fixture).
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from sqlalchemy import inspect, select, text
 
 from app.config import Settings
 from app.db import Database, Dataset, JobEvent, TrainingJob, iso, open_database
+from tests.unit.scaleout.pgtools import BACKENDS, migrated_catalog
 
 
 def _settings(tmp_path: Path) -> Settings:
@@ -26,6 +33,13 @@ def _job(job_id: str = "job_1") -> TrainingJob:
     )
 
 
+@pytest.fixture(params=BACKENDS)
+def catalog(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    """A migrated, empty catalog on SQLite and on PostgreSQL."""
+    with migrated_catalog(str(request.param), str(tmp_path)) as db:
+        yield db
+
+
 def test_open_database_creates_the_file_in_the_store_and_all_tables(tmp_path: Path) -> None:
     db = open_database(_settings(tmp_path))
     assert (tmp_path / "store" / "switchyard.db").is_file()
@@ -41,8 +55,8 @@ def test_sqlite_runs_in_wal_mode_with_foreign_keys(tmp_path: Path) -> None:
     db.dispose()
 
 
-def test_json_columns_round_trip_and_defaults_apply(tmp_path: Path) -> None:
-    db = open_database(_settings(tmp_path))
+def test_json_columns_round_trip_and_defaults_apply(catalog: Database) -> None:
+    db = catalog
     with db.session() as session:
         session.add(_job())
     with db.session() as session:
@@ -54,8 +68,8 @@ def test_json_columns_round_trip_and_defaults_apply(tmp_path: Path) -> None:
     db.dispose()
 
 
-def test_deleting_a_job_deletes_its_events(tmp_path: Path) -> None:
-    db = open_database(_settings(tmp_path))
+def test_deleting_a_job_deletes_its_events(catalog: Database) -> None:
+    db = catalog
     with db.session() as session:
         session.add(_job())
         session.flush()
@@ -70,8 +84,8 @@ def test_deleting_a_job_deletes_its_events(tmp_path: Path) -> None:
     db.dispose()
 
 
-def test_a_failed_session_rolls_back(tmp_path: Path) -> None:
-    db = open_database(_settings(tmp_path))
+def test_a_failed_session_rolls_back(catalog: Database) -> None:
+    db = catalog
     try:
         with db.session() as session:
             session.add(_job())
@@ -85,7 +99,23 @@ def test_a_failed_session_rolls_back(tmp_path: Path) -> None:
 
 def test_in_memory_sqlite_shares_one_database_across_sessions() -> None:
     db = Database("sqlite://")
-    db.create_all()
+    db.migrate()
+    _add_dataset(db)
+    with db.session() as session:
+        record = session.get(Dataset, "ds_1")
+        assert record is not None and record.label_counts == {"a": 1}
+    db.dispose()
+
+
+def test_datasets_round_trip_on_both_backends(catalog: Database) -> None:
+    _add_dataset(catalog)
+    with catalog.session() as session:
+        record = session.get(Dataset, "ds_1")
+        assert record is not None and record.columns == ["text"] and record.rows == 1
+        assert iso(record.created_at) is not None
+
+
+def _add_dataset(db: Database) -> None:
     with db.session() as session:
         session.add(
             Dataset(
@@ -101,10 +131,6 @@ def test_in_memory_sqlite_shares_one_database_across_sessions() -> None:
                 path="/x",
             )
         )
-    with db.session() as session:
-        record = session.get(Dataset, "ds_1")
-        assert record is not None and record.label_counts == {"a": 1}
-    db.dispose()
 
 
 def test_iso_renders_utc_with_z_for_naive_and_aware_times() -> None:

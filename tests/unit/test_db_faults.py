@@ -109,7 +109,7 @@ def test_reads_go_on_while_a_writer_holds_the_lock(client: TestClient, settings:
 
 def test_the_busy_timeout_is_the_setting(tmp_path: Path) -> None:
     db = Database(f"sqlite:///{tmp_path / 'c.db'}", busy_timeout_s=0.25)
-    db.create_all()
+    db.migrate()
     with db.engine.connect() as conn:
         assert conn.execute(text("PRAGMA busy_timeout")).scalar() == 250
     with sqlite_locked(tmp_path / "c.db"):
@@ -231,7 +231,7 @@ def manager_on(db: Database, cfg: Settings) -> JobManager:
 def test_the_job_lifecycle_runs_on_postgresql(tmp_path: Path, pg_schema: str) -> None:
     cfg = make_settings(tmp_path, database_url=pg_url(pg_schema))
     db = Database(cfg.resolved_database_url)
-    db.create_all()
+    db.migrate()
     assert db.engine.dialect.name == "postgresql"
     manager = manager_on(db, cfg)
     manager.start()

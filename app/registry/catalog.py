@@ -16,13 +16,13 @@ from app.base import FrozenBase
 from app.config import Settings
 from app.errors import SwitchyardError, bad_request
 from app.methods import shown_method
+from app.registry.durable import now_iso
 from app.registry.records import AdapterMeta
 from app.registry.store import (
     CONFIG_FILE,
     WEIGHTS_FILE,
     AdapterStore,
     check_name,
-    now_iso,
 )
 from app.registry.validate import parse_json_object, parse_safetensors, too_large
 from app.registry.weights import AdapterWeights, build_weights

@@ -12,7 +12,6 @@ take that name's lock; the disk filling up is a 507, never a half-written versio
 
 from __future__ import annotations
 
-import errno
 import io
 import json
 import logging
@@ -20,7 +19,6 @@ import os
 import re
 import shutil
 import threading
-import time
 import uuid
 import zipfile
 from collections.abc import Iterator
@@ -29,6 +27,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from app.errors import SwitchyardError, bad_request, not_found
+from app.registry.durable import (
+    _fsync_dir,
+    _json_bytes,
+    _mkdir,
+    _raise_if_full,
+)
 
 if TYPE_CHECKING:
     from app.scaleout.ledger import VersionLedger
@@ -44,7 +48,6 @@ HIGH_WATER_DIR = ".high-water"
 _TMP_PREFIX = ".tmp-"
 _TRASH_PREFIX = ".trash-"
 _LEFTOVER = (_TMP_PREFIX, _TRASH_PREFIX)  # what interrupted writes and deletes leave
-_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 def check_name(name: str) -> str:
@@ -56,27 +59,6 @@ def check_name(name: str) -> str:
             param="name",
         )
     return name
-
-
-def storage_full(exc: OSError, what: str) -> SwitchyardError | None:
-    """The 507 for a write that ran out of space or quota; None for any other OSError.
-
-    The message names what was being written, never a path (paths are the operator's).
-    """
-    if exc.errno not in _FULL:
-        return None
-    return SwitchyardError(
-        507,
-        "insufficient_storage",
-        f"no space left to store {what} ({os.strerror(exc.errno or errno.ENOSPC)}); "
-        "nothing was stored: free space on the store's volume, then retry",
-    )
-
-
-def _raise_if_full(exc: OSError, what: str) -> None:
-    full = storage_full(exc, what)
-    if full is not None:
-        raise full from exc
 
 
 class AdapterStore:
@@ -376,15 +358,6 @@ class AdapterStore:
         return removed
 
 
-def _json_bytes(obj: Any) -> bytes:
-    return (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode()
-
-
-def _mkdir(path: Path) -> None:
-    with suppress(FileExistsError):
-        os.mkdir(path)
-
-
 def _write_synced(path: Path, data: bytes) -> None:
     # os-level calls throughout, so a full disk surfaces here (write or fsync), not at close.
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
@@ -395,16 +368,3 @@ def _write_synced(path: Path, data: bytes) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def now_iso() -> str:
-    """UTC timestamp used in metadata."""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

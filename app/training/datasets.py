@@ -25,7 +25,7 @@ from sqlalchemy import select
 from app.config import Settings
 from app.db import Database, Dataset, iso
 from app.errors import SwitchyardError, bad_request, not_found
-from app.registry.store import storage_full
+from app.registry.durable import storage_full
 from app.tasks import CLASSIFICATION
 from app.training.rows import (
     InvalidDatasetError,

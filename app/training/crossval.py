@@ -33,7 +33,8 @@ class CvResult:
 
     folds: int
     metrics: dict[str, float]  # of the chosen epoch, over all rows
-    logits: Logits  # out-of-fold logits of the chosen epoch, every row once
+    logits: Logits | None  # out-of-fold logits of the chosen epoch, every row once; None for
+    # per-token tasks, whose logits do not pool
     epochs: int | None = None  # the chosen schedule (adapters)
     curve: list[dict[str, Any]] = field(default_factory=list)  # per epoch, pooled over folds
     seconds: float = 0.0
@@ -102,6 +103,7 @@ def cross_validate_adapter(
     chosen number of epochs is the best pooled primary metric (ties: the lower loss)."""
     started = time.monotonic()
     by_epoch: dict[int, list[Logits]] = {}
+    histories: list[list[dict[str, Any]]] = []
     offset = 0
     folds = fold_indices(rows, recipe.plan.task, folds=rule.folds, seed=recipe.hp.seed)
     for number, held in enumerate(folds, start=1):
@@ -111,20 +113,19 @@ def cross_validate_adapter(
         offset += fitted.loop.steps.run
         for epoch, pair in fitted.loop.logits_by_epoch.items():
             by_epoch.setdefault(epoch, []).append(pair)
+        histories.append(list(fitted.loop.history))
         del fitted
-    task, labels = recipe.plan.task, recipe.plan.labels
-    curve = []
-    for epoch in sorted(e for e, pairs in by_epoch.items() if len(pairs) == len(folds)):
-        pairs = by_epoch[epoch]
-        metrics = evaluation.metrics_from_logits(pairs, task=task, labels=labels)
-        loss = evaluation.mean_loss(pairs, task=task)
-        curve.append({"epoch": epoch, **metrics, "validation_loss": loss})
+    task = recipe.plan.task
+    pooled = _pooled_curve(by_epoch, folds=len(folds), task=task, labels=recipe.plan.labels)
+    # Per-token logits do not pool across rows of different lengths: average the folds' own
+    # evaluations instead (token classification's F1 per fold, then the mean).
+    curve = pooled or _mean_curve(histories)
     metric = evaluation.primary_metric(task)
     chosen = max(curve, key=lambda c: (_finite(c.get(metric)), -c["validation_loss"]))
     return CvResult(
         folds=len(folds),
         metrics={k: v for k, v in chosen.items() if k not in ("epoch", "validation_loss")},
-        logits=_join(by_epoch[int(chosen["epoch"])]),
+        logits=_join(by_epoch[int(chosen["epoch"])]) if pooled else None,
         epochs=int(chosen["epoch"]),
         curve=curve,
         seconds=time.monotonic() - started,
@@ -158,6 +159,36 @@ def cross_validate(
         logits=_join(pairs),
         seconds=time.monotonic() - started,
     )
+
+
+def _pooled_curve(
+    by_epoch: dict[int, list[Logits]], *, folds: int, task: str, labels: list[str]
+) -> list[dict[str, Any]]:
+    """Per epoch that every fold reached: metrics over all rows' out-of-fold logits."""
+    curve = []
+    for epoch in sorted(e for e, pairs in by_epoch.items() if len(pairs) == folds):
+        pairs = by_epoch[epoch]
+        metrics = evaluation.metrics_from_logits(pairs, task=task, labels=labels)
+        loss = evaluation.mean_loss(pairs, task=task)
+        curve.append({"epoch": epoch, **metrics, "validation_loss": loss})
+    return curve
+
+
+def _mean_curve(histories: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Per epoch that every fold evaluated: the mean of the folds' numeric metrics."""
+    by_epoch: dict[int, list[dict[str, Any]]] = {}
+    for history in histories:
+        for entry in history:
+            by_epoch.setdefault(round(entry["epoch"]), []).append(entry)
+    curve = []
+    for epoch in sorted(e for e, entries in by_epoch.items() if len(entries) == len(histories)):
+        entries = by_epoch[epoch]
+        keys = [k for k, v in entries[0].items() if isinstance(v, int | float) and k != "step"]
+        means = {k: sum(float(e[k]) for e in entries) / len(entries) for k in keys}
+        curve.append({**means, "epoch": epoch})
+    if not curve:
+        raise ValueError("no epoch was evaluated on every fold")
+    return curve
 
 
 def _split(examples: list[Example], held: list[int]) -> tuple[list[Example], list[Example]]:

@@ -1,8 +1,9 @@
 """`switchyard serve --replicas 2` on a local Ray cluster with the PostgreSQL catalog: adapters
 uploaded through the ingress, predictions routed by adapter and equal to PEFT's (as the
 single-process service's are), and a replica killed under load answering only 200, 429 or
-503 with Retry-After until Ray has replaced it; the replica training a job killed leaves the
-job `interrupted` (its lease expires) and no version of its adapter in the store."""
+503 with Retry-After until Ray has replaced it; a job's event stream flowing through the
+ingress while it trains; and the trainer deployment killed leaving the job `interrupted`
+(its lease expires) and no version of its adapter in the store."""
 
 from __future__ import annotations
 
@@ -184,13 +185,18 @@ def test_a_job_trained_through_the_ingress_is_served_by_both_replicas(
         time.sleep(0.1)
 
 
-def _runtime_pids() -> list[int]:
+def _pids(title: str) -> list[int]:
     listing = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    return [
-        int(line.split()[0])
-        for line in listing.splitlines()
-        if "ServeReplica:switchyard:Runtime" in line
-    ]
+    return [int(line.split()[0]) for line in listing.splitlines() if title in line]
+
+
+def _runtime_pids() -> list[int]:
+    return _pids("ServeReplica:switchyard:Runtime")
+
+
+def _rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def test_a_replica_killed_under_load_gives_only_200_429_or_503(
@@ -231,10 +237,20 @@ def _job(http: httpx.Client, url: str) -> dict | None:
     return response.json() if response.status_code == 200 else None
 
 
+def _first_lines(lines: Iterator[str], count: int) -> list[str]:
+    """The first `count` non-empty lines of a stream (then stop reading it)."""
+    kept: list[str] = []
+    for line in lines:
+        if line.strip():
+            kept.append(line)
+        if len(kept) == count:
+            break
+    return kept
+
+
 def test_killing_the_trainer_interrupts_the_job_and_keeps_no_version(cluster: Cluster) -> None:
-    # Last in the module: it kills every runtime replica. The trainer runs inside the replica
-    # that leased the job; killing all of them kills it whichever that was, and the job can
-    # only end through its lease expiring (a restarted replica reaps only expired leases).
+    # The trainer is a deployment of its own (app/scaleout/trainer.py): killing its process
+    # stops the lease's heartbeat, and the job can only end through the lease expiring.
     examples = [{"text": f"good film {i}", "label": "pos"} for i in range(32)]
     examples += [{"text": f"bad film {i}", "label": "neg"} for i in range(32)]
     body = {
@@ -251,10 +267,18 @@ def test_killing_the_trainer_interrupts_the_job_and_keeps_no_version(cluster: Cl
         assert job is None or job["status"] in ("queued", "validating"), job
         assert time.monotonic() < deadline, job
         time.sleep(0.2)
-    pids = _runtime_pids()
-    assert pids
-    for pid in pids:
-        os.kill(pid, signal.SIGKILL)
+    # The job's event stream flows through the ingress while it trains (not buffered to the
+    # job's end, which is minutes away).
+    with cluster.http.stream("GET", f"{url}/events", params={"stream": "true"}, timeout=60) as sse:
+        assert sse.status_code == 200 and sse.headers[REPLICA]
+        assert any(line.startswith("data:") for line in _first_lines(sse.iter_lines(), 3))
+    job = _job(cluster.http, url)
+    assert job is not None and job["status"] == "running", job
+    trainers = _pids("ServeReplica:switchyard:Trainer")
+    assert len(trainers) == 1, trainers
+    rss = {p: _rss_mb(p) for p in trainers + _runtime_pids()}
+    print(f"RSS MB, trainer first then runtime replicas: {list(rss.values())}")
+    os.kill(trainers[0], signal.SIGKILL)
     killed = time.monotonic()
     while (job := _job(cluster.http, url)) is None or job["status"] == "running":
         assert time.monotonic() - killed < 180, f"still running: {job}"

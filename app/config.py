@@ -79,6 +79,8 @@ class Settings(BaseSettings):
 
     # --- training
     max_concurrent_jobs: int = Field(1, ge=1)
+    # Off in Ray runtime replicas: the trainer deployment leases the jobs (app/scaleout/trainer.py).
+    train_in_process: bool = Field(True, description="run training workers in this process")
     max_training_rows: int = Field(200_000, ge=1)
     trainer_yield_ms: float = Field(
         200.0, ge=0, description="longest a training step waits for queued requests to drain"

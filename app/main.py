@@ -54,7 +54,8 @@ def create_app(settings: Settings | None = None, *, base: FrozenBase | None = No
         await run_in_threadpool(_start, app, settings, base)
         app.state.runtime.start()
         await run_in_threadpool(app.state.runtime.warm_up)
-        app.state.jobs.start()
+        if settings.train_in_process:
+            app.state.jobs.start()
         app.state.readiness = "ready"
         log.info("ready on %s:%d", settings.host, settings.port)
         try:

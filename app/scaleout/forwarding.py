@@ -8,12 +8,16 @@ API is the same byte for byte. Ray is not imported here: these parts are tested 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, MutableMapping, Sequence
 from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs
 
 import httpx
 from fastapi import FastAPI
@@ -57,6 +61,28 @@ class ForwardedResponse:
     status: int
     headers: tuple[tuple[str, str], ...]
     body: bytes
+
+
+@dataclass(frozen=True)
+class ForwardedHead:
+    """The first item of a streamed answer: status and headers; the body's chunks follow."""
+
+    status: int
+    headers: tuple[tuple[str, str], ...]
+
+
+def is_streaming(request: ForwardedRequest) -> bool:
+    """Whether the answer may be a stream (job events with `?stream=true`, OpenAI-style calls
+    with `"stream": true`): those go through Ray's streaming handle, the rest whole."""
+    if request.path.startswith("/v1/training-jobs/") and request.path.endswith("/events"):
+        return parse_qs(request.query).get("stream", [""])[-1].lower() in ("true", "1")
+    if request.path not in ("/v1/completions", "/v1/chat/completions"):
+        return False
+    try:
+        parsed = json.loads(request.body)
+    except ValueError:
+        return False
+    return isinstance(parsed, dict) and parsed.get("stream") is True
 
 
 def routing_key(path: str, body: bytes) -> str | None:
@@ -160,6 +186,75 @@ class InProcessApp:
             body=response.content,
         )
 
+    async def stream(
+        self, request: ForwardedRequest, replica: str
+    ) -> AsyncGenerator[ForwardedHead | bytes, None]:
+        """Run one forwarded request through the app, yielding its head, then each body chunk
+        as the app sends it (httpx's ASGI transport would buffer the body whole)."""
+        messages: asyncio.Queue[MutableMapping[str, Any] | None] = asyncio.Queue()
+        done = asyncio.Event()
+        task = asyncio.create_task(self._call(_scope(request), request.body, messages, done))
+        try:
+            while (message := await messages.get()) is not None:
+                if message["type"] == "http.response.start":
+                    headers = [
+                        (k.decode("latin-1"), v.decode("latin-1")) for k, v in message["headers"]
+                    ]
+                    yield ForwardedHead(
+                        status=message["status"],
+                        headers=(*_kept(headers), (REPLICA_HEADER, replica)),
+                    )
+                elif message["type"] == "http.response.body":
+                    if message.get("body"):
+                        yield message["body"]
+                    if not message.get("more_body", False):
+                        break
+            await task  # background tasks run after the body, as an HTTP server waits
+        finally:
+            done.set()  # the client left (or all was sent): the app sees a disconnect
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def _call(
+        self,
+        scope: dict[str, Any],
+        body: bytes,
+        messages: asyncio.Queue[MutableMapping[str, Any] | None],
+        done: asyncio.Event,
+    ) -> None:
+        sent = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await done.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: MutableMapping[str, Any]) -> None:
+            await messages.put(message)
+
+        try:
+            await self.app(scope, receive, send)
+        except Exception:
+            # Starlette has answered 500 already if nothing was sent; a stream just ends.
+            log.exception("a streamed request failed in the app")
+        finally:
+            messages.put_nowait(None)
+
+
+async def relay(chunks: AsyncIterator[Any]) -> AsyncIterator[bytes]:
+    """A streamed answer's body chunks as they come; a replica lost mid-stream ends it early
+    (the status has been sent: the client sees a truncated stream, not an error)."""
+    try:
+        async for chunk in chunks:
+            yield chunk
+    except Exception as exc:  # Ray's errors vary by kind, as for whole answers
+        log.warning("runtime replica failed mid-stream: %s: %s", type(exc).__name__, exc)
+
 
 def replica_unavailable(exc: Exception) -> JSONResponse:
     """The 503 for a request whose replica died or restarts: retry, another one answers."""
@@ -172,6 +267,25 @@ def replica_unavailable(exc: Exception) -> JSONResponse:
     return JSONResponse(
         {"error": error}, status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)}
     )
+
+
+def _scope(request: ForwardedRequest) -> dict[str, Any]:
+    headers = [(k.lower(), v) for k, v in request.headers if k.lower() not in _DROPPED]
+    headers += [("host", "replica"), ("content-length", str(len(request.body)))]
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": request.method,
+        "scheme": "http",
+        "path": request.path,
+        "raw_path": request.path.encode(),
+        "query_string": request.query.encode("latin-1"),
+        "root_path": "",
+        "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers],
+        "server": ("replica", 80),
+        "client": ("127.0.0.1", 0),
+    }
 
 
 def _kept(headers: Sequence[tuple[str, str]]) -> tuple[tuple[str, str], ...]:

@@ -14,13 +14,15 @@ with Retry-After while Ray starts a new one. Needs the `ray` extra (`pip install
 import json
 import logging
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, cast
 
 import ray
 from fastapi import FastAPI, Request, Response
+from fastapi.responses import StreamingResponse
 from ray import serve
-from ray.serve.handle import DeploymentHandle
+from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 import app as app_package
 from app.config import Settings
@@ -28,12 +30,16 @@ from app.main import create_app
 from app.scaleout.forwarding import (
     REPLICA_HEADER,
     AdapterSlot,
+    ForwardedHead,
     ForwardedRequest,
     ForwardedResponse,
     InProcessApp,
+    is_streaming,
+    relay,
     replica_unavailable,
     routing_key,
 )
+from app.scaleout.trainer import Trainer, trainer_options
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +60,10 @@ ingress_api = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
 class Ingress:
     """The HTTP entry: forwards every request to a runtime replica chosen by its adapter."""
 
-    def __init__(self, runtime: DeploymentHandle) -> None:
+    def __init__(self, runtime: DeploymentHandle, trainer: DeploymentHandle) -> None:
         self.runtime = runtime
+        # Bound so that Serve deploys the trainer with the app; requests never go to it.
+        self.trainer = trainer
 
     @ingress_api.api_route("/{path:path}", methods=_METHODS)
     async def forward(self, request: Request) -> Response:
@@ -70,6 +78,8 @@ class Ingress:
         )
         key = routing_key(forwarded.path, body)
         handle = self.runtime.options(multiplexed_model_id=key) if key else self.runtime
+        if is_streaming(forwarded):
+            return await self.stream(handle, forwarded)
         try:
             answer: ForwardedResponse = await handle.answer.remote(forwarded)
         except Exception as exc:  # a replica killed or restarting: Ray's errors vary by kind
@@ -78,6 +88,19 @@ class Ingress:
         return Response(
             content=answer.body, status_code=answer.status, headers=dict(answer.headers)
         )
+
+    async def stream(self, handle: DeploymentHandle, forwarded: ForwardedRequest) -> Response:
+        """A streamed answer through Ray's streaming handle: chunks reach the client as the
+        replica sends them; a replica lost before the head is a 503 to retry."""
+        chunks = cast(
+            DeploymentResponseGenerator, handle.options(stream=True).stream.remote(forwarded)
+        )
+        try:
+            head: ForwardedHead = await chunks.__anext__()
+        except Exception as exc:
+            log.warning("runtime replica failed a stream: %s: %s", type(exc).__name__, exc)
+            return replica_unavailable(exc)
+        return StreamingResponse(relay(chunks), status_code=head.status, headers=dict(head.headers))
 
 
 def runtime_deployment(max_adapters: int) -> Any:
@@ -107,6 +130,14 @@ def runtime_deployment(max_adapters: int) -> Any:
                 await self.slot(adapter)
             return await self.inner.answer(request, self.replica)
 
+        async def stream(self, request: ForwardedRequest) -> AsyncIterator[ForwardedHead | bytes]:
+            await self._started()
+            adapter = serve.get_multiplexed_model_id()
+            if adapter:
+                await self.slot(adapter)
+            async for item in self.inner.stream(request, self.replica):
+                yield item
+
         async def _started(self) -> None:
             # Serve runs __init__ synchronously; the app's start-up is async: run it once here.
             if not self.started:
@@ -117,10 +148,13 @@ def runtime_deployment(max_adapters: int) -> Any:
 
 
 def build_app(settings: Settings, *, replicas: int) -> Any:
-    """The Serve application: the ingress bound to `replicas` runtime replicas."""
-    payload = settings.model_dump_json()
+    """The Serve application: the ingress bound to `replicas` runtime replicas, which only
+    serve, and one trainer deployment, which leases the training jobs."""
+    serving = settings.model_copy(update={"train_in_process": False})
     runtime = runtime_deployment(settings.replica_max_adapters).options(num_replicas=replicas)
-    return cast(Any, Ingress).bind(runtime.bind(payload))
+    trainer = cast(Any, Trainer).options(ray_actor_options=trainer_options(settings))
+    payload = settings.model_dump_json()
+    return cast(Any, Ingress).bind(runtime.bind(serving.model_dump_json()), trainer.bind(payload))
 
 
 def app_builder(args: dict[str, Any]) -> Any:

@@ -1,7 +1,9 @@
 """`switchyard serve --replicas 2` on a local Ray cluster with the PostgreSQL catalog: adapters
 uploaded through the ingress, predictions routed by adapter and equal to PEFT's (as the
 single-process service's are), and a replica killed under load answering only 200, 429 or
-503 with Retry-After until Ray has replaced it."""
+503 with Retry-After until Ray has replaced it; a job's event stream flowing through the
+ingress while it trains; and the trainer deployment killed leaving the job `interrupted`
+(its lease expires) and no version of its adapter in the store."""
 
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ pytestmark = [pytest.mark.slow, needs_pg]
 ADAPTERS, PREDICTS = 8, 200
 TEXTS = ["a gorgeous, witty, seductive movie", "the plot is a mess and the acting worse"]
 REPLICA = "x-switchyard-replica"
+LEASE_S = 6
 
 
 @dataclass
@@ -42,6 +45,7 @@ class Cluster:
 
     http: httpx.Client
     process: subprocess.Popen[bytes]
+    store: Path
 
 
 def _wait_ready(http: httpx.Client, process: subprocess.Popen[bytes], timeout: float) -> None:
@@ -70,6 +74,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             "HF_HUB_OFFLINE": "1",
             "TOKENIZERS_PARALLELISM": "false",
             "RAY_AUTH_MODE": "disabled",
+            # Short leases, so the killed trainer's job is reaped within seconds.
+            "SWITCHYARD_JOB_LEASE_S": str(LEASE_S),
+            "SWITCHYARD_JOB_HEARTBEAT_S": "1",
         }
         process = subprocess.Popen(
             [sys.executable, "-m", "app.cli", "serve", "--replicas", "2", "--log-level", "warning"],
@@ -79,7 +86,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120)
         try:
             _wait_ready(http, process, timeout=300)
-            yield Cluster(http, process)
+            yield Cluster(http, process, store)
         finally:
             http.close()
             process.send_signal(signal.SIGINT)
@@ -178,13 +185,18 @@ def test_a_job_trained_through_the_ingress_is_served_by_both_replicas(
         time.sleep(0.1)
 
 
-def _runtime_pids() -> list[int]:
+def _pids(title: str) -> list[int]:
     listing = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    return [
-        int(line.split()[0])
-        for line in listing.splitlines()
-        if "ServeReplica:switchyard:Runtime" in line
-    ]
+    return [int(line.split()[0]) for line in listing.splitlines() if title in line]
+
+
+def _runtime_pids() -> list[int]:
+    return _pids("ServeReplica:switchyard:Runtime")
+
+
+def _rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def test_a_replica_killed_under_load_gives_only_200_429_or_503(
@@ -214,3 +226,67 @@ def test_a_replica_killed_under_load_gives_only_200_429_or_503(
             break
         assert time.monotonic() < deadline, f"not recovered: {codes}"
         time.sleep(2)
+
+
+def _job(http: httpx.Client, url: str) -> dict | None:
+    """The job, or None while the ingress has no replica to ask (503 during restarts)."""
+    try:
+        response = http.get(url)
+    except httpx.TransportError:
+        return None
+    return response.json() if response.status_code == 200 else None
+
+
+def _first_lines(lines: Iterator[str], count: int) -> list[str]:
+    """The first `count` non-empty lines of a stream (then stop reading it)."""
+    kept: list[str] = []
+    for line in lines:
+        if line.strip():
+            kept.append(line)
+        if len(kept) == count:
+            break
+    return kept
+
+
+def test_killing_the_trainer_interrupts_the_job_and_keeps_no_version(cluster: Cluster) -> None:
+    # The trainer is a deployment of its own (app/scaleout/trainer.py): killing its process
+    # stops the lease's heartbeat, and the job can only end through the lease expiring.
+    examples = [{"text": f"good film {i}", "label": "pos"} for i in range(32)]
+    examples += [{"text": f"bad film {i}", "label": "neg"} for i in range(32)]
+    body = {
+        "adapter": "doomed",
+        "method": "lora",
+        "examples": examples,
+        "hyperparameters": {"epochs": 100, "selection": "fixed"},
+    }
+    created = cluster.http.post("/v1/training-jobs", json=body)
+    assert created.status_code == 202, created.text
+    url = f"/v1/training-jobs/{created.json()['id']}"
+    deadline = time.monotonic() + 120
+    while (job := _job(cluster.http, url)) is None or job["status"] != "running":
+        assert job is None or job["status"] in ("queued", "validating"), job
+        assert time.monotonic() < deadline, job
+        time.sleep(0.2)
+    # The job's event stream flows through the ingress while it trains (not buffered to the
+    # job's end, which is minutes away).
+    with cluster.http.stream("GET", f"{url}/events", params={"stream": "true"}, timeout=60) as sse:
+        assert sse.status_code == 200 and sse.headers[REPLICA]
+        assert any(line.startswith("data:") for line in _first_lines(sse.iter_lines(), 3))
+    job = _job(cluster.http, url)
+    assert job is not None and job["status"] == "running", job
+    trainers = _pids("ServeReplica:switchyard:Trainer")
+    assert len(trainers) == 1, trainers
+    rss = {p: _rss_mb(p) for p in trainers + _runtime_pids()}
+    print(f"RSS MB, trainer first then runtime replicas: {list(rss.values())}")
+    os.kill(trainers[0], signal.SIGKILL)
+    killed = time.monotonic()
+    while (job := _job(cluster.http, url)) is None or job["status"] == "running":
+        assert time.monotonic() - killed < 180, f"still running: {job}"
+        time.sleep(1)
+    assert job["status"] == "failed", job
+    assert job["error"]["code"] == "interrupted", job
+    assert time.monotonic() - killed >= LEASE_S - 1  # ended by the lease, not by anything sooner
+    folder = cluster.store / "doomed"
+    versions = [p.name for p in folder.iterdir() if p.name.isdigit()] if folder.exists() else []
+    assert versions == [], versions
+    assert cluster.http.get("/v1/adapters/doomed").status_code == 404

@@ -15,13 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -29,31 +27,8 @@ from pathlib import Path
 import httpx
 
 from bench._common import base_dir, make_lora_files, tempdir
+from bench.http_mix import TEXT, load
 from tests.integration.conftest import REPO, free_port, start_server, stop_server
-
-TEXT = "an intelligent, moving and beautifully acted film about growing old"
-
-
-def load(url: str, names: list[str], *, clients: int, seconds: float) -> float:
-    """Requests/s over `seconds` from `clients` closed-loop clients (any non-200 fails)."""
-    done = [0] * clients
-    stop = time.monotonic() + seconds
-
-    def client(i: int) -> None:
-        rng = random.Random(i)
-        with httpx.Client(base_url=url, timeout=60) as http:
-            while time.monotonic() < stop:
-                r = http.post(f"/v1/adapters/{rng.choice(names)}/predict", json={"inputs": [TEXT]})
-                r.raise_for_status()
-                done[i] += 1
-
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
-    start = time.monotonic()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return sum(done) / (time.monotonic() - start)
 
 
 def upload(url: str, peft: Path, names: list[str]) -> None:

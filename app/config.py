@@ -53,6 +53,17 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     max_dataset_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    max_corpus_bytes: int = Field(
+        256 * 1024 * 1024,
+        ge=1024,
+        description="largest text-only dataset (unlabeled corpus) upload; labeled datasets "
+        "have max_dataset_bytes",
+    )
+    max_corpus_document_bytes: int = Field(
+        1024 * 1024,
+        ge=64,
+        description="longest line (or paragraph) of a text-only dataset upload",
+    )
     max_multipart_parts: int = Field(16, ge=1)
     body_read_timeout_s: float = Field(
         60.0, gt=0, le=3600, description="a request body must arrive whole within this (else 408)"
@@ -155,6 +166,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"job_heartbeat_s {self.job_heartbeat_s} must be below job_lease_s "
                 f"{self.job_lease_s}, or a live job's lease expires between two heartbeats"
+            )
+        if self.max_corpus_document_bytes > self.max_corpus_bytes:
+            raise ValueError(
+                f"max_corpus_document_bytes {self.max_corpus_document_bytes} > "
+                f"max_corpus_bytes {self.max_corpus_bytes}: no document could be that long"
             )
         if self.max_upload_bytes > self.max_body_bytes * 64:
             raise ValueError(

@@ -85,7 +85,8 @@ def create_app(settings: Settings | None = None, *, base: FrozenBase | None = No
     app.add_middleware(
         BodyLimitMiddleware,
         body_bytes=settings.max_body_bytes,
-        upload_bytes=max(settings.max_upload_bytes, settings.max_dataset_bytes),
+        upload_bytes=settings.max_upload_bytes,
+        dataset_bytes=max(settings.max_dataset_bytes, settings.max_corpus_bytes),
         max_parts=settings.max_multipart_parts,
         read_timeout_s=settings.body_read_timeout_s,
     )

@@ -2,9 +2,11 @@
 
 A Content-Length over the limit is refused at once; a chunked body is counted as it arrives
 and cut off at the limit, so a client cannot make the server buffer more than it allows.
-Multipart uploads to the upload routes get the upload limit, everything else the (smaller)
-body limit. Multipart bodies are also cut off past `max_parts` parts (counted by their
-delimiters as they stream in), before any route's form parser spools them.
+Multipart uploads to the upload routes get an upload limit (the dataset routes their own, as
+large as the largest dataset upload, an unlabeled corpus; the adapter route the adapter upload
+limit), everything else the (smaller) body limit. Multipart bodies are also cut off past
+`max_parts` parts (counted by their delimiters as they stream in), before any route's form
+parser spools them.
 
 The whole body must also arrive within `body_read_timeout_s` of the request's start: a client
 that trickles bytes (slowloris) would otherwise hold a connection and a worker's buffers for
@@ -22,6 +24,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 UPLOAD_PATHS = frozenset({"/v1/adapters", "/v1/datasets", "/v1/files"})
+DATASET_PATHS = frozenset({"/v1/datasets", "/v1/files"})
 
 
 class BodyLimitMiddleware:
@@ -33,12 +36,15 @@ class BodyLimitMiddleware:
         *,
         body_bytes: int,
         upload_bytes: int,
+        dataset_bytes: int | None = None,
         max_parts: int = 16,
         read_timeout_s: float = 60.0,
     ) -> None:
         self.app = app
         self.body_bytes = body_bytes
         self.upload_bytes = upload_bytes
+        # The dataset routes' own limit; the service checks each file against its kind's.
+        self.dataset_bytes = upload_bytes if dataset_bytes is None else dataset_bytes
         self.max_parts = max_parts
         self.read_timeout_s = read_timeout_s
 
@@ -47,15 +53,7 @@ class BodyLimitMiddleware:
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers") or [])
-        # Only the upload routes take multipart; any other route keeps the body limit whatever
-        # content type the client claims.
-        is_upload = (
-            headers.get(b"content-type", b"").startswith(b"multipart/")
-            and scope.get("method") == "POST"
-            and scope.get("path", "").rstrip("/") in UPLOAD_PATHS
-        )
-        # Multipart framing adds a little; allow for it so a file exactly at the limit passes.
-        limit = self.upload_bytes + 64 * 1024 if is_upload else self.body_bytes
+        limit = self._limit(scope, headers)
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             await _reject(send, _TooLarge(int(declared), limit))
@@ -89,6 +87,21 @@ class BodyLimitMiddleware:
         except LimitExceeded as exc:
             if not started:
                 await _reject(send, exc)
+
+    def _limit(self, scope: Scope, headers: dict[bytes, bytes]) -> int:
+        # Only the upload routes take multipart; any other route keeps the body limit whatever
+        # content type the client claims.
+        path = scope.get("path", "").rstrip("/")
+        is_upload = (
+            headers.get(b"content-type", b"").startswith(b"multipart/")
+            and scope.get("method") == "POST"
+            and path in UPLOAD_PATHS
+        )
+        if not is_upload:
+            return self.body_bytes
+        upload = self.dataset_bytes if path in DATASET_PATHS else self.upload_bytes
+        # Multipart framing adds a little; allow for it so a file exactly at the limit passes.
+        return upload + 64 * 1024
 
 
 class LimitExceeded(HTTPException):

@@ -1,8 +1,11 @@
-"""Uploaded datasets: JSONL or CSV in, validated row by row, stored as normalised JSONL.
+"""Uploaded datasets: JSONL, CSV or plain text in, validated row by row, stored as normalised
+JSONL.
 
 A dataset is accepted whole or not at all: every bad row is found (the first ten are
 reported by line number) before anything is written. The rows file is written atomically
 under `<store>/_datasets/`, the catalog row after it, so a listed dataset always has its file.
+Labeled files are parsed here, in memory; text-only files (unlabeled corpora) stream through
+`app.training.corpus_upload` instead.
 """
 
 from __future__ import annotations
@@ -15,18 +18,24 @@ import math
 import os
 import re
 import secrets
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from sqlalchemy import select
 
 from app.config import Settings
 from app.db import Database, Dataset, iso
 from app.errors import SwitchyardError, bad_request, not_found
-from app.registry.durable import storage_full
 from app.tasks import CLASSIFICATION
+from app.training.corpus_upload import (
+    CORPUS_TASK,
+    TEXT,
+    Sniffed,
+    check_size,
+    sniff,
+    store_corpus,
+)
 from app.training.rows import (
     InvalidDatasetError,
     RowError,
@@ -35,15 +44,15 @@ from app.training.rows import (
     label_counts,
     validate_rows,
 )
+from app.training.textfile import SNIFF_BYTES, TMP_PREFIX, atomic_writer
 from app.untrusted import check_text, check_tree, load_json
 
 __all__ = ["DatasetService", "InvalidDatasetError", "ParsedFile", "parse_file", "validate_rows"]
 
-FORMATS = ("jsonl", "csv")
+FORMATS = ("jsonl", "csv", "text")
 # CSV cells that hold JSON lists, since a CSV cell cannot hold a list otherwise.
 JSON_COLUMNS = ("labels", "tokens", "tags", "messages")
 _ID_PATTERN = re.compile(r"ds_[0-9a-f]{1,64}")
-_TMP_PREFIX = ".tmp-"
 _MAX_NAME = 256
 
 
@@ -70,15 +79,15 @@ class ParsedFile:
         self._seen: set[str] = set(self.columns)
 
 
-def parse_file(filename: str, data: bytes) -> ParsedFile:
-    """Read JSONL or CSV (chosen by extension, else by the first character) into raw rows."""
+def parse_file(filename: str, data: bytes, *, fmt: str | None = None) -> ParsedFile:
+    """Read JSONL or CSV (`fmt`, else chosen by extension, else by the first character)."""
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise InvalidDatasetError(
             [], param="file", message=f"the file is not UTF-8 text (byte {exc.start})"
         ) from exc
-    fmt = detect_format(filename, text)
+    fmt = fmt or detect_format(filename, text)
     return _parse_jsonl(text) if fmt == "jsonl" else _parse_csv(text)
 
 
@@ -194,42 +203,36 @@ class DatasetService:
         self.root.mkdir(parents=True, exist_ok=True)
         self._sweep()
 
-    def create(self, filename: str, data: bytes, name: str | None = None) -> dict[str, Any]:
-        """Validate an uploaded file and store it; returns the dataset's JSON."""
-        limit = self.settings.max_dataset_bytes
-        if len(data) > limit:
-            raise SwitchyardError(
-                413,
-                "payload_too_large",
-                f"dataset is {len(data)} bytes > limit {limit}",
-                param="file",
-            )
+    def create(
+        self, filename: str, data: bytes, name: str | None = None, *, split: str | None = None
+    ) -> dict[str, Any]:
+        """Validate an uploaded file held in memory and store it; see `upload`."""
+        return self.upload(filename, io.BytesIO(data), name=name, split=split)
+
+    def upload(
+        self, filename: str, stream: BinaryIO, *, name: str | None = None, split: str | None = None
+    ) -> dict[str, Any]:
+        """Validate an uploaded file and store it; returns the dataset's JSON.
+
+        `stream` (seekable: an upload's spooled file) is read from its start. A text-only file
+        streams through validation into the store in bounded memory (up to max_corpus_bytes,
+        cut into documents by `split` when it is plain text); a labeled one is read whole (up
+        to max_dataset_bytes).
+        """
+        size = stream.seek(0, os.SEEK_END)
+        stream.seek(0)
+        prefix = stream.read(SNIFF_BYTES)
         check_text(filename or "", param="file")
         filename = Path(filename or "dataset").name[:_MAX_NAME] or "dataset"
         name = _check_name(name, default=Path(filename).stem or filename)
-        parsed = parse_file(filename, data)
-        task, rows = self._validate(parsed)
+        sniffed = sniff(filename, prefix, whole=len(prefix) >= size, split=split)
+        check_size(size, text_only=sniffed.text_only, settings=self.settings)
+        stream.seek(0)
         dataset_id = f"ds_{secrets.token_hex(12)}"
         path = self.root / f"{dataset_id}.jsonl"
-        try:
-            _write_jsonl(path, rows)
-        except OSError as exc:
-            full = storage_full(exc, "the dataset")
-            if full is None:
-                raise
-            raise full from exc
-        record = Dataset(
-            id=dataset_id,
-            name=name,
-            filename=filename,
-            format=parsed.format,
-            rows=len(rows),
-            columns=parsed.columns,
-            task=task,
-            label_counts=label_counts(rows, task),
-            bytes=len(data),
-            path=str(path),
-        )
+        store = self._store_corpus if sniffed.text_only else self._store_labeled
+        record = store(stream, sniffed, path)
+        record.id, record.name, record.filename, record.bytes = dataset_id, name, filename, size
         try:
             with self.db.session() as session:
                 session.add(record)
@@ -278,6 +281,34 @@ class DatasetService:
         return [_to_json(r) for r in records]
 
     # ---------------------------------------------------------------- helpers
+    def _store_labeled(self, stream: BinaryIO, sniffed: Sniffed, path: Path) -> Dataset:
+        parsed = parse_file(path.name, stream.read(), fmt=sniffed.format)
+        task, rows = self._validate(parsed)
+        _write_jsonl(path, rows)
+        return Dataset(
+            format=parsed.format,
+            rows=len(rows),
+            columns=parsed.columns,
+            task=task,
+            label_counts=label_counts(rows, task),
+            path=str(path),
+        )
+
+    def _store_corpus(self, stream: BinaryIO, sniffed: Sniffed, path: Path) -> Dataset:
+        # No max_training_rows here: a corpus's rows are bounded by max_corpus_bytes.
+        limit = self.settings.max_corpus_document_bytes
+        rows = store_corpus(
+            stream, fmt=sniffed.format, split=sniffed.split, path=path, max_document_bytes=limit
+        )
+        return Dataset(
+            format=sniffed.format,
+            rows=rows,
+            columns=[TEXT],
+            task=CORPUS_TASK,
+            label_counts={},
+            path=str(path),
+        )
+
     def _validate(self, parsed: ParsedFile) -> tuple[str, builtins.list[dict[str, Any]]]:
         if not parsed.rows and not parsed.errors:
             raise InvalidDatasetError([], param="file", message="the file has no rows")
@@ -309,7 +340,7 @@ class DatasetService:
 
     def _sweep(self) -> None:
         # Leftovers of writes interrupted by a crash; whole files were renamed into place.
-        for leftover in self.root.glob(f"{_TMP_PREFIX}*"):
+        for leftover in self.root.glob(f"{TMP_PREFIX}*"):
             leftover.unlink(missing_ok=True)
 
 
@@ -346,19 +377,6 @@ def _to_json(record: Dataset) -> dict[str, Any]:
 
 def _write_jsonl(path: Path, rows: builtins.list[dict[str, Any]]) -> None:
     """Write rows next to `path`, fsync, then rename: readers see the whole file or none."""
-    tmp = path.with_name(f"{_TMP_PREFIX}{uuid.uuid4().hex}-{path.name}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            for row in rows:
-                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    with atomic_writer(path) as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")

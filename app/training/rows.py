@@ -47,15 +47,19 @@ class InvalidDatasetError(SwitchyardError):
         param: str | None,
         where: str = "line",
         message: str | None = None,
+        total: int | None = None,
     ) -> None:
+        # `total`: how many errors there were when `errors` holds only the first of them (a
+        # streamed file keeps no more than it reports).
+        total = len(errors) if total is None else max(total, len(errors))
         shown = list(errors[:MAX_REPORTED_ERRORS])
         if message is None:
             listed = "; ".join(f"{where} {e.line}: {e.message}" for e in shown)
-            more = f" (first {len(shown)} shown)" if len(errors) > len(shown) else ""
-            message = f"{len(errors)} invalid row(s){more}: {listed}"
+            more = f" (first {len(shown)} shown)" if total > len(shown) else ""
+            message = f"{total} invalid row(s){more}: {listed}"
         super().__init__(400, "invalid_dataset", message, param=param)
         self.details = [e.to_dict() for e in shown]
-        self.total_errors = len(errors)
+        self.total_errors = total
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """API.md's error body plus `details`, the bad rows."""

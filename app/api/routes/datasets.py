@@ -1,4 +1,4 @@
-"""Datasets: upload a JSONL or CSV file (validated row by row), list, show, delete."""
+"""Datasets: upload a JSONL, CSV or plain-text file (validated row by row), list, show, delete."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import DatasetsDep
 from app.api.responses import DatasetDeleted, DatasetList, DatasetOut
+from app.training.textfile import SPLIT_RULE, SplitChoice
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
@@ -17,13 +18,19 @@ router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 async def create_dataset(
     datasets: DatasetsDep,
     response: Response,
-    file: Annotated[UploadFile, File(description="a JSONL or CSV file in API.md's row format")],
+    file: Annotated[
+        UploadFile,
+        File(description="JSONL or CSV in API.md's row format, or plain text (unlabeled)"),
+    ],
     name: Annotated[str | None, Form(description="defaults to the file name")] = None,
+    split: Annotated[SplitChoice, Form(description=SPLIT_RULE)] = "auto",
 ) -> dict[str, Any]:
     """Validate an uploaded file and store it; 400 lists the first bad rows by line."""
-    # One byte over the limit is enough to know it is too big without reading all of it.
-    data = await file.read(datasets.settings.max_dataset_bytes + 1)
-    created = await run_in_threadpool(datasets.create, file.filename or "dataset", data, name)
+    # The form parser spooled the file to disk; the service reads it from there, a text-only
+    # one in bounded memory. The body limit (app/api/limits.py) already capped its size.
+    created = await run_in_threadpool(
+        datasets.upload, file.filename or "dataset", file.file, name=name, split=split
+    )
     response.headers["Location"] = f"{router.prefix}/{created['id']}"
     return created
 

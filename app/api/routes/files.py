@@ -1,8 +1,9 @@
 """OpenAI's `files` for fine-tuning: a file is one of our datasets, under the same id.
 
 `client.files.create(file=..., purpose="fine-tune")` uploads JSONL (or CSV) in our row format,
-which includes OpenAI's chat rows (`{"messages": [...]}`), validated as `POST /v1/datasets`
-validates; the returned id is what `fine_tuning.jobs.create(training_file=...)` takes.
+which includes OpenAI's chat rows (`{"messages": [...]}`), or plain text (unlabeled), validated
+and stored as `POST /v1/datasets` does; the returned id is what
+`fine_tuning.jobs.create(training_file=...)` takes.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from app.api.deps import DatasetsDep
 from app.api.openai_schemas import FileDeleted, FileList, FileObject, unix_seconds
 from app.errors import bad_request
+from app.training.textfile import SPLIT_RULE, SplitChoice
 
 router = APIRouter(prefix="/v1/files", tags=["openai"])
 PURPOSE = "fine-tune"
@@ -23,8 +25,11 @@ PURPOSE = "fine-tune"
 @router.post("", response_model=FileObject)
 async def create_file(
     datasets: DatasetsDep,
-    file: Annotated[UploadFile, File(description="JSONL or CSV rows (API.md's row format)")],
+    file: Annotated[
+        UploadFile, File(description="JSONL or CSV rows (API.md's row format), or plain text")
+    ],
     purpose: Annotated[str, Form(description="'fine-tune'")],
+    split: Annotated[SplitChoice, Form(description=SPLIT_RULE)] = "auto",
 ) -> FileObject:
     """Validate and store the rows as a dataset; 400 lists the first bad rows by line."""
     if purpose != PURPOSE:
@@ -33,9 +38,9 @@ async def create_file(
             f"purpose {purpose!r} is not supported; files here are for {PURPOSE!r}",
             param="purpose",
         )
-    # One byte over the limit is enough to know it is too big without reading all of it.
-    data = await file.read(datasets.settings.max_dataset_bytes + 1)
-    created = await run_in_threadpool(datasets.create, file.filename or "dataset", data, None)
+    created = await run_in_threadpool(
+        datasets.upload, file.filename or "dataset", file.file, split=split
+    )
     return file_view(created)
 
 

@@ -191,7 +191,7 @@ class DatasetOut(BaseModel):
     object: Literal["dataset"]
     name: str
     filename: str
-    format: str = Field(description="jsonl or csv")
+    format: str = Field(description="jsonl, csv or text (plain text, unlabeled)")
     rows: int
     columns: list[str]
     task: str = Field(description="the task detected from the rows")

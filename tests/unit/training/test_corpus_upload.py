@@ -263,7 +263,7 @@ def test_an_unknown_split_is_400_before_anything_is_read(service: DatasetService
 
 
 line_text = st.text(
-    st.characters(blacklist_categories=("Cs",), blacklist_characters="\n\r\ufeff"),
+    st.characters(codec="utf-8", exclude_characters="\n\r\ufeff"),
     min_size=1,
     max_size=20,
 ).filter(str.strip)

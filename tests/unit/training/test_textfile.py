@@ -129,7 +129,7 @@ def test_an_error_inside_the_writer_leaves_no_file(tmp_path: Path) -> None:
 # A line of a document: any text but line breaks and lone surrogates, not blank. A BOM could
 # only be lost at the very start of a file; it is tested above, not here.
 line_text = st.text(
-    st.characters(blacklist_categories=("Cs",), blacklist_characters="\n\r\ufeff"),
+    st.characters(codec="utf-8", exclude_characters="\n\r\ufeff"),
     min_size=1,
     max_size=20,
 ).filter(str.strip)

@@ -114,8 +114,8 @@ def main() -> None:
             )
     streamed, whole = results
     print(
-        f"RSS growth, streamed / read whole: {streamed["growth_mib"] / whole["growth_mib"]:.4f}; "
-        f"streamed growth / file size: {streamed["growth_mib"] * MIB / streamed["bytes"]:.4f}"
+        f"RSS growth, streamed / read whole: {streamed['growth_mib'] / whole['growth_mib']:.4f}; "
+        f"streamed growth / file size: {streamed['growth_mib'] * MIB / streamed['bytes']:.4f}"
     )
 
 

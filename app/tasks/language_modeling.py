@@ -80,19 +80,20 @@ def check_top_k(params: dict[str, Any]) -> int:
 
 
 def fill_mask_rows(
-    logits: list[torch.Tensor],
+    logits: torch.Tensor,
     *,
     rows: Sequence[list[int]],
     mask_id: int,
     top_k: int,
     decode: Any,
 ) -> list[list[dict[str, Any]]]:
-    """Pipeline-shaped fill-mask outputs: per input, the `top_k` tokens of its (first) mask
-    position with their score, token id and the sequence they make."""
+    """Pipeline-shaped fill-mask outputs: per input, the `top_k` tokens of its first mask
+    position (`logits` [inputs, vocab] there) with their score, token id and the sequence
+    they make."""
     out = []
     for row_logits, ids in zip(logits, rows, strict=True):
         where = ids.index(mask_id)
-        probs = row_logits[where].float().softmax(dim=-1)
+        probs = row_logits.float().softmax(dim=-1)
         scores, tokens = probs.topk(min(top_k, probs.shape[-1]))
         found = []
         for score, token in zip(scores.tolist(), tokens.tolist(), strict=True):

@@ -18,8 +18,8 @@ from app.errors import bad_request
 from app.methods import METHODS, PEFT_TYPES, AdapterWeights, Method, method_of_files
 from app.methods.base import CONFIG, Parsing, read_pooled
 from app.registry.heads import HEAD_MODULES, check_head, normalise_key, normalised, split_head
-from app.registry.pooled_head import KEYS, has_pooled_head, parse_pooled_head
 from app.registry.masked_head import split_masked_head
+from app.registry.pooled_head import KEYS, has_pooled_head, parse_pooled_head
 from app.tasks import LANGUAGE_MODELING, TASKS
 
 __all__ = ["PEFT_TYPES", "AdapterWeights", "build_weights"]

@@ -66,7 +66,9 @@ def fill_mask(
 ) -> list[list[dict[str, Any]]]:
     """Each row's top tokens at its first mask; `hidden` is each row's [tokens, hidden]."""
     mask = int(base.tokenizer.mask_token_id)
-    states = torch.stack([h[row.input_ids.index(mask)] for h, row in zip(hidden, rows, strict=True)])
+    states = torch.stack(
+        [h[row.input_ids.index(mask)] for h, row in zip(hidden, rows, strict=True)]
+    )
     logits = _head(states.float(), head, base)
     return fill_mask_rows(
         logits,

@@ -17,10 +17,20 @@ import torch
 from app.errors import bad_request
 from app.tasks.base import Readout, Row, RowProblem, show
 
-__all__ = ["DEFAULT_TOP_K", "MAX_TOP_K", "NAME", "TASK", "check_top_k"]
+__all__ = [
+    "DEFAULT_TOP_K",
+    "MAX_TOP_K",
+    "METHODS_ON",
+    "NAME",
+    "TASK",
+    "check_top_k",
+    "fill_mask_rows",
+]
 
 NAME = "language_modeling"
-METHODS = ("lora", "prefix", "auto")  # auto: lora; prefix only where the base trains it
+METHODS = ("lora", "prefix", "auto")  # auto: lora
+# Prefix tuning of an encoder exists for classification heads only (app/training/prefix.py).
+METHODS_ON = {"encoder": ("lora", "auto"), "decoder": METHODS}
 DEFAULT_TOP_K = 5
 MAX_TOP_K = 100
 
@@ -35,6 +45,7 @@ class LanguageModeling:
     readout = Readout.MASKED
     parameters: frozenset[str] = frozenset({"top_k"})
     methods: tuple[str, ...] | None = METHODS
+    methods_on: dict[str, tuple[str, ...]] = METHODS_ON  # narrower, by base kind
     single_label = False
     family = NAME
     # No columns: `{"text"}` alone is also an unlabelled classification row, whose error

@@ -92,7 +92,7 @@ def windows(text: str, tokenizer: PreTrainedTokenizerBase, chunking: Chunking) -
     eos = tokenizer.eos_token_id
     if chunking.end_of_text and eos is not None:
         ids.append(int(eos))
-        spans = spans + [(len(text), len(text))] if spans is not None else None
+        spans = [*spans, (len(text), len(text))] if spans is not None else None
     head, tail = special_ends(tokenizer)
     body = chunking.max_length - len(head) - len(tail)
     step = max(1, body - chunking.stride)

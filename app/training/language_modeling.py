@@ -23,6 +23,7 @@ from torch import nn
 from app.base import FrozenBase
 from app.errors import bad_request
 from app.tasks import GENERATION, LANGUAGE_MODELING
+from app.tasks.language_modeling import METHODS_ON
 from app.training.corpus import Chunking, Corpus, Source, Window
 from app.training.generation import wrap as causal_wrap
 from app.training.hyperparameters import Hyperparameters, fill_defaults
@@ -38,15 +39,13 @@ from app.training.view import build_view
 __all__ = ["check_language_plan", "train_language_modeling"]
 
 LOSS_RULE = Rule("validation_loss", criterion="loss", early_stop=True)
-ENCODER_METHODS = ("lora",)
-DECODER_METHODS = ("lora", "prefix")
 WEIGHTS = "adapter_model.safetensors"
 
 
 def check_language_plan(plan: TrainingPlan, base: FrozenBase, hp: Hyperparameters) -> None:
     """The submit-time checks of a language_modeling job on this base; 400 naming the field."""
-    allowed = ENCODER_METHODS if base.kind == "encoder" else DECODER_METHODS
-    if plan.method not in (*allowed, "auto"):
+    allowed = METHODS_ON[base.kind]
+    if plan.method not in allowed:
         raise bad_request(
             "unsupported_method",
             f"method {plan.method!r} cannot train language_modeling on this {base.kind}; "
@@ -105,12 +104,12 @@ def train_language_modeling(
         pad_id=int(base.tokenizer.pad_token_id or 0),
         device=base.device,
         eval_batch_size=max(hp.batch_size, 32),
-        masker=_masker(base, hp)
-        if encoder
-        else None,
+        masker=_masker(base, hp) if encoder else None,
         counter=counter,
     )
-    tokens = TokenReporter(reporter, counter, tokens_per_step=corpus.tokens_per_window * hp.batch_size)
+    tokens = TokenReporter(
+        reporter, counter, tokens_per_step=corpus.tokens_per_window * hp.batch_size
+    )
     _announce(reporter, corpus, held, head, hp, encoder=encoder)
     loop = TrainLoop(
         plan, base, model, hp, tokens, tick,

@@ -84,7 +84,9 @@ class LanguageObjective:
         if self.masker is None:
             return None
         m = self.masker
-        return Masker(m.tokenizer, probability=m.probability, whole_word=m.whole_word, seed=EVAL_SEED)
+        return Masker(
+            m.tokenizer, probability=m.probability, whole_word=m.whole_word, seed=EVAL_SEED
+        )
 
     def _batch(self, chunk: list[Window], masker: Masker | None) -> Batch:
         width = max(len(w.ids) for w in chunk)

@@ -19,7 +19,7 @@ from transformers import DataCollatorForLanguageModeling, PreTrainedTokenizerBas
 
 from app.tasks.base import IGNORE
 
-__all__ = ["Masker", "Masked"]
+__all__ = ["Masked", "Masker"]
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
 import torch
 from fastapi.testclient import TestClient
 from safetensors.torch import load

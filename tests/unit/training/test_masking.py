@@ -4,6 +4,8 @@ whole-word groups, and windows that cover a document with the overlap asked for.
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -41,7 +43,9 @@ def test_about_the_probability_is_selected_and_split_80_10_10(
     assert torch.equal(masked.input_ids[~selected], ids[~selected])  # others untouched
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     probability=st.floats(0.01, 0.99),
     seed=st.integers(0, 2**31),
@@ -77,7 +81,9 @@ def test_whole_word_masking_masks_every_piece_of_a_word(
     assert (masked.labels != IGNORE).any()
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     words=st.lists(st.sampled_from(WORDS), min_size=1, max_size=80),
     max_length=st.integers(8, 40),
@@ -95,7 +101,7 @@ def test_windows_cover_the_document_with_the_overlap_asked_for(
     assert all(w.special == [1] * len(head) + [0] * len(b) + [1] * len(tail)
                for w, b in zip(found, bodies, strict=True))  # fmt: skip
     rebuilt = list(bodies[0])
-    for before, body in zip(bodies, bodies[1:], strict=False):
+    for before, body in itertools.pairwise(bodies):
         assert body[:stride] == before[len(before) - stride :]  # the overlap
         rebuilt += body[stride:]
     assert rebuilt == ids

@@ -36,13 +36,15 @@ from app.training.selection import Rule
 from app.training.types import TrainingOutcome, TrainingPlan, TrainingReporter
 from app.training.view import build_view
 
-__all__ = ["check_language_plan", "train_language_modeling"]
+__all__ = ["check_language_plan", "train_language_modeling", "window_length"]
 
 LOSS_RULE = Rule("validation_loss", criterion="loss", early_stop=True)
 WEIGHTS = "adapter_model.safetensors"
 
 
-def check_language_plan(plan: TrainingPlan, base: FrozenBase, hp: Hyperparameters) -> None:
+def check_language_plan(
+    plan: TrainingPlan, base: FrozenBase, hp: Hyperparameters, *, cap: int
+) -> None:
     """The submit-time checks of a language_modeling job on this base; 400 naming the field."""
     allowed = METHODS_ON[base.kind]
     if plan.method not in allowed:
@@ -56,10 +58,11 @@ def check_language_plan(plan: TrainingPlan, base: FrozenBase, hp: Hyperparameter
         raise bad_request(
             "unsupported_base", "this encoder's tokenizer has no mask token", param="task"
         )
-    if hp.max_length is not None and hp.stride is not None and hp.stride >= hp.max_length // 2:
+    length = window_length(hp, cap)
+    if hp.stride is not None and hp.stride >= length // 2:
         raise bad_request(
             "invalid_hyperparameter",
-            f"stride {hp.stride} >= max_length {hp.max_length} / 2",
+            f"stride {hp.stride} >= max_length {length} / 2",
             param="hyperparameters.stride",
         )
     if hp.whole_word_mask and (base.kind != "encoder" or not base.tokenizer.is_fast):
@@ -89,13 +92,9 @@ def train_language_modeling(
     started = time.monotonic()
     plan = replace(plan, method="lora") if plan.method == "auto" else plan
     encoder = base.kind == "encoder"
-    length = setup.hp.max_length or min(setup.max_length_cap, 128)
-    stride = setup.hp.stride if setup.hp.stride is not None else length // 8
-    chunking = Chunking(
-        max_length=length, stride=stride, offsets=setup.hp.whole_word_mask, end_of_text=not encoder
-    )
+    chunking = _chunking(setup, encoder=encoder)
     corpus = Corpus(Source(plan.corpus, plan.train_rows), base.tokenizer, chunking)
-    hp = _filled(setup, plan, windows=len(corpus), length=length, stride=stride)
+    hp = _filled(setup, plan, windows=len(corpus), chunking=chunking)
     torch.manual_seed(hp.seed)
     held = _held_out(corpus, plan, base, chunking, reporter)
     model, head = _model(base, plan, hp, setup)
@@ -116,6 +115,19 @@ def train_language_modeling(
         token_budget=token_budget, rule=LOSS_RULE, objective=objective,
     )  # fmt: skip
     model.load_state_dict(loop.run(corpus, held, evaluate_start=True), strict=False)
+    return _outcome(model, loop, hp, head=head, tokens=counter.seen, encoder=encoder)
+
+
+def _outcome(
+    model: nn.Module,
+    loop: TrainLoop,
+    hp: Hyperparameters,
+    *,
+    head: MaskedHead | None,
+    tokens: int,
+    encoder: bool,
+) -> TrainingOutcome:
+    """The run's files (the head added with keep_head) and what the job shows."""
     files = save_files(model)
     if head is not None and hp.keep_head:
         files[WEIGHTS] = _with_head(files[WEIGHTS], head_tensors(_view(model)))
@@ -124,7 +136,7 @@ def train_language_modeling(
         "planned_steps": loop.steps.planned,
         "steps": loop.steps.run,
         "stopped_early": loop.steps.stopped_early,
-        "tokens": counter.seen,
+        "tokens": tokens,
         "objective": "masked_lm" if encoder else "causal_lm",
     }
     if head is not None:
@@ -140,13 +152,30 @@ def train_language_modeling(
     )
 
 
+def _chunking(setup: Setup, *, encoder: bool) -> Chunking:
+    """Windows of max_length tokens (default: 128, or less where the base takes less)
+    overlapping by stride (default: an eighth of them)."""
+    length = window_length(setup.hp, setup.max_length_cap)
+    stride = setup.hp.stride if setup.hp.stride is not None else length // 8
+    return Chunking(
+        max_length=length, stride=stride, offsets=setup.hp.whole_word_mask, end_of_text=not encoder
+    )
+
+
+def window_length(hp: Hyperparameters, cap: int) -> int:
+    """max_length, else 128 tokens or the base's cap where that is less."""
+    return hp.max_length or min(cap, 128)
+
+
 def _filled(
-    setup: Setup, plan: TrainingPlan, *, windows: int, length: int, stride: int
+    setup: Setup, plan: TrainingPlan, *, windows: int, chunking: Chunking
 ) -> Hyperparameters:
+    """The data-driven defaults, with the corpus's windows as the rows."""
+    length = chunking.max_length
     hp = fill_defaults(
         setup.hp, method=plan.method, rows=windows, lengths=[length], max_tokens=length
     )
-    return hp.model_copy(update={"max_length": length, "stride": stride})
+    return hp.model_copy(update={"max_length": length, "stride": chunking.stride})
 
 
 def _held_out(

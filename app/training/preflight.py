@@ -58,7 +58,7 @@ def preflight(plan: TrainingPlan, *, base: FrozenBase, max_rank: int, max_tokens
     if plan.task == LANGUAGE_MODELING:
         from app.training.language_modeling import check_language_plan  # imports preflight
 
-        check_language_plan(plan, base, hp)
+        check_language_plan(plan, base, hp, cap=cap)
     return Setup(hp=hp, targets=targets, max_length_cap=cap)
 
 

@@ -35,7 +35,9 @@ class _Reporter:
         self.events.append((kind, data))
 
 
-def _train(base: FrozenBase, *, corpus: str | None = None, **hp: Any) -> TrainingOutcome:
+def _train(
+    base: FrozenBase, *, corpus: str | None = None, reporter: _Reporter | None = None, **hp: Any
+) -> TrainingOutcome:
     plan = TrainingPlan(
         adapter="domain",
         task="language_modeling",
@@ -47,7 +49,12 @@ def _train(base: FrozenBase, *, corpus: str | None = None, **hp: Any) -> Trainin
         corpus=corpus,
     )
     return train(
-        plan, base=base, reporter=_Reporter(), cancel=CancelToken(), max_rank=16, max_tokens=64
+        plan,
+        base=base,
+        reporter=reporter or _Reporter(),
+        cancel=CancelToken(),
+        max_rank=16,
+        max_tokens=64,
     )
 
 
@@ -74,8 +81,17 @@ def test_the_mlm_head_is_discarded_unless_kept(tiny_base: FrozenBase) -> None:
 def test_a_corpus_is_streamed_from_its_jsonl_file(tiny_base: FrozenBase, tmp_path: Path) -> None:
     path = tmp_path / "corpus.jsonl"
     path.write_text("".join(json.dumps({"text": d}) + "\n" for d in DOCS))
-    outcome = _train(tiny_base, corpus=str(path))
+    reporter = _Reporter()
+    outcome = _train(tiny_base, corpus=str(path), reporter=reporter, whole_word_mask=True)
     assert outcome.selection["tokens"] > 0 and outcome.selection["steps"] == 6
+    last = reporter.progress_calls[-1]  # progress counts tokens, not steps
+    assert last["step"] == outcome.selection["tokens"] and last["total_steps"] >= last["step"]
+
+
+def test_budget_seconds_stops_the_run_and_keeps_the_best(tiny_base: FrozenBase) -> None:
+    outcome = _train(tiny_base, max_steps=100_000, budget_seconds=1.0, eval_every_steps=2)
+    assert outcome.selection["steps"] < outcome.selection["planned_steps"]
+    assert outcome.best and outcome.history[0]["step"] == 0
 
 
 def _job(client: TestClient, body: dict[str, Any]) -> dict[str, Any]:

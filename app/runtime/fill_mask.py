@@ -10,7 +10,7 @@ first mask token of an input is the one filled.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import torch
 import torch.nn.functional as F
@@ -88,6 +88,6 @@ def _head(x: torch.Tensor, head: dict[str, torch.Tensor], base: FrozenBase) -> t
         x, (x.shape[-1],), head["transform.LayerNorm.weight"], head["transform.LayerNorm.bias"], eps
     )
     decoder = head.get("decoder.weight")
-    if decoder is None:
-        decoder = base.model.get_input_embeddings().weight
+    if decoder is None:  # tied: the base's word embeddings
+        decoder = cast(torch.Tensor, base.model.get_input_embeddings().weight)
     return F.linear(x, decoder.float(), head["bias"])

@@ -14,11 +14,12 @@ from __future__ import annotations
 import io
 import time
 from dataclasses import replace
+from typing import Any, cast
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load, save
-from torch import nn
+from transformers import PreTrainedModel
 
 from app.base import FrozenBase
 from app.errors import bad_request
@@ -114,12 +115,15 @@ def train_language_modeling(
         plan, base, model, hp, tokens, tick,
         token_budget=token_budget, rule=LOSS_RULE, objective=objective,
     )  # fmt: skip
-    model.load_state_dict(loop.run(corpus, held, evaluate_start=True), strict=False)
+    # The loop takes len() of its training examples and hands them to the objective, which
+    # streams the corpus; it never indexes them, so a lazy corpus stands in for a list.
+    train = cast(list[Any], corpus)
+    model.load_state_dict(loop.run(train, held, evaluate_start=True), strict=False)
     return _outcome(model, loop, hp, head=head, tokens=counter.seen, encoder=encoder)
 
 
 def _outcome(
-    model: nn.Module,
+    model: PeftModel,
     loop: TrainLoop,
     hp: Hyperparameters,
     *,
@@ -206,7 +210,7 @@ def _held_out(
 
 def _model(
     base: FrozenBase, plan: TrainingPlan, hp: Hyperparameters, setup: Setup
-) -> tuple[nn.Module, MaskedHead | None]:
+) -> tuple[PeftModel, MaskedHead | None]:
     if base.kind == "decoder":
         view = build_view(base, task=GENERATION, num_labels=0)
         return causal_wrap(view, plan.method, hp, targets=setup.targets), None
@@ -219,14 +223,14 @@ def _model(
         target_modules=setup.targets if setup.targets is not None else hp.target_modules,
         exclude_modules=["cls.predictions.transform.dense"],  # the head is not adapted
     )
-    model = get_peft_model(view, config)
+    model: PeftModel = get_peft_model(view, config)
     for param in trained:  # PEFT froze every base parameter; a new head trains with the LoRA
         param.requires_grad_(True)
     return model, head
 
 
-def _view(model: nn.Module) -> nn.Module:
-    return model.get_base_model() if isinstance(model, PeftModel) else model
+def _view(model: PeftModel) -> PreTrainedModel:
+    return cast(PreTrainedModel, model.get_base_model())
 
 
 def _with_head(weights: bytes, head: dict[str, torch.Tensor]) -> bytes:

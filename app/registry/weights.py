@@ -18,8 +18,9 @@ from app.errors import bad_request
 from app.methods import METHODS, PEFT_TYPES, AdapterWeights, Method, method_of_files
 from app.methods.base import CONFIG, Parsing, read_pooled
 from app.registry.heads import HEAD_MODULES, check_head, normalise_key, normalised, split_head
+from app.registry.masked_head import split_masked_head
 from app.registry.pooled_head import KEYS, has_pooled_head, parse_pooled_head
-from app.tasks import TASKS
+from app.tasks import LANGUAGE_MODELING, TASKS
 
 __all__ = ["PEFT_TYPES", "AdapterWeights", "build_weights"]
 
@@ -49,13 +50,16 @@ def build_weights(
             param=CONFIG,
         )
     tensors = normalised(tensors)
+    masked: dict[str, torch.Tensor] = {}
+    if task == LANGUAGE_MODELING:
+        masked, tensors = split_masked_head(tensors, base=base)
     head_module, head = split_head(tensors)
     body = {k: v for k, v in tensors.items() if k.split(".")[0] not in HEAD_MODULES}
     weights = AdapterWeights(method=method.name, task=task, labels=labels, config=config)
     parsing = Parsing(config=config, body=body, base=base, weights=weights, max_rank=max_rank)
     width = method.files.parse(parsing)
     width *= _pooled_width(config, base, weights, method)
-    weights.head = check_head(
+    weights.head = masked or check_head(
         head, module=head_module, task=task, labels=labels, in_features=width * base.hidden_size
     )
     return weights

@@ -20,6 +20,7 @@ from app.registry.records import AdapterRef
 from app.runtime.batch import Features, build_layout, model_inputs
 from app.runtime.batch import pool as pool  # re-exported: training pools the same way
 from app.runtime.cache import AdapterCache, Resident
+from app.runtime.fill_mask import check_fill_mask, fill_mask
 from app.runtime.layers import LayerSet
 from app.tasks import CLASSIFICATION, EMBEDDINGS, Readout, embeddings, get_task, head_task
 
@@ -125,13 +126,23 @@ class EncoderEngine:
                 if job.key is not None and job.key in errors:
                     results[i].error = errors[job.key]
                 elif job.key is not None:
-                    results[i].error = self._check_positions(job, residents[job.key])
+                    results[i].error = self._check_positions(
+                        job, residents[job.key]
+                    ) or self._check_fill_mask(job, residents[job.key])
             runnable = [(i, job) for i, job in enumerate(jobs) if results[i].error is None]
             self._run_chunks(runnable, residents, results)
         finally:
             for resident in residents.values():
                 self.cache.release(resident)
         return results
+
+    def _check_fill_mask(self, job: EncodeRequest, resident: Resident) -> SwitchyardError | None:
+        """fill-mask's checks (top_k, a kept head, a mask in every input), per job."""
+        if get_task(job.task).readout is not Readout.MASKED:
+            return None
+        return check_fill_mask(
+            job.rows, resident.head, base=self.base, name=resident.key.name, params=job.params
+        )
 
     def _check_positions(self, job: EncodeRequest, resident: Resident) -> SwitchyardError | None:
         """Virtual tokens take positions too: a row must still fit the position table."""
@@ -231,6 +242,9 @@ class EncoderEngine:
                 "adapter_required", f"task {job.task!r} needs an adapter", param="adapter"
             )
         weights, head = resident.weights, resident.head
+        if get_task(job.task).readout is Readout.MASKED:
+            hidden = _token_rows(features.tokens(positions), features, positions, rows)
+            return fill_mask(hidden, head=head, rows=rows, base=self.base, params=job.params)
         decoder = head_task(job.task)
         token_task = decoder.readout is Readout.TOKENS
         # Probes and pooled-head LoRA/IA3 read pooled hidden states of their own rows' forward

@@ -22,6 +22,7 @@ __all__ = [
     "ENCODER_TASKS",
     "GENERATION",
     "HEAD_TASKS",
+    "LANGUAGE_MODELING",
     "MULTI_LABEL",
     "REGRESSION",
     "TASKS",
@@ -60,6 +61,7 @@ from app.tasks import (  # noqa: E402  (loaded by the discovery above)
     classification,
     embeddings,
     generation,
+    language_modeling,
     multi_label,
     regression,
     token_classification,
@@ -81,6 +83,7 @@ REGRESSION = regression.NAME
 TOKEN_CLASSIFICATION = token_classification.NAME
 GENERATION = generation.NAME
 EMBEDDINGS = embeddings.NAME
+LANGUAGE_MODELING = language_modeling.NAME
 
 
 def canonical_task(task: str) -> str:

@@ -36,6 +36,7 @@ class Readout(Enum):
     TOKENS = "tokens"  # every token, through a head (token classification)
     EMBEDDING = "embedding"  # the pooled vector itself, no head
     TEXT = "text"  # the causal LM's next tokens
+    MASKED = "masked"  # an encoder's MLM head over every token (fill-mask)
 
 
 class RowProblem(ValueError):

@@ -256,6 +256,11 @@ class DatasetService:
         Path(record.path).unlink(missing_ok=True)
         return {"id": dataset_id, "object": "dataset", "deleted": True}
 
+    def path_of(self, dataset_id: str, *, param: str = "id") -> Path:
+        """Where a dataset's normalised rows are stored (one JSON row a line), for readers
+        that stream them; 404 when unknown."""
+        return Path(self._record(dataset_id, param).path)
+
     def load_rows(self, dataset_id: str, *, param: str = "id") -> builtins.list[dict[str, Any]]:
         """The stored, normalised rows of a dataset."""
         record = self._record(dataset_id, param)

@@ -65,8 +65,16 @@ class Hyperparameters(BaseModel):
     selection: Literal[
         "auto", "cross_validation", "fixed", "validation_loss", "validation_metric"
     ] = "auto"
-    # method "auto": the time its candidates may take together (the winner's final run aside)
+    # method "auto": the time its candidates may take together (the winner's final run aside);
+    # language_modeling: when given, the time the run may train
     budget_seconds: float = Field(600.0, ge=1, le=7 * 24 * 3600)
+    # language_modeling (app/training/language_modeling.py): the share of tokens masked
+    # (encoder), whole words masked together, the MLM head stored with the adapter, and the
+    # tokens consecutive windows of a document share (None: max_length // 8).
+    mask_probability: float = Field(0.15, gt=0, lt=1)
+    whole_word_mask: bool = False
+    keep_head: bool = False
+    stride: int | None = Field(None, ge=0, le=1_000_000)
 
 
 def parse_hyperparameters(

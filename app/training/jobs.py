@@ -356,7 +356,7 @@ class JobManager:
             record.adapter,
             config_bytes=outcome.files[CONFIG_FILE],
             weights_bytes=outcome.files[WEIGHTS_FILE],
-            task=plan.task,
+            task=outcome.task or plan.task,
             labels=plan.labels,
             meta=jsonable(meta),
         )

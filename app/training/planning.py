@@ -13,7 +13,7 @@ from typing import Any
 from app.errors import SwitchyardError, bad_request
 from app.methods import METHODS  # "auto", the default, is one (app/training/auto.py)
 from app.registry.store import check_name
-from app.tasks import canonical_task, get_task, head_rows
+from app.tasks import LANGUAGE_MODELING, canonical_task, get_task, head_rows
 from app.training.datasets import DatasetService
 from app.training.rows import derive_labels, detect_task, label_counts, validate_rows
 from app.training.split import holdout_split
@@ -109,6 +109,8 @@ def prepare_job(
     request: JobRequest, datasets: DatasetService, *, max_training_rows: int
 ) -> PreparedJob:
     """Load and validate the rows, derive the labels (sorted), hold out a validation split."""
+    if _streamed(request, datasets):
+        return prepare_corpus_job(request, datasets)
     rows, task, param = _training_rows(request, datasets)
     if len(rows) > max_training_rows:
         raise bad_request(
@@ -119,10 +121,12 @@ def prepare_job(
     if request.validation_data is not None:
         validation = _validation_rows(request.validation_data, task, labels, datasets)
         source = "validation_data"
+    elif task == LANGUAGE_MODELING:  # the trainer holds out whole documents of the corpus
+        validation, source = [], "held_out"
     else:
         rows, validation = holdout_split(rows, task)
         source = "held_out"
-    if not validation:
+    if not validation and task != LANGUAGE_MODELING:
         # Too few rows to spare any: evaluate on the training rows rather than on nothing.
         validation, source = list(rows), "training_rows"
     plan = TrainingPlan(
@@ -141,6 +145,41 @@ def prepare_job(
         validation_rows=len(validation),
         validation_source=source,
     )
+    return PreparedJob(plan, summary)
+
+
+def _streamed(request: JobRequest, datasets: DatasetService) -> bool:
+    """A language_modeling job on a dataset: its corpus is read lazily by the trainer."""
+    if request.training_data is None:
+        return False
+    task = request.task or datasets.get(request.training_data, param="training_data")["task"]
+    return canonical_task(task) == LANGUAGE_MODELING
+
+
+def prepare_corpus_job(request: JobRequest, datasets: DatasetService) -> PreparedJob:
+    """A plan naming the dataset's file instead of holding its rows: the trainer streams the
+    documents and holds out its own slice (app/training/corpus.py). Rows were checked when
+    the dataset was stored; `validation_data`, small by nature, is loaded and checked."""
+    assert request.training_data is not None
+    path = datasets.path_of(request.training_data, param="training_data")
+    record = datasets.get(request.training_data, param="training_data")
+    validation: Rows = []
+    if request.validation_data is not None:
+        raw = datasets.load_rows(request.validation_data, param="validation_data")
+        validation = validate_rows(raw, LANGUAGE_MODELING, param="validation_data")
+    source = "validation_data" if validation else "held_out"
+    plan = TrainingPlan(
+        adapter=request.adapter,
+        task=LANGUAGE_MODELING,
+        method=request.method,
+        train_rows=[],
+        validation_rows=validation,
+        labels=[],
+        hyperparameters=request.hyperparameters,
+        validation_source=source,
+        corpus=str(path),
+    )
+    summary = DataSummary([], int(record.get("rows") or 0), len(validation), source)
     return PreparedJob(plan, summary)
 
 

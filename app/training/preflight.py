@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from app.base import FrozenBase
 from app.errors import bad_request
 from app.methods import METHODS
-from app.tasks import check_base
+from app.tasks import LANGUAGE_MODELING, check_base
 from app.training.hyperparameters import Hyperparameters, parse_hyperparameters
 from app.training.targets import resolve_targets
 from app.training.types import TrainingPlan
@@ -55,6 +55,10 @@ def preflight(plan: TrainingPlan, *, base: FrozenBase, max_rank: int, max_tokens
     targets = None
     if "target_modules" in hp.model_fields_set:  # checked for every method: a typo is a typo
         targets = resolve_targets(base, hp.target_modules)
+    if plan.task == LANGUAGE_MODELING:
+        from app.training.language_modeling import check_language_plan  # imports preflight
+
+        check_language_plan(plan, base, hp, cap=cap)
     return Setup(hp=hp, targets=targets, max_length_cap=cap)
 
 

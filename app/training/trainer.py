@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from app.base import FrozenBase
-from app.tasks import Readout, get_task
+from app.tasks import LANGUAGE_MODELING, Readout, get_task
 from app.training import evaluation, probe
 from app.training.auto import AUTO, train_auto
 from app.training.calibration import calibrate
@@ -23,6 +23,7 @@ from app.training.crossval import Pending, PhaseReporter, cross_validate_adapter
 from app.training.encoding import token_lengths
 from app.training.generation import train_generation
 from app.training.hyperparameters import fill_defaults
+from app.training.language_modeling import train_language_modeling
 from app.training.loop import Pause, Steps, Ticker, save_files
 from app.training.preflight import Setup, preflight
 from app.training.recipe import Recipe
@@ -48,6 +49,11 @@ def train(
         # The submit-time dry run again, on the same base: the same checks, the same targets.
         setup = preflight(plan, base=base, max_rank=max_rank, max_tokens=max_tokens)
         tick = Ticker(cancel, pause)
+        if plan.task == LANGUAGE_MODELING:  # lazy corpus, MLM or causal LM: its own run
+            return train_language_modeling(
+                plan, base=base, setup=setup, reporter=reporter, tick=tick,
+                token_budget=micro_batch_tokens,
+            )  # fmt: skip
         if get_task(plan.task).readout is Readout.TEXT:  # causal-LM loss: its own objective
             return train_generation(
                 replace(plan, method="lora") if plan.method == AUTO else plan,

@@ -29,6 +29,8 @@ class TrainingPlan:
     # cross-validation may redraw), "validation_data" (the user's), "training_rows" (none).
     validation_source: str = "validation_data"
     checkpoint_dir: str | None = None  # where resumable state may be written
+    # language_modeling: the dataset's stored JSONL file, read lazily (train_rows stay empty)
+    corpus: str | None = None
 
 
 class TrainingReporter(Protocol):
@@ -57,6 +59,9 @@ class TrainingOutcome:
     selection: dict[str, Any] = field(default_factory=dict)
     # method "auto": what was tried, [{method, metric, value, seconds, ...}]
     candidates: list[dict[str, Any]] | None = None
+    # The task the adapter is registered and served as, when not the job's: a decoder's
+    # language_modeling adapter is a generation adapter.
+    task: str | None = None
 
 
 @dataclass

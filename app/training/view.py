@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from transformers import (
     AutoModelForCausalLM,
+    AutoModelForMaskedLM,
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
     PreTrainedModel,
@@ -39,15 +40,17 @@ def build_view(base: FrozenBase, *, task: str, num_labels: int) -> PreTrainedMod
     for name, _tensor in list(view.named_parameters()) + list(view.named_buffers()):
         if name in shared:
             _set(view, name, shared[name], is_param=isinstance(_tensor, nn.Parameter))
-    if base.kind == "decoder" and getattr(config, "tie_word_embeddings", False):
+    if _tied(base, factory) and getattr(config, "tie_word_embeddings", False):
         # A tied LM head is not among the base's named parameters (deduplicated); re-tie it to
         # the shared embedding, or it would stay on the meta device.
         view.tie_weights()
     for name, tensor in list(view.named_parameters()) + list(view.named_buffers()):
         if tensor.device.type == "meta":
-            if name.split(".")[0] not in ("classifier", "score"):
+            if name.split(".")[0] not in ("classifier", "score", "cls"):
                 raise bad_request("unsupported_base", f"cannot build a training view: {name} unset")
             _set(view, name, _init_like(tensor, base), is_param=True)
+    if factory is AutoModelForMaskedLM:
+        view.tie_weights()  # the new head's decoder bias is its `predictions.bias`
     view.to(base.device)
     for name, param in view.named_parameters():
         param.requires_grad_(name.split(".")[0] in ("classifier", "score"))
@@ -58,7 +61,13 @@ _FACTORIES: dict[Readout, Any] = {
     Readout.TEXT: AutoModelForCausalLM,
     Readout.TOKENS: AutoModelForTokenClassification,
     Readout.POOLED: AutoModelForSequenceClassification,
+    Readout.MASKED: AutoModelForMaskedLM,  # language_modeling on an encoder
 }
+
+
+def _tied(base: FrozenBase, factory: Any) -> bool:
+    """Views whose output layer may be the input embeddings: an LM head."""
+    return base.kind == "decoder" or factory is AutoModelForMaskedLM
 
 
 def _factory(base: FrozenBase, task: str) -> Any:

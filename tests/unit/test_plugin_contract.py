@@ -36,6 +36,7 @@ def _sample(task: str, n: int) -> dict[str, Any]:
         "regression": {"text": f"{word} film {n}", "label": 1.0 if positive else 0.0},
         "token_classification": {"tokens": [word, "film"], "tags": [label.upper(), "O"]},
         "generation": {"prompt": f"word: {word} ->", "completion": " fine"},
+        "language_modeling": {"text": f"the {word} film {n} was {word} again"},
     }
     return rows[task]
 
@@ -48,14 +49,22 @@ def _pairs(kind: str) -> list[tuple[str, str]]:
         for method, entry in METHODS.items()
         if kind in entry.traits.bases
         and (entry.traits.tasks is None or task in entry.traits.tasks)
-        and (found.methods is None or method in found.methods)
+        and method in _methods(found, kind)
     ]
+
+
+def _methods(task: Any, kind: str) -> tuple[str, ...]:
+    """The methods a task trains on this kind of base (a task may narrow them by kind)."""
+    narrowed: dict[str, tuple[str, ...]] = getattr(task, "methods_on", {})
+    return narrowed.get(kind, task.methods if task.methods is not None else tuple(METHODS))
 
 
 def _check_shape(task: str, outputs: list[Any]) -> None:
     assert len(outputs) == 2
     for out in outputs:
-        if task == "generation":
+        if task == "language_modeling" and isinstance(out, list):  # fill-mask (encoder)
+            assert all({"token_str", "score", "token", "sequence"} <= set(o) for o in out)
+        elif task in ("generation", "language_modeling"):  # a decoder's: generation
             assert isinstance(out, dict) and isinstance(out["generated_text"], str)
         elif task == "token_classification":
             assert isinstance(out, list) and all("entity" in e or "entity_group" in e for e in out)
@@ -65,13 +74,18 @@ def _check_shape(task: str, outputs: list[Any]) -> None:
             assert isinstance(out, list | dict)
 
 
-def _train_and_serve(client: TestClient, task: str, method: str) -> None:
+def _train_and_serve(client: TestClient, task: str, method: str, *, kind: str) -> None:
+    hyperparameters: dict[str, Any] = {
+        "epochs": 1, "batch_size": 8, "seed": 0, "num_virtual_tokens": 2
+    }  # fmt: skip
+    if task == "language_modeling" and kind == "encoder":
+        hyperparameters["keep_head"] = True  # so that it serves fill-mask
     body = {
         "adapter": "contract",
         "task": task,
         "method": method,
         "examples": [_sample(task, n) for n in range(24)],
-        "hyperparameters": {"epochs": 1, "batch_size": 8, "seed": 0, "num_virtual_tokens": 2},
+        "hyperparameters": hyperparameters,
     }
     submitted = client.post("/v1/training-jobs", json=body)
     assert submitted.status_code == 202, submitted.text
@@ -83,9 +97,12 @@ def _train_and_serve(client: TestClient, task: str, method: str) -> None:
         job = client.get(f"/v1/training-jobs/{job['id']}").json()
     assert job["status"] == "succeeded", job.get("error")
     inputs: list[Any] = ["good film", "bad film"]
-    if task == "generation":
+    generates = task == "generation" or (task == "language_modeling" and kind == "decoder")
+    if generates:
         inputs = ["word: good ->", "word: bad ->"]
-    params = {"max_new_tokens": 2} if task == "generation" else {}
+    elif task == "language_modeling":
+        inputs = ["a good [MASK]", "a [MASK] film"]
+    params = {"max_new_tokens": 2} if generates else {}
     reply = client.post(
         "/v1/adapters/contract/predict", json={"inputs": inputs, "parameters": params}
     )
@@ -115,11 +132,11 @@ def decoder_client(tmp_path: Path) -> Iterator[TestClient]:
 def test_encoder_pair_trains_registers_and_serves(
     task: str, method: str, client: TestClient, tiny_base: FrozenBase
 ) -> None:
-    _train_and_serve(client, task, method)
+    _train_and_serve(client, task, method, kind="encoder")
 
 
 @pytest.mark.parametrize(("task", "method"), _pairs("decoder"))
 def test_decoder_pair_trains_registers_and_serves(
     task: str, method: str, decoder_client: TestClient
 ) -> None:
-    _train_and_serve(decoder_client, task, method)
+    _train_and_serve(decoder_client, task, method, kind="decoder")

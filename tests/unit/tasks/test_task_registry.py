@@ -42,10 +42,11 @@ def test_every_module_registers_one_task_in_listing_order() -> None:
         "token_classification",
         "generation",
         "embeddings",
+        "language_modeling",
     ]
     assert ENCODER_TASKS == ("classification", "multi_label_classification", "regression",
-                             "token_classification", "embeddings")  # fmt: skip
-    assert DECODER_TASKS == ("generation", "embeddings")
+                             "token_classification", "embeddings", "language_modeling")  # fmt: skip
+    assert DECODER_TASKS == ("generation", "embeddings", "language_modeling")
     assert reading(Readout.POOLED) == ("classification", "multi_label_classification", "regression")
 
 

@@ -179,6 +179,10 @@ BAD_VALUES: dict[str, list[Any]] = {
     "max_steps": [True, "5", 5.0, 0, -5, 10**8, HUGE, NAN],
     "selection": [True, 1, "best", "", None, [], "AUTO"],
     "budget_seconds": [True, "60", 0, -1.0, 0.5, 10**9, HUGE, NAN, INF, None],
+    "mask_probability": [True, "0.15", 0, 1, 1.5, -0.1, HUGE, NAN, INF, None],
+    "whole_word_mask": [1, "true", None, []],
+    "keep_head": [1, "true", None, []],
+    "stride": [True, "4", 4.0, -1, 10**7, HUGE, NAN],
 }
 CASES = [(field, value) for field, values in BAD_VALUES.items() for value in values]
 

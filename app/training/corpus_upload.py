@@ -19,8 +19,8 @@ from typing import BinaryIO, TextIO
 
 from app.config import Settings
 from app.errors import SwitchyardError
-from app.tasks import TRAINABLE
-from app.tasks.base import Row, RowProblem, check_text
+from app.tasks import LANGUAGE_MODELING, TRAINABLE
+from app.tasks.base import Row, RowProblem
 from app.training.rows import MAX_REPORTED_ERRORS, InvalidDatasetError, RowError
 from app.training.textfile import (
     Line,
@@ -33,9 +33,8 @@ from app.training.textfile import (
 )
 from app.untrusted import load_json
 
-# The task whose rows are `{"text"}` alone. The one place the corpus path names it: the task's
-# module registers this name, and its `check_row` then validates every stored row.
-CORPUS_TASK = "language_modeling"
+# The task whose rows are `{"text"}` alone: its `check_row` validates every stored row.
+CORPUS_TASK = LANGUAGE_MODELING
 TEXT = "text"
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
 TEXT_SUFFIXES = (".txt", ".text")
@@ -123,9 +122,7 @@ def _checked(item: tuple[int, Row], check: Callable[[Row], Row], out: TextIO) ->
 
 
 def _row_checker() -> Callable[[Row], Row]:
-    task = TRAINABLE.get(CORPUS_TASK)
-    # Until the task is registered, a row is what every text row must be: a non-empty string.
-    return task.check_row if task is not None else check_text
+    return TRAINABLE[CORPUS_TASK].check_row
 
 
 def _rows(stream: BinaryIO, *, fmt: str, split: Split, max_document_bytes: int) -> Iterator[Item]:

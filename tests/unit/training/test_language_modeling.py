@@ -187,3 +187,31 @@ def test_causal_lm_adaptation_lowers_held_out_loss() -> None:
     assert best["perplexity"] < before["perplexity"]
     assert outcome.task == "generation"  # served by the generate and chat routes
     assert outcome.selection["objective"] == "causal_lm"
+
+
+def test_an_uploaded_plain_text_corpus_trains_without_naming_the_task(
+    client: TestClient,
+) -> None:
+    """The seam between the streamed upload and the streamed job: a .txt upload is stored as a
+    language_modeling dataset, and a job on it (task taken from the dataset) reads the file."""
+    text = "".join(f"{d}\n" for d in DOCS)
+    uploaded = client.post("/v1/datasets", files={"file": ("notes.txt", text.encode())})
+    assert uploaded.status_code == 201, uploaded.text
+    dataset = uploaded.json()
+    assert (dataset["task"], dataset["rows"], dataset["format"]) == (
+        "language_modeling",
+        len(DOCS),
+        "text",
+    )
+    job = _job(
+        client,
+        {
+            "adapter": "fromfile",
+            "method": "lora",
+            "training_data": dataset["id"],
+            "hyperparameters": {"max_steps": 3, "batch_size": 8, "max_length": 32},
+        },
+    )
+    assert job["task"] == "language_modeling"
+    assert job["best"]["selection"]["objective"] == "masked_lm"
+    assert job["progress"]["step"] > 0  # training tokens counted

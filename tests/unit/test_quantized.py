@@ -117,7 +117,13 @@ def test_mixed_methods_in_one_forward_on_the_int8_base(
     specs = [("lora", 0), ("ia3", 0), ("prompt", 3), ("prefix", 2)]
     folders = {
         f"{m}{v}": peft_files(
-            tiny_bert_dir, tmp_path / f"{m}{v}", method=m, task=SEQ, labels=3, seed=n, virtual=v | 1
+            tiny_bert_dir,
+            tmp_path / f"{m}{v}",
+            method=m,
+            task=SEQ,
+            labels=3,
+            seed=n,
+            virtual=max(v, 1),
         )
         for n, (m, v) in enumerate(specs)
     }

@@ -81,8 +81,12 @@ def test_dtype_choice_for_each_device_runs_without_a_gpu() -> None:
 def test_int8_setting_loads_a_quantized_base_with_the_float_fingerprint(
     tiny_bert_dir: Path, tmp_path: Path
 ) -> None:
-    int8 = load_base(Settings(base_model=str(tiny_bert_dir), dtype="int8", _env_file=None))
-    plain = load_base(Settings(base_model=str(tiny_bert_dir), dtype="float32", _env_file=None))
+    int8 = load_base(
+        Settings(base_model=str(tiny_bert_dir), device="cpu", dtype="int8", _env_file=None)
+    )
+    plain = load_base(
+        Settings(base_model=str(tiny_bert_dir), device="cpu", dtype="float32", _env_file=None)
+    )
     linears = [m for m in int8.model.modules() if isinstance(m, nn.Linear)]
     assert linears and all(isinstance(m, Int8Linear) for m in linears)
     assert len(int8.int8_layers) == len(linears) and not plain.int8_layers

@@ -133,6 +133,35 @@ def speed(args: argparse.Namespace) -> None:
             print(f"{s.name}: int8 copies add {s.extra_bytes / 1e6:.1f} MB to the float weights")
 
 
+def profile(args: argparse.Namespace) -> None:
+    """Share of the forward spent in the linear kernels, float32 vs int8 (torch.profiler).
+
+    The bound on what any int8 kernel can win: the rest (attention, norms, GELU, the LoRA
+    deltas, batching) runs in float either way.
+    """
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    work = tempdir()
+    files = make_lora_files(base_dir(), work / "peft", seed=0)
+    for name in ("float32", "int8"):
+        served = build(name, work, files)
+        rows_per_second(served, args.profile_rows, 1)  # warm-up outside the profile
+        with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+            rows_per_second(served, args.profile_rows, 3)
+        events = prof.key_averages()
+        total = sum(e.self_cpu_time_total for e in events)
+        linear = sum(e.self_cpu_time_total for e in events if _is_linear_kernel(e.key))
+        top = sorted(events, key=lambda e: -e.self_cpu_time_total)[:6]
+        print(f"{name}: batch {args.profile_rows}, linear kernels {linear / total:.0%} of op time")
+        for e in top:
+            print(f"    {e.key:40s} {e.self_cpu_time_total / total:6.1%}")
+
+
+def _is_linear_kernel(key: str) -> bool:
+    return key in {"aten::addmm", "aten::mm", "quantized::linear_dynamic"} or "quantize" in key
+
+
 def accuracy(args: argparse.Namespace) -> None:
     """Train on the float base through the API, score on float and on int8."""
     from bench.quality import SPECS, read_rows, train_via_api, upload
@@ -183,12 +212,14 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--skip-speed", action="store_true")
+    parser.add_argument("--profile", action="store_true", help="linear kernels' share of time")
+    parser.add_argument("--profile-rows", type=int, default=8)
     parser.add_argument("--accuracy", action="store_true")
     parser.add_argument("--datasets", nargs="+", default=["sst2", "trec"])
     parser.add_argument("--methods", nargs="+", default=["lora", "linear_probe"])
     parser.add_argument("--train-rows", type=int, default=1000)
     parser.add_argument("--test-rows", type=int, default=500)
-    parser.add_argument("--epochs", type=float, default=1.0)
+    parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--job-timeout", type=float, default=1800)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -196,6 +227,8 @@ def main() -> None:
         args.variants.insert(0, "float32")
     if not args.skip_speed:
         speed(args)
+    if args.profile:
+        profile(args)
     if args.accuracy:
         accuracy(args)
 

@@ -191,8 +191,8 @@ def accuracy(args: argparse.Namespace) -> None:
     finally:
         stop_server(server)
     print(f"{'dataset':8s} {'method':13s} {'test rows':>9s} {'float32':>8s} {'int8':>8s} delta")
-    for name, method, test, adapter in adapters:
-        f32, i8 = scores[adapter]
+    for name, method, test, stored in adapters:
+        f32, i8 = scores[stored]
         delta = 100 * (i8 - f32)
         print(f"{name:8s} {method:13s} {len(test):9d} {f32:8.2%} {i8:8.2%} {delta:+.2f} pt")
 

@@ -26,6 +26,7 @@ from transformers import (
 )
 
 from app.config import Settings
+from app.quantized import quantize_linears
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,8 @@ class FrozenBase:
     parameters: dict[str, torch.Tensor] = field(default_factory=dict)
     # Linear layer path -> (in_features, out_features): what an adapter may target.
     linear_shapes: dict[str, tuple[int, int]] = field(default_factory=dict)
+    # Paths of the linear layers served in int8 (`SWITCHYARD_DTYPE=int8`); empty: all float.
+    int8_layers: list[str] = field(default_factory=list)
 
     @property
     def config(self) -> PretrainedConfig:
@@ -112,7 +115,17 @@ def pick_device(setting: str) -> torch.device:
 
 
 def pick_dtype(setting: str, device: torch.device) -> torch.dtype:
-    """float32 on CPU (half precision is slow there), bfloat16 or float16 on CUDA."""
+    """float32 on CPU (half precision is slow there), bfloat16 or float16 on CUDA.
+
+    `int8` loads float32: the linear layers are quantized after loading (`app/quantized.py`).
+    """
+    if setting == "int8":
+        if device.type != "cpu":
+            raise ValueError(
+                f"dtype 'int8' needs device cpu, not {device}: the int8 kernels are CPU-only; "
+                "on CUDA use dtype auto (bfloat16 or float16)"
+            )
+        return torch.float32
     if setting != "auto":
         dtype: torch.dtype = getattr(torch, setting)
         return dtype
@@ -141,9 +154,23 @@ def load_base(settings: Settings) -> FrozenBase:
     if tokenizer.pad_token is None:
         # Decoders often ship without a pad token; rows are masked, so any id will do.
         tokenizer.pad_token = tokenizer.eos_token
-    return wrap_base(
+    base = wrap_base(
         model, tokenizer, name=settings.base_model, path=path, device=device, kind=kind
     )
+    if settings.dtype == "int8":
+        quantize_base(base)
+    return base
+
+
+def quantize_base(base: FrozenBase) -> None:
+    """Serve the base's linear layers in int8; `parameters` and the fingerprint stay float.
+
+    A decoder's LM head stays float: it is the widest layer and every generated token's
+    choice reads it, so its error would cost the most for the least share of the time.
+    """
+    head = base.model.get_output_embeddings()
+    skip = frozenset(n for n, m in base.model.named_modules() if head is not None and m is head)
+    base.int8_layers = quantize_linears(base.model, skip=skip)
 
 
 def wrap_base(

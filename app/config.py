@@ -29,7 +29,10 @@ class Settings(BaseSettings):
     # --- the base model
     base_model: str = Field("minilm", description="minilm, smollm2, or a local HF folder")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    dtype: Literal["auto", "float32", "float16", "bfloat16", "int8"] = Field(
+        "auto",
+        description="int8: float32 base whose linear layers run dynamic int8 kernels (CPU only)",
+    )
     cache_dir: Path = Field(Path.home() / ".cache" / "switchyard", description="dequantized bases")
 
     # --- where things live
@@ -148,6 +151,16 @@ class Settings(BaseSettings):
         if value in {"auto", "cpu", "cuda", "mps"} or value.startswith("cuda:"):
             return value
         raise ValueError(f"device {value!r} is not one of auto, cpu, cuda, cuda:N, mps")
+
+    @model_validator(mode="after")
+    def _check_int8(self) -> Settings:
+        # Refused, not mapped: a silent bf16 would hide that the operator asked for int8.
+        if self.dtype == "int8" and self.device != "auto" and self.device != "cpu":
+            raise ValueError(
+                f"dtype 'int8' needs device cpu, not {self.device!r}: the int8 kernels are "
+                "CPU-only; on CUDA use dtype auto (bfloat16 or float16)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_exposure(self) -> Settings:

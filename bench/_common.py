@@ -21,8 +21,12 @@ from app.runtime.metrics import Metrics
 from app.runtime.runtime import Runtime
 
 
-def make_runtime(store: Path, **overrides: Any) -> tuple[Runtime, Registry, Settings]:
-    """A runtime over the real MiniLM base with a fresh store."""
+def make_runtime(
+    store: Path, *, device: str | None = None, **overrides: Any
+) -> tuple[Runtime, Registry, Settings]:
+    """A runtime over the real MiniLM base with a fresh store (on `device` when given)."""
+    if device is not None:
+        overrides["device"] = device
     settings = Settings(store=store, _env_file=None, **overrides)
     base = load_base(settings)
     registry = Registry(AdapterStore(settings.store), base, settings)

@@ -112,6 +112,9 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
+        "--device", default=None, help="cpu, cuda, cuda:N (default: SWITCHYARD_DEVICE)"
+    )
+    parser.add_argument(
         "--targets",
         default="all-linear",
         help="all-linear (our trainer's default) or a comma list, e.g. "
@@ -122,7 +125,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     work = tempdir()
     settings = Settings(
-        base_model="smollm2", store=work / "store", max_batch_size=args.rows, _env_file=None
+        base_model="smollm2",
+        store=work / "store",
+        max_batch_size=args.rows,
+        _env_file=None,
+        **({"device": args.device} if args.device else {}),
     )
     base = load_base(settings)
     registry = Registry(AdapterStore(settings.store), base, settings)

@@ -24,9 +24,12 @@ def main() -> None:
     parser.add_argument("--adapters", type=int, default=64)
     parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("--skip-peft", action="store_true")
+    parser.add_argument(
+        "--device", default=None, help="cpu, cuda, cuda:N (default: SWITCHYARD_DEVICE)"
+    )
     args = parser.parse_args()
     work = tempdir()
-    runtime, registry, _ = make_runtime(work / "store", max_slots=args.adapters)
+    runtime, registry, _ = make_runtime(work / "store", device=args.device, max_slots=args.adapters)
     names = []
     for i in range(args.adapters):
         files = make_lora_files(base_dir(), work / f"a{i}", seed=i)
@@ -39,13 +42,16 @@ def main() -> None:
         )
         names.append(f"a{i}")
     residents = [runtime.cache.acquire(n, 1) for n in names]
-    batch = dict(runtime.base.tokenizer([SENTENCE] * args.adapters, return_tensors="pt"))
+    encoded = runtime.base.tokenizer([SENTENCE] * args.adapters, return_tensors="pt")
+    batch = {k: v.to(runtime.base.device) for k, v in encoded.items()}
     model, layers = runtime.base.model, runtime.layers
 
     def forward(slots: list[int]) -> None:
         layers.route(slots, runtime.base.device)
         with torch.inference_mode():
             model(**batch)
+        if runtime.base.device.type == "cuda":
+            torch.cuda.synchronize()  # else the timer stops at the kernel launches
         layers.clear_route()
 
     mixed_slots = [r.slot for r in residents]

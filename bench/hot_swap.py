@@ -20,10 +20,13 @@ from bench._common import base_dir, make_lora_files, make_runtime, p50, tempdir,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeat", type=int, default=30)
+    parser.add_argument(
+        "--device", default=None, help="cpu, cuda, cuda:N (default: SWITCHYARD_DEVICE)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(2)
     work = tempdir()
-    runtime, registry, _ = make_runtime(work / "store")
+    runtime, registry, _ = make_runtime(work / "store", device=args.device)
     files = make_lora_files(base_dir(), work / "a0", seed=0)
     size = len(files["adapter_model.safetensors"])
     version = registry.register(

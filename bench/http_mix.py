@@ -52,12 +52,17 @@ def main() -> None:
     parser.add_argument("--adapters", type=int, default=64)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument(
+        "--device", default=None, help="cpu, cuda, cuda:N (default: SWITCHYARD_DEVICE)"
+    )
     args = parser.parse_args()
     work = tempdir()
     names = [f"a{i}" for i in range(args.adapters)]
     for i, name in enumerate(names):
         make_lora_files(base_dir(), work / "peft" / name, seed=i)
-    server = start_server(work / "store")
+    server = start_server(
+        work / "store", env={"SWITCHYARD_DEVICE": args.device} if args.device else None
+    )
     for name in names:
         files = {
             p.name: p.read_bytes()

@@ -7,6 +7,7 @@ so they run in seconds; the real base is for tests/integration.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -67,9 +68,9 @@ def tiny_bert_dir(
 def tiny_base(tiny_bert_dir: Path, tokenizer: PreTrainedTokenizerBase) -> FrozenBase:
     """A fresh frozen tiny base per test: the runtime wraps its layers in place."""
     model = BertModel.from_pretrained(tiny_bert_dir)
-    return wrap_base(
-        model, tokenizer, name="tiny-bert", path=tiny_bert_dir, device=torch.device("cpu")
-    )
+    # bench/gpu_check.sh sets SWITCHYARD_DEVICE=cuda so the runtime tests run on the GPU.
+    device = torch.device(os.environ.get("SWITCHYARD_DEVICE", "cpu"))
+    return wrap_base(model, tokenizer, name="tiny-bert", path=tiny_bert_dir, device=device)
 
 
 @pytest.fixture

@@ -1,0 +1,89 @@
+"""An int8 frozen base for CPU serving (`SWITCHYARD_DTYPE=int8`).
+
+Each linear layer of the serving base runs torch's dynamic int8 kernel (weights quantized per
+output channel once, activations per call). The float weights stay: training views share them
+(app/training/view.py), the fingerprint is the float base's, so adapters trained on the float
+base load unchanged, and every delta (LoRA, IA3, prompt, prefix, heads) stays in float.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import torch
+from torch import nn
+from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
+from torch.ao.quantization import per_channel_dynamic_qconfig
+
+log = logging.getLogger(__name__)
+
+
+class Int8Linear(nn.Linear):
+    """A frozen `nn.Linear` whose forward is the dynamic int8 kernel.
+
+    It stays an `nn.Linear` with the float `weight` and `bias` parameters (shared, not copied)
+    so the runtime wraps it like any other linear layer and code that reads `.weight` (dtype
+    probes, IA3 tables, tied heads) still sees float tensors.
+    """
+
+    def __init__(self, linear: nn.Linear) -> None:
+        # nn.Module's init only: nn.Linear's would allocate a second float weight.
+        nn.Module.__init__(self)
+        self.in_features = linear.in_features
+        self.out_features = linear.out_features
+        self.weight = linear.weight
+        self.bias = linear.bias
+        self.int8 = _quantize(linear)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.int8(x)
+        return out
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8"
+
+
+def _quantize(linear: nn.Linear) -> DynamicInt8Linear:
+    float_copy = nn.Linear(
+        linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta"
+    )
+    float_copy.weight = nn.Parameter(linear.weight.detach().float(), requires_grad=False)
+    if linear.bias is not None:
+        float_copy.bias = nn.Parameter(linear.bias.detach().float(), requires_grad=False)
+    # Per output channel: one scale per row keeps the error of rows with small weights low.
+    float_copy.qconfig = per_channel_dynamic_qconfig  # type: ignore[assignment]
+    with warnings.catch_warnings():
+        # torch marks eager-mode quantization deprecated in favour of torchao, whose CPU int8
+        # path measured slower here (bench/README.md, issue 15); the kernels are the same.
+        warnings.simplefilter("ignore")
+        quantized: DynamicInt8Linear = DynamicInt8Linear.from_float(float_copy)
+    return quantized
+
+
+def quantize_linears(model: nn.Module, *, skip: frozenset[str] = frozenset()) -> list[str]:
+    """Swap every float `nn.Linear` of `model` (but the paths in `skip`) for an `Int8Linear`.
+
+    Returns the swapped paths. Only CPU tensors can be quantized this way.
+    """
+    swapped = []
+    for path, module in list(model.named_modules()):
+        if type(module) is not nn.Linear or path in skip:
+            continue
+        if module.weight.device.type != "cpu":
+            raise ValueError(f"int8 base: {path} is on {module.weight.device}, int8 is CPU-only")
+        parent_path, _, attr = path.rpartition(".")
+        parent = model.get_submodule(parent_path) if parent_path else model
+        setattr(parent, attr, Int8Linear(module))
+        swapped.append(path)
+    log.info("int8 base: %d linear layers quantized", len(swapped))
+    return swapped
+
+
+def int8_bytes(model: nn.Module) -> int:
+    """Bytes the int8 copies add (weights plus per-channel scales), for memory reports."""
+    total = 0
+    for module in model.modules():
+        if isinstance(module, Int8Linear):
+            total += module.out_features * module.in_features + module.out_features * 16
+    return total

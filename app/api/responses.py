@@ -145,11 +145,21 @@ class AdapterDetails(_AdapterHead):
     resident: Residency = Field(description="where the latest version is held now")
 
 
+class DeletedChild(BaseModel):
+    """An adapter a cascading delete removed with its parent."""
+
+    name: str
+    deleted_versions: list[int]
+
+
 class AdapterDeleted(BaseModel):
     """`DELETE /v1/adapters/{name}`: the versions removed."""
 
     name: str
     deleted_versions: list[int]
+    deleted_children: list[DeletedChild] = Field(
+        default_factory=list, description="with ?cascade=true: adapters stacked on it"
+    )
 
 
 # ---------------------------------------------------------------- inference

@@ -8,6 +8,8 @@ from typing import Any, Protocol
 
 import torch
 
+from app.registry.records import AdapterRef
+
 
 @dataclass(frozen=True)
 class TrainingPlan:
@@ -29,6 +31,8 @@ class TrainingPlan:
     # cross-validation may redraw), "validation_data" (the user's), "training_rows" (none).
     validation_source: str = "validation_data"
     checkpoint_dir: str | None = None  # where resumable state may be written
+    # `base_adapter`: the stored LoRA version this run stacks on (app/training/stacking.py).
+    base_adapter: AdapterRef | None = None
 
 
 class TrainingReporter(Protocol):
@@ -57,6 +61,9 @@ class TrainingOutcome:
     selection: dict[str, Any] = field(default_factory=dict)
     # method "auto": what was tried, [{method, metric, value, seconds, ...}]
     candidates: list[dict[str, Any]] | None = None
+    # The stored LoRA folded into `files` (a stack), and the metric with and without it.
+    parent: AdapterRef | None = None
+    domain_effect: dict[str, Any] | None = None
 
 
 @dataclass

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -17,9 +18,10 @@ from safetensors.torch import load
 from transformers import AutoModelForSequenceClassification, PreTrainedTokenizerBase
 
 from app.base import FrozenBase
+from app.errors import SwitchyardError
 from app.registry.records import AdapterRef
 from app.registry.store import CONFIG_FILE, WEIGHTS_FILE
-from app.training.stacking import PARENT, load_parent, stack_files
+from app.training.stacking import PARENT, check_parent, load_parent, stack_files
 from tests.conftest import upload
 from tests.unit.peft_reference import as_vector, peft_logits
 
@@ -186,14 +188,12 @@ def test_auto_lists_the_stack_as_a_candidate(client: TestClient, domain: dict[st
         ({"base_adapter": "Bad Name"}, 400, "base_adapter", "Bad Name"),
         ({"base_adapter": "domain", "base_adapter_version": 0}, 400, "base_adapter_version", "0"),
         ({"base_adapter": "domain", "method": "ia3"}, 400, "method", "'ia3'"),
-        ({"base_adapter": "probe"}, 400, "base_adapter", "linear_probe"),
         (
             {"base_adapter": "domain", "hyperparameters": {"rank": 62}},
             400,
             "hyperparameters.rank",
             "4 (base_adapter 'domain' v1) + 62 (hyperparameters.rank) = 66 > max_rank 64",
         ),
-        ({"base_adapter": "domain", "task": "generation"}, 400, "task", "generation"),
     ],
 )
 def test_submit_refuses_a_bad_base_adapter(
@@ -204,10 +204,6 @@ def test_submit_refuses_a_bad_base_adapter(
     param: str,
     words: str,
 ) -> None:
-    probe = {"adapter": "probe", "method": "linear_probe", "examples": rows(24)}
-    assert wait(client, client.post("/v1/training-jobs", json=probe).json())["status"] == (
-        "succeeded"
-    )
     jobs_before = len(client.get("/v1/training-jobs").json()["data"])
     answer = submit(client, **body)
     assert answer.status_code == status, answer.text
@@ -217,8 +213,60 @@ def test_submit_refuses_a_bad_base_adapter(
     assert len(client.get("/v1/training-jobs").json()["data"]) == jobs_before  # nothing queued
 
 
+def test_a_parent_that_is_not_a_lora_is_refused(client: TestClient) -> None:
+    probe = {"adapter": "probe", "method": "linear_probe", "examples": rows(24)}
+    assert wait(client, client.post("/v1/training-jobs", json=probe).json())["status"] == (
+        "succeeded"
+    )
+    answer = submit(client, base_adapter="probe")
+    assert answer.status_code == 400, answer.text
+    error = answer.json()["error"]
+    assert error["param"] == "base_adapter"
+    assert "'probe' v1 is a linear_probe adapter" in error["message"]
+
+
+class Source:
+    """A registry's answer about one stored version (what check_parent reads)."""
+
+    def __init__(self, **meta: Any) -> None:
+        self.found = SimpleNamespace(version=1, method="lora", rank=4, **meta)
+
+    def meta(self, name: str, version: int | None = None) -> Any:
+        return self.found
+
+    def load_weights(self, name: str, version: int) -> Any:
+        raise AssertionError("not read at submission")
+
+
+@pytest.mark.parametrize(
+    ("meta", "words"),
+    [
+        ({"task": "classification", "base_fingerprint": "sha256:other"}, "made for base"),
+        ({"task": "generation"}, "task 'generation'"),
+    ],
+)
+def test_check_parent_refuses_another_base_or_readout(
+    tiny_base: FrozenBase, meta: dict[str, Any], words: str
+) -> None:
+    with pytest.raises(SwitchyardError) as caught:
+        check_parent(
+            Source(**meta),
+            name="domain",
+            version=None,
+            task="classification",
+            method="lora",
+            rank=2,
+            base=tiny_base,
+            max_rank=64,
+        )
+    assert caught.value.status == 400 and caught.value.param == "base_adapter"
+    assert words in caught.value.message and "'domain' v1" in caught.value.message
+
+
 # ---------------------------------------------------------------- delete protection
-def child_of(client: TestClient, parent: str, version: int, name: str, files: dict[str, bytes]) -> None:
+def child_of(
+    client: TestClient, parent: str, version: int, name: str, files: dict[str, bytes]
+) -> None:
     """Upload `files` as a version of `name` whose lineage names `parent` v`version`."""
     meta = {"lineage": {"parent": {"adapter": parent, "version": version}}}
     answer = client.post(

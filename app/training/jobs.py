@@ -345,7 +345,7 @@ class JobManager:
         if missing:
             raise SwitchyardError(500, "internal_error", f"the trainer returned no {missing}")
         request = JobRequest.from_record(record.request)
-        lineage = {
+        lineage: dict[str, Any] = {
             "source": "training",
             "job_id": record.id,
             "training_data": request.training_data,

@@ -82,6 +82,20 @@ def check_parent(
         )
     meta = _parent_meta(source, name, version)
     shown = f"base_adapter {name!r} v{meta.version}"
+    _check_meta(shown, meta, base)
+    _check_readout(shown, parent_task=meta.task, task=task)
+    if meta.rank + rank > max_rank:
+        raise bad_request(
+            "rank_too_large",
+            f"stacked rank {meta.rank} ({shown}) + {rank} (hyperparameters.rank) = "
+            f"{meta.rank + rank} > max_rank {max_rank}: the stack is stored as one LoRA",
+            param="hyperparameters.rank",
+        )
+    return AdapterRef(name, meta.version)
+
+
+def _check_meta(shown: str, meta: Any, base: FrozenBase) -> None:
+    """A LoRA, made for this base."""
     if meta.method != "lora":
         raise bad_request(
             "invalid_base_adapter",
@@ -96,15 +110,6 @@ def check_parent(
             f"{shown} was made for base {made_for!r}; this service runs {base.name!r}",
             param=PARAM,
         )
-    _check_readout(shown, parent_task=meta.task, task=task)
-    if meta.rank + rank > max_rank:
-        raise bad_request(
-            "rank_too_large",
-            f"stacked rank {meta.rank} ({shown}) + {rank} (hyperparameters.rank) = "
-            f"{meta.rank + rank} > max_rank {max_rank}: the stack is stored as one LoRA",
-            param="hyperparameters.rank",
-        )
-    return AdapterRef(name, meta.version)
 
 
 def _parent_meta(source: ParentSource, name: str, version: int | None) -> Any:
@@ -151,7 +156,7 @@ def view_name(base: FrozenBase, path: str) -> str:
 
 def attach_parent(model: nn.Module, parent: ParentLora, base: FrozenBase) -> None:
     """Add the parent as a frozen second LoRA of PEFT model `model`, both active."""
-    lora_model: Any = model.base_model  # type: ignore[union-attr]
+    lora_model: Any = model.base_model
     names = {view_name(base, p): p for p in parent.lora}
     config = LoraConfig(r=parent.rank, lora_alpha=parent.rank, target_modules=sorted(names))
     lora_model.peft_config[PARENT] = config  # how BaseTuner.__init__ registers one

@@ -57,15 +57,10 @@ def train(
         tick = Ticker(cancel, pause)
         parent = _parent(plan, parents)
         if get_task(plan.task).readout is Readout.TEXT:  # causal-LM loss: its own objective
-            plan = replace(plan, method="lora") if plan.method == AUTO else plan
-
-            def generate(on: ParentLora | None, phase: TrainingReporter) -> TrainingOutcome:
-                return train_generation(
-                    plan, base=base, setup=setup, reporter=phase, tick=tick,
-                    token_budget=micro_batch_tokens, parent=on,
-                )  # fmt: skip
-
-            return _with_effect(generate, parent, base=base, plan=plan, reporter=reporter)
+            return _generation(
+                plan, base=base, setup=setup, reporter=reporter, tick=tick, parent=parent,
+                token_budget=micro_batch_tokens,
+            )  # fmt: skip
         recipe_of = _recipes(
             plan, base, setup, tick, parent=parent,
             checkpoint_activations=checkpoint_activations, micro_batch_tokens=micro_batch_tokens,
@@ -84,6 +79,28 @@ def train(
         return calibrate(outcome, task=plan.task)
     finally:
         release_memory()
+
+
+def _generation(
+    plan: TrainingPlan,
+    *,
+    base: FrozenBase,
+    setup: Setup,
+    reporter: TrainingReporter,
+    tick: Ticker,
+    parent: ParentLora | None,
+    token_budget: int | None,
+) -> TrainingOutcome:
+    """A generation adapter (LoRA under auto), on top of the base_adapter when there is one."""
+    plan = replace(plan, method="lora") if plan.method == AUTO else plan
+
+    def generate(on: ParentLora | None, phase: TrainingReporter) -> TrainingOutcome:
+        return train_generation(
+            plan, base=base, setup=setup, reporter=phase, tick=tick,
+            token_budget=token_budget, parent=on,
+        )  # fmt: skip
+
+    return _with_effect(generate, parent, base=base, plan=plan, reporter=reporter)
 
 
 def _parent(plan: TrainingPlan, parents: ParentLoader | None) -> ParentLora | None:

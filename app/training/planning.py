@@ -218,8 +218,12 @@ def _adapter_name(value: Any) -> str:
 def _base_adapter(value: Any) -> str | None:
     if value is None:
         return None
+    if not isinstance(value, str):  # repr(0) would pass as the name "0"
+        raise bad_request(
+            "invalid_name", f"base_adapter {value!r} is not an adapter name", param="base_adapter"
+        )
     try:
-        return check_name(value if isinstance(value, str) else repr(value))
+        return check_name(value)
     except SwitchyardError as exc:
         exc.param = "base_adapter"
         raise

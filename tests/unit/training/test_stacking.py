@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 import torch
 from fastapi.testclient import TestClient
+from hypothesis import given
+from hypothesis import strategies as st
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 from peft.tuners.lora import LoraLayer
 from safetensors.torch import load
@@ -21,6 +23,7 @@ from app.base import FrozenBase
 from app.errors import SwitchyardError
 from app.registry.records import AdapterRef
 from app.registry.store import CONFIG_FILE, WEIGHTS_FILE
+from app.training.planning import JobRequest
 from app.training.stacking import PARENT, check_parent, load_parent, stack_files
 from tests.conftest import upload
 from tests.unit.peft_reference import as_vector, peft_logits
@@ -306,3 +309,30 @@ def test_deleting_a_parent_with_children_is_a_409_unless_cascade(
         {"name": "kid", "deleted_versions": [1, 2]},
     ]
     assert names() == sorted(set(before) - {"domain", "kid", "grandkid"})
+
+
+# ---------------------------------------------------------------- parsing
+@given(value=st.one_of(st.none(), st.integers(), st.text(max_size=5), st.booleans(), st.floats()))
+def test_base_adapter_version_is_a_positive_integer_or_a_400(value: Any) -> None:
+    body = {"adapter": "a", "examples": rows(4), "base_adapter": "domain"}
+    ok = value is None or (type(value) is int and value >= 1)
+    try:
+        request = JobRequest.parse({**body, "base_adapter_version": value})
+    except SwitchyardError as exc:
+        assert not ok and exc.status == 400 and exc.param == "base_adapter_version"
+        assert repr(value) in exc.message
+    else:
+        assert ok and request.base_adapter_version == value
+        stored = JobRequest.from_record(request.to_record(task="classification"))
+        assert stored.base_adapter_version == value and stored.base_adapter == "domain"
+
+
+@given(value=st.one_of(st.text(max_size=70), st.integers(), st.lists(st.integers(), max_size=2)))
+def test_base_adapter_is_an_adapter_name_or_a_400(value: Any) -> None:
+    body = {"adapter": "a", "examples": rows(4), "base_adapter": value}
+    try:
+        request = JobRequest.parse(body)
+    except SwitchyardError as exc:
+        assert exc.status == 400 and exc.param == "base_adapter"
+    else:
+        assert isinstance(value, str) and request.base_adapter == value

@@ -28,7 +28,7 @@ from app.errors import SwitchyardError, bad_request
 from app.registry.records import AdapterRef
 from app.registry.store import CONFIG_FILE, WEIGHTS_FILE, check_name
 from app.registry.weights import AdapterWeights
-from app.tasks import TASKS, Readout
+from app.tasks import TASKS
 from app.training.hyperparameters import Hyperparameters
 from app.training.types import TrainingOutcome
 
@@ -83,7 +83,7 @@ def check_parent(
     meta = _parent_meta(source, name, version)
     shown = f"base_adapter {name!r} v{meta.version}"
     _check_meta(shown, meta, base)
-    _check_readout(shown, parent_task=meta.task, task=task)
+    _check_kind(shown, parent_task=meta.task, task=task, kind=base.kind)
     if meta.rank + rank > max_rank:
         raise bad_request(
             "rank_too_large",
@@ -120,17 +120,17 @@ def _parent_meta(source: ParentSource, name: str, version: int | None) -> Any:
         raise
 
 
-def _check_readout(shown: str, *, parent_task: str, task: str) -> None:
-    """A causal-LM parent (a decoder's text head) under an encoder task, or the reverse."""
-    if parent_task not in TASKS or task not in TASKS:
-        return  # a task this build does not know: the base's own checks decide
-    parent_text = TASKS[parent_task].readout is Readout.TEXT
-    if parent_text != (TASKS[task].readout is Readout.TEXT):
-        kind = "a decoder's text generation" if parent_text else "an encoder's read-out"
+def _check_kind(shown: str, *, parent_task: str, task: str, kind: str) -> None:
+    """The parent's task runs on this base's kind: a decoder's causal LoRA under an encoder
+    task (or the reverse) means it was made on another base (a store kept across bases)."""
+    if parent_task not in TASKS:
+        return  # a task this build does not know: the fingerprint check decides
+    kinds = TASKS[parent_task].kinds
+    if kind not in kinds:
         raise bad_request(
             "invalid_base_adapter",
-            f"{shown} was trained for task {parent_task!r} ({kind}); task {task!r} "
-            "cannot stack on it",
+            f"{shown} was trained for task {parent_task!r}, which runs on a "
+            f"{' or '.join(sorted(kinds))} base; task {task!r} runs on this {kind} base",
             param=PARAM,
         )
 

@@ -245,10 +245,10 @@ class Source:
     ("meta", "words"),
     [
         ({"task": "classification", "base_fingerprint": "sha256:other"}, "made for base"),
-        ({"task": "generation"}, "task 'generation'"),
+        ({"task": "generation"}, "task 'generation', which runs on a decoder base"),
     ],
 )
-def test_check_parent_refuses_another_base_or_readout(
+def test_check_parent_refuses_another_base_or_kind(
     tiny_base: FrozenBase, meta: dict[str, Any], words: str
 ) -> None:
     with pytest.raises(SwitchyardError) as caught:

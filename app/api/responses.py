@@ -334,6 +334,12 @@ class TrainingJobOut(BaseModel):
     result: JobResult | None
     error: JobError | None
     hyperparameters: dict[str, Any] = Field(description="as given; the effective ones once run")
+    base_adapter: dict[str, Any] | None = Field(
+        None, description="the stored LoRA {adapter, version} this job stacks on"
+    )
+    domain_effect: dict[str, Any] | None = Field(
+        None, description="with base_adapter: {with, without, metric} on the same rows"
+    )
     created_at: str
     started_at: str | None
     finished_at: str | None

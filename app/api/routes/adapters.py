@@ -216,7 +216,13 @@ async def download_adapter(
     )
 
 
-@router.delete("/{name}", response_model=AdapterDeleted, dependencies=_MANAGE, responses=_DELETE)
+@router.delete(
+    "/{name}",
+    response_model=AdapterDeleted,
+    dependencies=_MANAGE,
+    responses=_DELETE,
+    response_model_exclude_unset=True,
+)
 async def delete_adapter(
     name: str, runtime: RuntimeDep, version: int | None = None, cascade: bool = False
 ) -> dict[str, Any]:

@@ -30,9 +30,12 @@ class Deleted:
     children: dict[str, list[int]] = field(default_factory=dict)
 
     def as_json(self, name: str) -> dict[str, Any]:
-        """The DELETE response body."""
-        kids = [{"name": n, "deleted_versions": v} for n, v in sorted(self.children.items())]
-        return {"name": name, "deleted_versions": self.versions, "deleted_children": kids}
+        """The DELETE response body; `deleted_children` only when a cascade removed some."""
+        body: dict[str, Any] = {"name": name, "deleted_versions": self.versions}
+        if self.children:
+            kids = sorted(self.children.items())
+            body["deleted_children"] = [{"name": n, "deleted_versions": v} for n, v in kids]
+        return body
 
 
 def parent_of(meta: dict[str, Any]) -> tuple[str, int] | None:

@@ -39,6 +39,7 @@ from app.scaleout.versions import reconcile_quietly, shared_ledger
 from app.training.datasets import DatasetService
 from app.training.jobs import JobManager
 from app.training.preflight import preflight
+from app.training.stacking import check_parent, load_parent
 from app.training.trainer import train
 
 log = logging.getLogger(__name__)
@@ -138,8 +139,10 @@ def _start(app: FastAPI, settings: Settings, base: FrozenBase | None) -> None:
             max_tokens=tokens,
             checkpoint_activations=settings.checkpoint_activations,
             micro_batch_tokens=settings.train_micro_batch_tokens,
+            parents=functools.partial(load_parent, registry),
         ),
         register_fn=registry.register,
         check_plan=functools.partial(preflight, base=base, max_rank=rank, max_tokens=tokens),
+        check_parent=functools.partial(check_parent, registry, base=base, max_rank=rank),
         records=leased_records(db, settings),
     )

@@ -145,11 +145,21 @@ class AdapterDetails(_AdapterHead):
     resident: Residency = Field(description="where the latest version is held now")
 
 
+class DeletedChild(BaseModel):
+    """An adapter a cascading delete removed with its parent."""
+
+    name: str
+    deleted_versions: list[int]
+
+
 class AdapterDeleted(BaseModel):
     """`DELETE /v1/adapters/{name}`: the versions removed."""
 
     name: str
     deleted_versions: list[int]
+    deleted_children: list[DeletedChild] = Field(
+        default_factory=list, description="with ?cascade=true: adapters stacked on it"
+    )
 
 
 # ---------------------------------------------------------------- inference
@@ -324,6 +334,12 @@ class TrainingJobOut(BaseModel):
     result: JobResult | None
     error: JobError | None
     hyperparameters: dict[str, Any] = Field(description="as given; the effective ones once run")
+    base_adapter: dict[str, Any] | None = Field(
+        None, description="the stored LoRA {adapter, version} this job stacks on"
+    )
+    domain_effect: dict[str, Any] | None = Field(
+        None, description="with base_adapter: {with, without, metric} on the same rows"
+    )
     created_at: str
     started_at: str | None
     finished_at: str | None

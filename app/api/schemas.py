@@ -24,3 +24,9 @@ class TrainingJobRequest(BaseModel):
     validation_data: str | None = Field(None, description="a dataset id; else a split is held out")
     examples: list[dict[str, Any]] | None = Field(None, description="inline training rows")
     hyperparameters: dict[str, Any] = Field(default_factory=dict)
+    base_adapter: str | None = Field(
+        None, description="a stored LoRA (a domain adapter) to train a task LoRA on top of"
+    )
+    base_adapter_version: int | None = Field(
+        None, description="its version; the latest at submission when omitted"
+    )

@@ -152,9 +152,12 @@ class AsyncClient:
         data = await self._send(_calls.download_adapter(name, version))
         return _files.extract_adapter(data, Path(folder))
 
-    async def delete_adapter(self, name: str, *, version: int | None = None) -> DeletedAdapter:
-        """Remove all versions of an adapter, or one."""
-        return await self._send(_calls.delete_adapter(name, version))
+    async def delete_adapter(
+        self, name: str, *, version: int | None = None, cascade: bool = False
+    ) -> DeletedAdapter:
+        """Remove all versions of an adapter, or one; `cascade` also removes the adapters
+        stacked on it (else they make it a 409)."""
+        return await self._send(_calls.delete_adapter(name, version, cascade=cascade))
 
     async def pin_adapter(self, name: str, pinned: bool = True) -> Adapter:
         """Keep an adapter resident on the device (or, with `pinned=False`, let it go)."""

@@ -114,11 +114,12 @@ def download_adapter(name: str, version: int | None) -> Call[bytes]:
     )
 
 
-def delete_adapter(name: str, version: int | None) -> Call[DeletedAdapter]:
-    """`DELETE /v1/adapters/{name}`."""
-    return Call(
-        "DELETE", f"/v1/adapters/{_seg(name)}", _one(DeletedAdapter), params={"version": version}
-    )
+def delete_adapter(
+    name: str, version: int | None, *, cascade: bool = False
+) -> Call[DeletedAdapter]:
+    """`DELETE /v1/adapters/{name}` (`?cascade=true` only when asked)."""
+    params = {"version": version, "cascade": True if cascade else None}
+    return Call("DELETE", f"/v1/adapters/{_seg(name)}", _one(DeletedAdapter), params=params)
 
 
 def pin_adapter(name: str, pinned: bool) -> Call[Adapter]:

@@ -59,6 +59,7 @@ class DeletedAdapter(Record):
 
     name: str
     deleted_versions: list[int]
+    deleted_children: list[dict[str, Any]] = Field(default_factory=list)
 
 
 # ---------------------------------------------------------------- datasets

@@ -16,7 +16,9 @@ from typing import Any
 from app.base import FrozenBase
 from app.config import Settings
 from app.errors import SwitchyardError, bad_request
+from app.registry import lineage
 from app.registry.catalog import Registry
+from app.registry.lineage import Deleted
 from app.registry.records import AdapterMeta, AdapterRef
 from app.registry.store import check_name
 from app.runtime.admission import BASE_LABEL, Admission
@@ -119,6 +121,11 @@ class Runtime:
     def delete_adapter(self, name: str, version: int | None = None) -> list[int]:
         """Delete one version or all from the store and the cache; the versions removed."""
         return self.registry.delete(name, version, residency=self.cache)
+
+    def delete_tree(self, name: str, version: int | None, *, cascade: bool) -> Deleted:
+        """`delete_adapter`, refused (409) while stacks were built on what it deletes, unless
+        `cascade`, which deletes those children too (app/registry/lineage.py)."""
+        return lineage.delete(self.registry, name, version, residency=self.cache, cascade=cascade)
 
     def pin_adapter(self, name: str, pinned: bool) -> dict[str, Any]:
         """Pin (loading it) or unpin the latest version of `name`; its summary afterwards."""

@@ -28,6 +28,7 @@ from app.training import evaluation
 from app.training.crossval import Pending, PhaseReporter
 from app.training.recipe import Recipe
 from app.training.selection import rule_for
+from app.training.stacking import STACKED
 from app.training.types import TrainingOutcome, TrainingPlan, TrainingReporter
 
 AUTO = "auto"
@@ -48,7 +49,13 @@ clock = time.monotonic  # the budget's clock (tests advance their own)
 
 def candidates_for(plan: TrainingPlan) -> list[str]:
     """The methods `auto` tries for this plan: the probe first (seconds), then the preferred
-    method for the regime (`preferred_method`), then the rest."""
+    method for the regime (`preferred_method`), then the rest; with a `base_adapter`, LoRA on
+    top of it last (it wins only by beating the preferred method, as any other must)."""
+    found = _methods_for(plan)
+    return [*found, STACKED] if plan.base_adapter is not None else found
+
+
+def _methods_for(plan: TrainingPlan) -> list[str]:
     task = get_task(plan.task)
     if task.readout is Readout.TEXT:  # lora, the one generation method auto tries
         return ["lora"]

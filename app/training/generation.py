@@ -29,6 +29,7 @@ from app.training.loop import Ticker, TrainLoop, save_files
 from app.training.objectives import Judged
 from app.training.preflight import Setup
 from app.training.selection import Rule
+from app.training.stacking import ParentLora, attach_parent
 from app.training.stepping import Batch, next_token_weight
 from app.training.types import TrainingOutcome, TrainingPlan, TrainingReporter
 from app.training.view import build_view
@@ -48,6 +49,7 @@ def train_generation(
     reporter: TrainingReporter,
     tick: Ticker,
     token_budget: int | None = None,
+    parent: ParentLora | None = None,
 ) -> TrainingOutcome:
     """Train one generation adapter from the dry run's `setup`; return the PEFT files of its
     best evaluation. The loop is the encoder tasks' (app/training/loop.py), so NaN losses,
@@ -66,6 +68,8 @@ def train_generation(
     val = [example_ids(base.tokenizer, row, max_length=length) for row in plan.validation_rows]
     view = build_view(base, task=GENERATION, num_labels=0)
     model = wrap(view, plan.method, hp, targets=setup.targets)
+    if parent is not None:  # a domain LoRA under the trained one (app/training/stacking.py)
+        attach_parent(model, parent, base)
     objective = GenerationObjective(base, eval_batch_size=max(hp.batch_size, 32))
     loop = TrainLoop(
         plan, base, model, hp, reporter, tick,

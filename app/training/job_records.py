@@ -257,10 +257,19 @@ def job_to_json(record: TrainingJob) -> dict[str, Any]:
         "result": record.result,
         "error": record.error,
         "hyperparameters": record.hyperparameters,
+        "base_adapter": _base_adapter(request),
+        "domain_effect": (record.result or {}).get("domain_effect"),
         "created_at": iso(record.created_at),
         "started_at": iso(record.started_at),
         "finished_at": iso(record.finished_at),
     }
+
+
+def _base_adapter(request: dict[str, Any]) -> dict[str, Any] | None:
+    """The stored LoRA a job stacks on, as lineage names a parent."""
+    if request.get("base_adapter") is None:
+        return None
+    return {"adapter": request["base_adapter"], "version": request.get("base_adapter_version")}
 
 
 def event_to_json(record: JobEvent) -> dict[str, Any]:

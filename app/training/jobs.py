@@ -43,7 +43,7 @@ from app.training.job_records import (
     job_to_json,
     jsonable,
 )
-from app.training.planning import JobRequest, PreparedJob, prepare_job
+from app.training.planning import JobRequest, ParentCheck, PreparedJob, prepare_job, stack_on
 from app.training.types import (
     CancelToken,
     RegisterFn,
@@ -85,6 +85,7 @@ class JobManager:
         register_fn: RegisterFn,
         check_hyperparameters: HyperparameterCheck | None = None,
         check_plan: PlanCheck | None = None,
+        check_parent: ParentCheck | None = None,
         poll_interval_s: float = 1.0,
         progress_interval_s: float = 0.5,
         cancel_wait_s: float = 5.0,
@@ -98,6 +99,7 @@ class JobManager:
         self._register_fn = register_fn
         self._check_hyperparameters = check_hyperparameters
         self._check_plan = check_plan
+        self._check_parent = check_parent
         self._poll_interval_s = poll_interval_s
         self._progress_interval_s = progress_interval_s
         self._cancel_wait_s = cancel_wait_s
@@ -119,6 +121,8 @@ class JobManager:
         prepared = self._prepare(request)
         if self._check_plan is not None:
             self._check_plan(prepared.plan)
+        if request.base_adapter is not None:
+            request, prepared = stack_on(request, prepared, self._check_parent)
         record = TrainingJob(
             id=f"job_{secrets.token_hex(12)}",
             adapter=request.adapter,
@@ -301,6 +305,8 @@ class JobManager:
         result: dict[str, Any] = {"adapter": record.adapter, "version": version}
         if outcome.candidates is not None:
             result["candidates"] = outcome.candidates
+        if outcome.domain_effect is not None:
+            result["domain_effect"] = outcome.domain_effect
         self._final_write(
             record.id,
             SUCCEEDED,
@@ -339,19 +345,23 @@ class JobManager:
         if missing:
             raise SwitchyardError(500, "internal_error", f"the trainer returned no {missing}")
         request = JobRequest.from_record(record.request)
-        lineage = {
+        lineage: dict[str, Any] = {
             "source": "training",
             "job_id": record.id,
             "training_data": request.training_data,
             "validation_data": request.validation_data,
             "examples": len(request.examples) if request.examples else None,
         }
+        if outcome.parent is not None:  # a stack: its LoRA holds the parent's (stacking.py)
+            lineage["parent"] = {"adapter": outcome.parent.name, "version": outcome.parent.version}
         meta = {
             "lineage": lineage,
             "metrics": outcome.metrics,
             "hyperparameters": outcome.hyperparameters,
             "training": {"best": outcome.best, "rows": record.summary},
         }
+        if outcome.domain_effect is not None:
+            meta["domain_effect"] = outcome.domain_effect
         return self._register_fn(
             record.adapter,
             config_bytes=outcome.files[CONFIG_FILE],

@@ -6,20 +6,25 @@ worker starts it (from the persisted request, so a restart gives the very same p
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from app.errors import SwitchyardError, bad_request
 from app.methods import METHODS  # "auto", the default, is one (app/training/auto.py)
+from app.registry.records import AdapterRef
 from app.registry.store import check_name
 from app.tasks import LANGUAGE_MODELING, canonical_task, get_task, head_rows
 from app.training.datasets import DatasetService
 from app.training.rows import derive_labels, detect_task, label_counts, validate_rows
 from app.training.split import holdout_split
+from app.training.stacking import task_rank
 from app.training.types import TrainingPlan
 
 MIN_ROWS_PER_CLASS = 2
+# A job's base_adapter checked against the registry: the stored version it stacks on
+# (app.training.stacking.check_parent bound to the registry, base and max_rank).
+ParentCheck = Callable[..., AdapterRef]
 Rows = list[dict[str, Any]]
 
 
@@ -40,6 +45,10 @@ class JobRequest:
     validation_data: str | None = None
     examples: Rows | None = None
     hyperparameters: dict[str, Any] = field(default_factory=dict)
+    # A stored LoRA to train on top of (app/training/stacking.py); the version is the latest
+    # at submission unless given, and is written back so a worker stacks on that one.
+    base_adapter: str | None = None
+    base_adapter_version: int | None = None
 
     @classmethod
     def parse(cls, body: Mapping[str, Any]) -> JobRequest:
@@ -71,6 +80,8 @@ class JobRequest:
             validation_data=body.get("validation_data"),
             examples=examples,
             hyperparameters=dict(hyperparameters),
+            base_adapter=_base_adapter(body.get("base_adapter")),
+            base_adapter_version=_version(body.get("base_adapter_version")),
         )
 
     @classmethod
@@ -138,6 +149,7 @@ def prepare_job(
         labels=labels,
         hyperparameters=request.hyperparameters,
         validation_source=source,
+        base_adapter=_parent_ref(request),
     )
     summary = DataSummary(
         labels=labels,
@@ -183,6 +195,35 @@ def prepare_corpus_job(request: JobRequest, datasets: DatasetService) -> Prepare
     return PreparedJob(plan, summary)
 
 
+def _parent_ref(request: JobRequest) -> AdapterRef | None:
+    """The version a job stacks on, once submission has resolved it (None before)."""
+    if request.base_adapter is None or request.base_adapter_version is None:
+        return None
+    return AdapterRef(request.base_adapter, request.base_adapter_version)
+
+
+def stack_on(
+    request: JobRequest, prepared: PreparedJob, check: ParentCheck | None
+) -> tuple[JobRequest, PreparedJob]:
+    """Resolve and check a job's base_adapter; the version found is the one the job keeps."""
+    if check is None:
+        raise bad_request(
+            "unsupported_base_adapter",
+            "this service cannot stack adapters (no registry)",
+            param="base_adapter",
+        )
+    plan = prepared.plan
+    ref = check(
+        name=request.base_adapter,
+        version=request.base_adapter_version,
+        task=plan.task,
+        method=plan.method,
+        rank=task_rank(plan.hyperparameters),
+    )
+    request = replace(request, base_adapter_version=ref.version)
+    return request, replace(prepared, plan=replace(plan, base_adapter=ref))
+
+
 def _check_labels(rows: Rows, task: str, labels: list[str], param: str) -> None:
     """A head can be made for the labels (classification needs two classes), and every class
     has a couple of rows: one example teaches the head a point, not a class, and leaves none
@@ -211,6 +252,32 @@ def _adapter_name(value: Any) -> str:
     except SwitchyardError as exc:
         exc.param = "adapter"  # check_name says "name": here the field is `adapter`
         raise
+
+
+def _base_adapter(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):  # repr(0) would pass as the name "0"
+        raise bad_request(
+            "invalid_name", f"base_adapter {value!r} is not an adapter name", param="base_adapter"
+        )
+    try:
+        return check_name(value)
+    except SwitchyardError as exc:
+        exc.param = "base_adapter"
+        raise
+
+
+def _version(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise bad_request(
+            "invalid_request",
+            f"base_adapter_version {value!r} is not a version number (an integer >= 1)",
+            param="base_adapter_version",
+        )
+    return value
 
 
 def _method(value: Any) -> str:

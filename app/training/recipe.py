@@ -25,6 +25,7 @@ from app.training.methods import AdapterModel
 from app.training.pooled import PooledHeadModel, reads_pooled
 from app.training.preflight import Setup
 from app.training.selection import Rule
+from app.training.stacking import ParentLora, attach_parent
 from app.training.types import TrainingOutcome, TrainingPlan, TrainingReporter
 from app.training.view import build_view
 
@@ -51,6 +52,7 @@ class Recipe:
     tick: Ticker
     checkpoint_activations: bool = False
     micro_batch_tokens: int | None = None
+    parent: ParentLora | None = None  # a frozen LoRA the trained one stacks on
 
     def encode(self, rows: Rows) -> list[Example]:
         """Rows tokenized and labelled for the plan's task."""
@@ -111,6 +113,8 @@ class Recipe:
         model: Model = methods.wrap(
             view, plan.method, hp, plan.task, base, targets=self.setup.targets
         )
+        if self.parent is not None:
+            attach_parent(model, self.parent, base)
         if pooled:
             model = PooledHeadModel(model, backbone=base.prefix, task=plan.task)
         if self.checkpoint_activations and METHODS[plan.method].traits.checkpointable:

@@ -14,6 +14,8 @@ from typing import Any
 import torch
 
 from app.base import FrozenBase
+from app.errors import bad_request
+from app.registry.records import AdapterRef
 from app.tasks import LANGUAGE_MODELING, Readout, get_task
 from app.training import evaluation, probe
 from app.training.auto import AUTO, train_auto
@@ -28,8 +30,11 @@ from app.training.loop import Pause, Steps, Ticker, save_files
 from app.training.preflight import Setup, preflight
 from app.training.recipe import Recipe
 from app.training.selection import Rule, rule_for
+from app.training.stacking import STACKED, ParentLora, stacked
 from app.training.stepping import release_memory
 from app.training.types import CancelToken, TrainingOutcome, TrainingPlan, TrainingReporter
+
+ParentLoader = Callable[[AdapterRef], ParentLora]
 
 
 def train(
@@ -43,8 +48,10 @@ def train(
     pause: Pause | None = None,
     checkpoint_activations: bool = False,
     micro_batch_tokens: int | None = None,
+    parents: ParentLoader | None = None,
 ) -> TrainingOutcome:
-    """Train one adapter and return the PEFT files of its best evaluation."""
+    """Train one adapter and return the PEFT files of its best evaluation. `parents` loads
+    a plan's `base_adapter` (the registry's, bound by the app)."""
     try:
         # The submit-time dry run again, on the same base: the same checks, the same targets.
         setup = preflight(plan, base=base, max_rank=max_rank, max_tokens=max_tokens)
@@ -54,28 +61,114 @@ def train(
                 plan, base=base, setup=setup, reporter=reporter, tick=tick,
                 token_budget=micro_batch_tokens,
             )  # fmt: skip
+        parent = _parent(plan, parents)
         if get_task(plan.task).readout is Readout.TEXT:  # causal-LM loss: its own objective
-            return train_generation(
-                replace(plan, method="lora") if plan.method == AUTO else plan,
-                base=base,
-                setup=setup,
-                reporter=reporter,
-                tick=tick,
+            return _generation(
+                plan, base=base, setup=setup, reporter=reporter, tick=tick, parent=parent,
                 token_budget=micro_batch_tokens,
-            )
+            )  # fmt: skip
         recipe_of = _recipes(
-            plan, base, setup, tick,
+            plan, base, setup, tick, parent=parent,
             checkpoint_activations=checkpoint_activations, micro_batch_tokens=micro_batch_tokens,
         )  # fmt: skip
         if plan.method == AUTO:
             outcome = train_auto(
                 plan, recipe_of=recipe_of, estimate=estimate_method, reporter=reporter
             )
+            outcome = _auto_stack(outcome, parent, base=base, task=plan.task)
         else:
-            outcome = train_method(recipe_of(plan.method), reporter)
+
+            def method(on: ParentLora | None, phase: TrainingReporter) -> TrainingOutcome:
+                return train_method(replace(recipe_of(plan.method), parent=on), phase)
+
+            outcome = _with_effect(method, parent, base=base, plan=plan, reporter=reporter)
         return calibrate(outcome, task=plan.task)
     finally:
         release_memory()
+
+
+def _generation(
+    plan: TrainingPlan,
+    *,
+    base: FrozenBase,
+    setup: Setup,
+    reporter: TrainingReporter,
+    tick: Ticker,
+    parent: ParentLora | None,
+    token_budget: int | None,
+) -> TrainingOutcome:
+    """A generation adapter (LoRA under auto), on top of the base_adapter when there is one."""
+    plan = replace(plan, method="lora") if plan.method == AUTO else plan
+
+    def generate(on: ParentLora | None, phase: TrainingReporter) -> TrainingOutcome:
+        return train_generation(
+            plan, base=base, setup=setup, reporter=phase, tick=tick,
+            token_budget=token_budget, parent=on,
+        )  # fmt: skip
+
+    return _with_effect(generate, parent, base=base, plan=plan, reporter=reporter)
+
+
+def _parent(plan: TrainingPlan, parents: ParentLoader | None) -> ParentLora | None:
+    if plan.base_adapter is None:
+        return None
+    if parents is None:
+        raise bad_request(
+            "unsupported_base_adapter",
+            "this trainer cannot load base_adapter",
+            param="base_adapter",
+        )
+    return parents(plan.base_adapter)
+
+
+StackRun = Callable[[ParentLora | None, TrainingReporter], TrainingOutcome]
+
+
+def _with_effect(
+    run: StackRun,
+    parent: ParentLora | None,
+    *,
+    base: FrozenBase,
+    plan: TrainingPlan,
+    reporter: TrainingReporter,
+) -> TrainingOutcome:
+    """One run; with a `base_adapter`, first the same recipe without it on the same rows
+    (the baseline of `domain_effect`), then the kept run on top of it."""
+    if parent is None:
+        return run(None, reporter)
+    metric = evaluation.primary_metric(plan.task)
+    name, version = parent.ref
+    reporter.event(
+        "info",
+        {"message": f"base_adapter {name} v{version}: training without it first (the "
+         f"baseline of domain_effect), then on top of it, on the same rows"},
+    )  # fmt: skip
+    first = PhaseReporter(reporter, offset=0, total=0)
+    without = run(None, first).metrics.get(metric)
+    release_memory()
+    kept = run(parent, PhaseReporter(reporter, offset=first.last_step, total=first.total))
+    return stacked(kept, parent, base, metric=metric, without=without)
+
+
+def _auto_stack(
+    outcome: TrainingOutcome, parent: ParentLora | None, *, base: FrozenBase, task: str
+) -> TrainingOutcome:
+    """Auto's result when the job has a base_adapter: folded in only when the stack won;
+    either way the candidates show it and the effect is measured against plain LoRA."""
+    if parent is None:
+        return outcome
+    values = {row["method"]: row.get("value") for row in outcome.candidates or []}
+    for row in outcome.candidates or []:
+        if row["method"] == STACKED:
+            row["base_adapter"] = {"adapter": parent.ref.name, "version": parent.ref.version}
+    metric = evaluation.primary_metric(task)
+    if outcome.selection.get("method") != STACKED:
+        effect = {"with": values.get(STACKED), "without": values.get("lora"), "metric": metric}
+        outcome.domain_effect = {**effect, "chosen": False}
+        return outcome
+    outcome = stacked(outcome, parent, base, metric=metric, without=values.get("lora"))
+    outcome.hyperparameters = {**outcome.hyperparameters, "method": "lora"}
+    return outcome
 
 
 def _recipes(
@@ -84,13 +177,16 @@ def _recipes(
     setup: Setup,
     tick: Ticker,
     *,
+    parent: ParentLora | None,
     checkpoint_activations: bool,
     micro_batch_tokens: int | None,
 ) -> Callable[[str], Recipe]:
-    """A job's recipe for each method it tries: the parsed hyperparameters filled for it."""
+    """A job's recipe for each method it tries: the parsed hyperparameters filled for it;
+    `STACKED` is LoRA on top of the job's base_adapter (auto's extra candidate)."""
     lengths = token_lengths(plan.train_rows, base.tokenizer, task=plan.task)
 
-    def recipe_of(method: str) -> Recipe:
+    def recipe_of(candidate: str) -> Recipe:
+        method = "lora" if candidate == STACKED else candidate
         hp = fill_defaults(
             setup.hp,
             method=method,
@@ -106,6 +202,7 @@ def _recipes(
             tick,
             checkpoint_activations=checkpoint_activations,
             micro_batch_tokens=micro_batch_tokens,
+            parent=parent if candidate == STACKED else None,
         )
 
     return recipe_of

@@ -8,6 +8,8 @@ from typing import Any, Protocol
 
 import torch
 
+from app.registry.records import AdapterRef
+
 
 @dataclass(frozen=True)
 class TrainingPlan:
@@ -31,6 +33,8 @@ class TrainingPlan:
     checkpoint_dir: str | None = None  # where resumable state may be written
     # language_modeling: the dataset's stored JSONL file, read lazily (train_rows stay empty)
     corpus: str | None = None
+    # `base_adapter`: the stored LoRA version this run stacks on (app/training/stacking.py).
+    base_adapter: AdapterRef | None = None
 
 
 class TrainingReporter(Protocol):
@@ -62,6 +66,9 @@ class TrainingOutcome:
     # The task the adapter is registered and served as, when not the job's: a decoder's
     # language_modeling adapter is a generation adapter.
     task: str | None = None
+    # The stored LoRA folded into `files` (a stack), and the metric with and without it.
+    parent: AdapterRef | None = None
+    domain_effect: dict[str, Any] | None = None
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -215,16 +216,26 @@ async def download_adapter(
     )
 
 
-@router.delete("/{name}", response_model=AdapterDeleted, dependencies=_MANAGE, responses=_DELETE)
+@router.delete(
+    "/{name}",
+    response_model=AdapterDeleted,
+    dependencies=_MANAGE,
+    responses=_DELETE,
+    response_model_exclude_unset=True,
+)
 async def delete_adapter(
-    name: str, runtime: RuntimeDep, version: int | None = None
+    name: str, runtime: RuntimeDep, version: int | None = None, cascade: bool = False
 ) -> dict[str, Any]:
     """Remove all versions (or one); in-flight batches keep their copy until they finish.
 
-    Concurrent deletes of one name: one gets the versions, the others a 404.
+    Concurrent deletes of one name: one gets the versions, the others a 404. Adapters stacked
+    on what goes (`base_adapter`) make it a 409 naming them, unless `?cascade=true`, which
+    deletes them (all their versions) too.
     """
-    removed = await run_in_threadpool(runtime.delete_adapter, check_name(name), version)
-    return {"name": name, "deleted_versions": removed}
+    removed = await run_in_threadpool(
+        partial(runtime.delete_tree, cascade=cascade), check_name(name), version
+    )
+    return removed.as_json(name)
 
 
 @router.patch("/{name}", response_model=AdapterSummary, dependencies=_MANAGE, responses=_PIN)

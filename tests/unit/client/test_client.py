@@ -4,6 +4,7 @@ typed answers equal to the raw JSON, errors with the API's code and param, retri
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -332,3 +333,18 @@ def test_429_is_retried_after_retry_after(
         answers = burst(RetryPolicy(max_retries=20, max_wait_s=5))
         assert all(not isinstance(a, Exception) for a in answers), answers
         assert time.monotonic() - started >= 1.0  # someone waited the server's Retry-After
+
+
+def test_delete_cascade_removes_stacked_children(sy: Client, folder: Path, tmp_path: Path) -> None:
+    sy.upload_adapter("dom", folder, labels=LABELS)
+    child = tmp_path / "child"
+    shutil.copytree(folder, child)
+    lineage = {"lineage": {"parent": {"adapter": "dom", "version": 1}}}
+    (child / "switchyard.json").write_text(json.dumps(lineage))
+    sy.upload_adapter("kid", child, labels=LABELS)
+    with pytest.raises(ConflictError) as caught:
+        sy.delete_adapter("dom")
+    assert "'kid' v1" in str(caught.value)
+    deleted = sy.delete_adapter("dom", cascade=True)
+    assert deleted.deleted_versions == [1]
+    assert deleted.deleted_children == [{"name": "kid", "deleted_versions": [1]}]

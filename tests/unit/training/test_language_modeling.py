@@ -215,3 +215,13 @@ def test_an_uploaded_plain_text_corpus_trains_without_naming_the_task(
     assert job["task"] == "language_modeling"
     assert job["best"]["selection"]["objective"] == "masked_lm"
     assert job["progress"]["step"] > 0  # training tokens counted
+
+
+def test_a_language_modeling_job_refuses_base_adapter(client: TestClient) -> None:
+    """Its trainer adapts the bare base; a stack on it would silently drop the parent."""
+    body = _lm_body("lm-on-top") | {"base_adapter": "anything"}
+    reply = client.post("/v1/training-jobs", json=body)
+    assert reply.status_code == 400, reply.text
+    error = reply.json()["error"]
+    assert (error["code"], error["param"]) == ("unsupported_base_adapter", "base_adapter")
+    assert client.get("/v1/adapters/lm-on-top").status_code == 404

@@ -34,15 +34,19 @@ def _domain_docs(count: int, *, seed: int) -> list[dict[str, str]]:
     ]
 
 
-def test_masked_lm_on_minilm_reports_before_and_after(live: LiveServer) -> None:
-    texts = [{"text": r["text"]} for r in read_rows(DATASETS / "sst2" / "train.jsonl", 400)]
+@pytest.fixture(scope="module")
+def reviews_mlm(live: LiveServer) -> dict[str, Any]:
+    """An MLM LoRA (head kept) on 400 unlabeled SST-2 reviews, uploaded as plain text."""
+    texts = [r["text"] for r in read_rows(DATASETS / "sst2" / "train.jsonl", 400)]
+    body = "".join(" ".join(t.split()) + "\n" for t in texts).encode()
+    uploaded = live.http.post("/v1/datasets", files={"file": ("reviews.txt", body)})
+    assert uploaded.status_code == 201, uploaded.text
     job: dict[str, Any] = run_job(
         live,
         {
             "adapter": "reviews-mlm",
-            "task": "language_modeling",
             "method": "lora",
-            "examples": texts,
+            "training_data": uploaded.json()["id"],
             "hyperparameters": {
                 "max_steps": 40,
                 "batch_size": 16,
@@ -52,9 +56,17 @@ def test_masked_lm_on_minilm_reports_before_and_after(live: LiveServer) -> None:
                 "keep_head": True,
             },
         },
-        timeout=600,
+        timeout=900,
     )
     assert job["status"] == "succeeded", job.get("error")
+    return job
+
+
+def test_masked_lm_on_minilm_reports_before_and_after(
+    live: LiveServer, reviews_mlm: dict[str, Any]
+) -> None:
+    job = reviews_mlm
+    assert job["task"] == "language_modeling"
     before, after = job["metrics"][0], job["metrics"][-1]
     print("MiniLM masked LM before:", before, "after:", after)
     assert before["step"] == 0 and after["step"] == 40
@@ -104,3 +116,37 @@ def test_causal_lm_on_smollm2_lowers_held_out_perplexity(smollm2: LiveServer) ->
         json={"model": "warehouse-lm", "prompt": "Shipment 4821:", "max_tokens": 8},
     )
     assert reply.status_code == 200, reply.text
+
+
+def test_a_task_adapter_stacked_on_the_mlm_adapter_reports_its_domain_effect(
+    live: LiveServer, reviews_mlm: dict[str, Any]
+) -> None:
+    """Base + frozen domain LoRA + trained task LoRA, stored as one LoRA, served like any;
+    the job also trains without the domain adapter and reports both on the same rows."""
+    rows = read_rows(DATASETS / "sst2" / "train.jsonl", 1200)[800:]
+    examples = [{"text": r["text"], "label": str(r["label"])} for r in rows[:96]]
+    job: dict[str, Any] = run_job(
+        live,
+        {
+            "adapter": "reviews-on-mlm",
+            "task": "classification",
+            "method": "lora",
+            "base_adapter": "reviews-mlm",
+            "examples": examples,
+            "hyperparameters": {"epochs": 2},
+        },
+        timeout=1200,
+    )
+    assert job["status"] == "succeeded", job.get("error")
+    effect = job["domain_effect"]
+    print("domain_effect on SST-2 (96 rows, 40-step MLM LoRA):", effect)
+    assert effect["metric"] == "accuracy"
+    assert 0.0 <= effect["with"] <= 1.0 and 0.0 <= effect["without"] <= 1.0
+    served = live.http.get("/v1/adapters/reviews-on-mlm").json()
+    assert served["versions"][-1]["lineage"]["parent"]["adapter"] == "reviews-mlm"
+    reply = live.http.post(
+        "/v1/adapters/reviews-on-mlm/predict", json={"inputs": ["a moving, lovely film"]}
+    )
+    assert reply.status_code == 200, reply.text
+    refused = live.http.delete("/v1/adapters/reviews-mlm")
+    assert refused.status_code == 409 and "reviews-on-mlm" in refused.json()["error"]["message"]

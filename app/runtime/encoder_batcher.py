@@ -79,7 +79,7 @@ class EncoderBatcher:
     async def submit_group(self, jobs: list[EncodeRequest]) -> list[EncodeResult]:
         """Queue jobs that must run in the same batch (so that head-only adapters over the
         same inputs share one base pass); each result carries its outputs or its own error."""
-        rows = sum(len(job.rows) for job in jobs)
+        rows = sum(job.size for job in jobs)
         if rows > self.queue_rows:
             # It would never fit: a 429 would only make the client retry forever.
             raise SwitchyardError(
@@ -148,4 +148,4 @@ class EncoderBatcher:
 
 
 def _rows(jobs: list[EncodeRequest]) -> int:
-    return sum(len(job.rows) for job in jobs)
+    return sum(job.size for job in jobs)

@@ -45,6 +45,7 @@ class EncoderBatcher:
         self.metrics = metrics
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
         self._pending_rows = 0
+        self._last_rows = 0
         # One thread: the engine runs one forward at a time; more threads would only contend.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
         self._task: asyncio.Task[None] | None = None
@@ -119,7 +120,9 @@ class EncoderBatcher:
         loop = asyncio.get_running_loop()
         batch = [await self._queue.get()]
         rows = _rows(batch[0][0])
-        deadline = loop.time() + self.max_wait
+        # Waiting for company only pays when requests overlap: after a batch of one row (one
+        # caller at a time) the wait would be pure latency on every request.
+        deadline = loop.time() + (self.max_wait if self._last_rows > 1 else 0.0)
         while rows < self.max_batch_rows:
             try:
                 item = self._queue.get_nowait()
@@ -133,6 +136,7 @@ class EncoderBatcher:
                     break
             batch.append(item)
             rows += _rows(item[0])
+        self._last_rows = rows
         self.metrics.batch_rows.observe(rows)
         self.metrics.batch_adapters.observe(len({job.key for jobs, _ in batch for job in jobs}))
         return batch

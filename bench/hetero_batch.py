@@ -28,7 +28,10 @@ def main() -> None:
     parser.add_argument(
         "--forms", default="auto", help="comma list of auto, segments, stacked (forced form)"
     )
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     work = tempdir()
     runtime, registry, _ = make_runtime(work / "store", max_slots=args.adapters)
     names = []
@@ -63,7 +66,8 @@ def main() -> None:
             mixed[form] += timeit(lambda f=form: forward(mixed_slots, f), repeat=1, warmup=1)
     print(
         f"batch: {args.adapters} rows x {batch['input_ids'].shape[1]} tokens, "
-        f"{args.adapters} distinct rank-8 all-linear LoRA adapters, {args.repeat} rounds"
+        f"{args.adapters} distinct rank-8 all-linear LoRA adapters, {args.repeat} rounds, "
+        f"{torch.get_num_threads()} torch threads"
     )
     print(f"bare base forward:        p50 {1000 * p50(bare):.1f} ms")
     for form, times in mixed.items():

@@ -10,6 +10,7 @@ forced (app/runtime/lora_products.py), which is how the cost model's choice was 
 from __future__ import annotations
 
 import argparse
+from functools import partial
 
 import torch
 from peft import PeftModel
@@ -63,7 +64,7 @@ def main() -> None:
     for _ in range(args.repeat):  # interleaved so machine noise hits both alike
         bare += timeit(lambda: forward([0] * len(mixed_slots)), repeat=1, warmup=1)
         for form in forms:
-            mixed[form] += timeit(lambda f=form: forward(mixed_slots, f), repeat=1, warmup=1)
+            mixed[form] += timeit(partial(forward, mixed_slots, form), repeat=1, warmup=1)
     print(
         f"batch: {args.adapters} rows x {batch['input_ids'].shape[1]} tokens, "
         f"{args.adapters} distinct rank-8 all-linear LoRA adapters, {args.repeat} rounds, "

@@ -60,7 +60,7 @@ def test_the_products_copy_no_slot_table() -> None:
     layer, ctx, _ = _layer([4, 4, 4, 4])
     for form in ("segments", "stacked"):
         ctx.slot_ids, ctx.uniform_slot = torch.tensor([1, 2, 3, 4]), None
-        ctx.active_slots, ctx.form = frozenset({1, 2, 3, 4}), form  # type: ignore[assignment]
+        ctx.active_slots, ctx.form = frozenset({1, 2, 3, 4}), form
         before = layer.lora_a.data_ptr(), layer.lora_bt.data_ptr()
         with torch.inference_mode():
             layer(torch.randn(4, 2, 6))

@@ -45,6 +45,7 @@ class EncoderBatcher:
         self.metrics = metrics
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
         self._pending_rows = 0
+        self._last_rows = 0
         # One thread: the engine runs one forward at a time; more threads would only contend.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
         self._task: asyncio.Task[None] | None = None
@@ -79,7 +80,7 @@ class EncoderBatcher:
     async def submit_group(self, jobs: list[EncodeRequest]) -> list[EncodeResult]:
         """Queue jobs that must run in the same batch (so that head-only adapters over the
         same inputs share one base pass); each result carries its outputs or its own error."""
-        rows = sum(len(job.rows) for job in jobs)
+        rows = sum(job.size for job in jobs)
         if rows > self.queue_rows:
             # It would never fit: a 429 would only make the client retry forever.
             raise SwitchyardError(
@@ -119,7 +120,9 @@ class EncoderBatcher:
         loop = asyncio.get_running_loop()
         batch = [await self._queue.get()]
         rows = _rows(batch[0][0])
-        deadline = loop.time() + self.max_wait
+        # Waiting for company only pays when requests overlap: after a batch of one row (one
+        # caller at a time) the wait would be pure latency on every request.
+        deadline = loop.time() + (self.max_wait if self._last_rows > 1 else 0.0)
         while rows < self.max_batch_rows:
             try:
                 item = self._queue.get_nowait()
@@ -133,6 +136,7 @@ class EncoderBatcher:
                     break
             batch.append(item)
             rows += _rows(item[0])
+        self._last_rows = rows
         self.metrics.batch_rows.observe(rows)
         self.metrics.batch_adapters.observe(len({job.key for jobs, _ in batch for job in jobs}))
         return batch
@@ -148,4 +152,4 @@ class EncoderBatcher:
 
 
 def _rows(jobs: list[EncodeRequest]) -> int:
-    return sum(len(job.rows) for job in jobs)
+    return sum(job.size for job in jobs)

@@ -22,18 +22,8 @@ from app.runtime.batch import pool as pool  # re-exported: training pools the sa
 from app.runtime.cache import AdapterCache, Resident
 from app.runtime.fill_mask import check_fill_mask, fill_mask
 from app.runtime.layers import LayerSet
+from app.runtime.tokenize import EncodedRow, TextBatch, defer, encode_all
 from app.tasks import CLASSIFICATION, EMBEDDINGS, Readout, embeddings, get_task, head_task
-
-
-@dataclass
-class EncodedRow:
-    """One tokenized input."""
-
-    input_ids: list[int]
-    token_type_ids: list[int] | None
-    text: str = ""
-    offsets: list[tuple[int, int]] = field(default_factory=list)
-    word_ids: list[int | None] = field(default_factory=list)
 
 
 @dataclass
@@ -45,6 +35,14 @@ class EncodeRequest:
     rows: list[EncodedRow]
     params: dict[str, Any] = field(default_factory=dict)
     raw: bool = False  # outputs are per-row logits tensors (tests, diagnostics), not decoded
+    # Inputs still to tokenize (in the engine's thread, with the rest of the batch); `rows`
+    # is filled from it when the batch runs.
+    text: TextBatch | None = None
+
+    @property
+    def size(self) -> int:
+        """Rows this job adds to a batch."""
+        return len(self.text.texts) if self.text is not None else len(self.rows)
 
 
 @dataclass
@@ -82,47 +80,43 @@ class EncoderEngine:
 
     # ---------------------------------------------------------------- inputs
     def prepare(self, inputs: list[Any], *, task: str) -> list[EncodedRow]:
-        """Tokenize request inputs; 400 for a malformed or (when not truncating) too long one."""
-        rows = []
-        per_token = get_task(task).readout is Readout.TOKENS  # entities need character offsets
-        for index, item in enumerate(inputs):
-            text, pair = _split_input(item, index)
-            enc = self.base.tokenizer(
-                text,
-                pair,
-                truncation=self.truncate,
-                max_length=self.max_tokens,
-                return_offsets_mapping=per_token,
-            )
-            ids = list(enc["input_ids"])
-            if len(ids) > self.max_tokens:
-                raise bad_request(
-                    "input_too_long",
-                    f"input {index} has {len(ids)} tokens > max_input_tokens {self.max_tokens}",
-                    param=f"inputs[{index}]",
-                )
-            row = EncodedRow(ids, enc.get("token_type_ids"), text=text)
-            if per_token:
-                row.offsets = [tuple(o) for o in enc["offset_mapping"]]
-                row.word_ids = enc.word_ids()
-            rows.append(row)
-        return rows
+        """Tokenize request inputs now; 400 for a malformed or (when not truncating) too long
+        one. The serving path defers instead (`defer`) and tokenizes per batch."""
+        batch = self.defer(inputs, task=task)
+        self._tokenize([batch])
+        if batch.error is not None:
+            raise batch.error
+        return batch.rows or []
+
+    def defer(self, inputs: list[Any], *, task: str) -> TextBatch:
+        """Check the inputs' shape now (400 at submit time); tokenize when the batch runs."""
+        # entities need character offsets
+        return defer(inputs, per_token=get_task(task).readout is Readout.TOKENS)
+
+    def _tokenize(self, batches: list[TextBatch]) -> None:
+        encode_all(self.base.tokenizer, batches, max_tokens=self.max_tokens, truncate=self.truncate)
 
     # ---------------------------------------------------------------- running
     def run(self, jobs: list[EncodeRequest]) -> list[EncodeResult]:
         """Run jobs together; an adapter that fails to load fails only its own jobs."""
         results = [EncodeResult() for _ in jobs]
+        self._tokenize([job.text for job in jobs if job.text is not None])
+        for job, result in zip(jobs, results, strict=True):
+            if job.text is not None:
+                job.rows, result.error = job.text.rows or [], job.text.error
         residents: dict[AdapterRef, Resident] = {}
         errors: dict[AdapterRef, SwitchyardError] = {}
         try:
-            for job in jobs:
-                key = job.key
+            for job, result in zip(jobs, results, strict=True):
+                key = job.key if result.error is None else None
                 if key is not None and key not in residents and key not in errors:
                     try:
                         residents[key] = self.cache.acquire(*key)
                     except SwitchyardError as exc:
                         errors[key] = exc
             for i, job in enumerate(jobs):
+                if results[i].error is not None:
+                    continue
                 if job.key is not None and job.key in errors:
                     results[i].error = errors[job.key]
                 elif job.key is not None:
@@ -281,8 +275,8 @@ def _token_rows(
 def _distinct_rows(
     rows: list[tuple[EncodedRow, int]],
 ) -> tuple[list[tuple[EncodedRow, int]], list[int]]:
-    """The distinct (row, slot) pairs by (slot, token ids, token types), and where each of
-    `rows` went among them."""
+    """The distinct (row, slot) pairs by (slot, token ids, token types), ordered by slot, and
+    where each of `rows` went among them."""
     unique: dict[tuple[Any, ...], int] = {}
     distinct: list[tuple[EncodedRow, int]] = []
     where: list[int] = []
@@ -292,7 +286,11 @@ def _distinct_rows(
             unique[key] = len(distinct)
             distinct.append((row, slot))
         where.append(unique[key])
-    return distinct, where
+    # Rows of one adapter side by side: the layers then run one product pair per adapter on
+    # views of the batch (app/runtime/lora_products.py) instead of one per row.
+    order = sorted(range(len(distinct)), key=lambda d: distinct[d][1])
+    rank = {d: n for n, d in enumerate(order)}
+    return [distinct[d] for d in order], [rank[w] for w in where]
 
 
 def _needs_hidden(job: EncodeRequest, residents: dict[AdapterRef, Resident]) -> bool:
@@ -301,22 +299,3 @@ def _needs_hidden(job: EncodeRequest, residents: dict[AdapterRef, Resident]) -> 
     resident = residents.get(job.key) if job.key else None
     # The last layer is the forward's own output: only other layers need all hidden states.
     return bool(resident and any(layer != -1 for layer in resident.weights.probe_layers))
-
-
-def _split_input(item: Any, index: int) -> tuple[str, str | None]:
-    if isinstance(item, str):
-        return item, None
-    if isinstance(item, dict) and isinstance(item.get("text"), str):
-        pair = item.get("text_pair")
-        if pair is not None and not isinstance(pair, str):
-            raise bad_request(
-                "invalid_input",
-                f"inputs[{index}].text_pair must be a string",
-                param=f"inputs[{index}]",
-            )
-        return item["text"], pair
-    raise bad_request(
-        "invalid_input",
-        f"inputs[{index}] must be a string or {{'text', 'text_pair'}}",
-        param=f"inputs[{index}]",
-    )

@@ -18,6 +18,15 @@ from torch import nn
 
 from app.errors import bad_request
 from app.registry.weights import AdapterWeights
+from app.runtime.lora_products import (
+    Form,
+    Segment,
+    add_segments,
+    add_stacked,
+    choose,
+    run_segments,
+    stacked_mask,
+)
 from app.runtime.prefix_attention import (
     PrefixBatch,
     PrefixRouter,
@@ -26,6 +35,17 @@ from app.runtime.prefix_attention import (
     prefix_grid,
 )
 from app.runtime.prompts import VirtualTable
+
+
+@dataclass
+class RowPlan:
+    """One batch's routing in the forms the products need."""
+
+    ids: torch.Tensor
+    slots: list[int]
+    segments: tuple[Segment, ...]
+    lo: int  # lowest active slot
+    span: int  # active slots lie in [lo, lo + span)
 
 
 @dataclass
@@ -41,6 +61,34 @@ class BatchContext:
     active_slots: frozenset[int] = field(default_factory=frozenset)
     # Active slots that hold IA3 vectors somewhere: empty keeps LoRA-only batches on the fast path.
     ia3_slots: frozenset[int] = field(default_factory=frozenset)
+    # None: each layer picks its copy-free form by shape; benches and tests may force one.
+    form: Form | None = None
+    # Derived from slot_ids once per batch (not per layer): see `plan`.
+    _plan: RowPlan | None = None
+    _masks: dict[tuple[int, torch.dtype, torch.device], torch.Tensor] = field(default_factory=dict)
+
+    def plan(self) -> RowPlan:
+        """Runs of equal slots and the slot range of this batch, computed once per batch."""
+        ids = self.slot_ids
+        assert ids is not None
+        if self._plan is None or self._plan.ids is not ids:
+            slots = [int(s) for s in ids.tolist()]
+            active = [s for s in slots if s]
+            lo = min(active, default=0)
+            span = max(active, default=0) - lo + 1
+            self._plan = RowPlan(ids, slots, run_segments(slots), lo, span)
+            self._masks = {}
+        return self._plan
+
+    def mask(self, rank: int, like: torch.Tensor) -> torch.Tensor:
+        """The stacked form's row mask for rank capacity `rank`, shared by every layer."""
+        plan = self.plan()
+        key = (rank, like.dtype, like.device)
+        if key not in self._masks:
+            self._masks[key] = stacked_mask(
+                plan.slots, lo=plan.lo, span=plan.span, rank=rank, like=like
+            )
+        return self._masks[key]
 
 
 class MultiLoraLinear(nn.Module):
@@ -148,17 +196,27 @@ class MultiLoraLinear(nn.Module):
             a = self.lora_a[ctx.uniform_slot, :rank]
             b = self.lora_b[ctx.uniform_slot, :, :rank]
             return out + (x @ a.t()) @ b.t()
-        # index_select is a block copy per row; advanced indexing (`a[ids, :r]`) goes element by
-        # element and cost more than the matmuls here. The add is fused into baddbmm.
-        a = self.lora_a[:, :rank].index_select(0, ctx.slot_ids)  # [batch, r, in]
-        bt = self.lora_bt[:, :rank].index_select(0, ctx.slot_ids)  # [batch, r, out]
-        flat = x.reshape(x.shape[0], -1, x.shape[-1])
-        hidden = torch.bmm(flat, a.transpose(1, 2))
-        out3 = out.reshape(out.shape[0], -1, out.shape[-1])
-        # In place: `out` is this call's own fresh result, and an out-of-place baddbmm would
-        # copy it once more.
-        out3.baddbmm_(hidden, bt)
+        self._add_mixed(out, x)
         return out
+
+    def _add_mixed(self, out: torch.Tensor, x: torch.Tensor) -> None:
+        """Each row's own delta, added in place to `out` (this call's fresh result) without
+        copying any slot's A or B; the form is picked per call (app/runtime/lora_products.py)."""
+        plan = self.ctx.plan()
+        capacity = self.lora_a.shape[1]
+        form = self.ctx.form or choose(
+            device_type=x.device.type,
+            tokens=x.numel() // self.in_features,
+            segments=len(plan.segments),
+            span_rank=plan.span * capacity,
+            in_features=self.in_features,
+            out_features=self.out_features,
+        )
+        tables = {"lora_a": self.lora_a, "lora_bt": self.lora_bt}
+        if form == "stacked":
+            add_stacked(out, x, **tables, lo=plan.lo, mask=self.ctx.mask(capacity, x))
+        else:
+            add_segments(out, x.contiguous(), **tables, segments=plan.segments, ranks=self.ranks)
 
     def _scaled(self, x: torch.Tensor) -> torch.Tensor:
         """PEFT's IA3: `base(x * l)` for feed-forward modules, `base(x) * l` for the others.

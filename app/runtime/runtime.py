@@ -25,12 +25,13 @@ from app.runtime.admission import BASE_LABEL, Admission
 from app.runtime.cache import AdapterCache, CacheLimits
 from app.runtime.decoder_batcher import DecoderBatcher
 from app.runtime.encoder_batcher import EncoderBatcher
-from app.runtime.engine import EncodedRow, EncoderEngine, EncodeRequest
+from app.runtime.engine import EncoderEngine, EncodeRequest
 from app.runtime.generation import DecoderEngine, DecoderLayerSet, GenOutput
 from app.runtime.inputs import check_input_keys, check_parameter_names
 from app.runtime.layers import LayerSet
 from app.runtime.metrics import Metrics
 from app.runtime.streaming import GenerationStream
+from app.runtime.tokenize import TextBatch
 from app.tasks import EMBEDDINGS, Readout, classification, get_task
 
 
@@ -202,12 +203,13 @@ class Runtime:
             return list(await asyncio.gather(*(self._predict(m, inputs, params) for m in metas)))
         check_parameter_names(params, (meta.task for meta in metas))
         classification.check_params(params)
-        rows: dict[str, list[EncodedRow]] = {}  # tokenized once per task
+        rows: dict[str, TextBatch] = {}  # tokenized once per task
         for meta in metas:
             if meta.task not in rows:
                 rows[meta.task] = self._encode(inputs, meta.task)
         requests = [
-            EncodeRequest(key=m.ref, task=m.task, rows=rows[m.task], params=params) for m in metas
+            EncodeRequest(key=m.ref, task=m.task, rows=[], text=rows[m.task], params=params)
+            for m in metas
         ]
         start = time.perf_counter()
         results = await self.admission.bounded(self.encoder_batcher.submit_group(requests))
@@ -227,8 +229,8 @@ class Runtime:
             return Prediction(meta, [{"generated_text": out.text} for out in outputs])
         check_parameter_names(params, [meta.task])
         classification.check_params(params)
-        rows = self._encode(inputs, meta.task)
-        request = EncodeRequest(key=meta.ref, task=meta.task, rows=rows, params=params)
+        text = self._encode(inputs, meta.task)
+        request = EncodeRequest(key=meta.ref, task=meta.task, rows=[], text=text, params=params)
         outputs = await self.admission.run(self.encoder_batcher.submit(request), label=meta.name)
         return Prediction(meta, outputs)
 
@@ -243,21 +245,22 @@ class Runtime:
             "pooling": pooling.method,
             "normalize": pooling.normalize,
         }
-        rows = self._encode(texts, EMBEDDINGS)
-        request = EncodeRequest(key=ref, task=EMBEDDINGS, rows=rows, params=params)
+        text = self._encode(texts, EMBEDDINGS)
+        request = EncodeRequest(key=ref, task=EMBEDDINGS, rows=[], text=text, params=params)
         vectors = await self.admission.run(
             self.encoder_batcher.submit(request), label=adapter or BASE_LABEL
         )
-        return Embeddings(vectors, sum(len(r.input_ids) for r in rows))
+        return Embeddings(vectors, sum(len(r.input_ids) for r in request.rows))
 
-    def _encode(self, inputs: list[Any], task: str) -> list[EncodedRow]:
+    def _encode(self, inputs: list[Any], task: str) -> TextBatch:
         self.admission.check_inputs(len(inputs))
         if self.base.kind != "encoder":
             raise bad_request(
                 "unsupported_task", f"task {task!r} needs an encoder base", param="task"
             )
         check_input_keys(inputs)
-        return self.encoder.prepare(inputs, task=task)
+        # Only shapes are checked here; the batch worker tokenizes (app/runtime/tokenize.py).
+        return self.encoder.defer(inputs, task=task)
 
     # ---------------------------------------------------------------- decoder
     def generation_adapter(self, model: str | None) -> AdapterRef | None:

@@ -218,3 +218,15 @@ def test_stop_fails_queued_callers_with_503() -> None:
         assert (info.value.status, info.value.code) == (503, "shutting_down")
 
     asyncio.run(main())
+
+
+def test_one_caller_at_a_time_never_waits_for_company() -> None:
+    """Sequential single-row traffic runs at once: with a 60 s max_wait these requests could
+    not finish inside the scenario's 10 s limit if each waited for more rows."""
+
+    async def scenario(batcher: EncoderBatcher, _engine: FakeEngine) -> None:
+        for i in range(3):
+            assert await batcher.submit(job(f"s{i}")) == [((f"s{i}", 1), f"s{i}-0")]
+
+    engine, _metrics = run(scenario, max_wait_ms=60_000)
+    assert engine.sizes == [1, 1, 1]

@@ -1,0 +1,144 @@
+"""Copy-free LoRA products for a batch whose rows use different adapters.
+
+Both forms read the per-slot tables (`lora_a` [slots, rank, in], `lora_bt` [slots, rank, out])
+in place; neither gathers a per-row copy of A and B (which cost a full read and write of every
+row's adapter per layer, 86 MB per MiniLM forward at 64 adapters):
+
+- segments (SGMV-style): rows are grouped in runs of the same slot (the engine orders rows by
+  slot), and each run costs two matrix products on views of its slot's A and B. Its overhead is
+  a fixed launch cost per run, so it suits many tokens per adapter (encoder batches, prefill).
+- stacked: one product of every token against the A's of the slot range the batch spans,
+  stacked as [span * rank, in] (a view, no copy), a 0/1 mask that keeps each row's own rank
+  columns, and one product against the B's stacked as [span * rank, out]. Its cost is extra
+  arithmetic (span * rank columns per token) and only three launches per layer, so it suits few
+  tokens per row (decode steps) and devices where a launch costs more than arithmetic (CUDA).
+
+`choose` picks per layer call from the shape with a cost model whose constants were measured
+with bench/hetero_batch.py (see bench/README.md, issue 15).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+Form = Literal["segments", "stacked"]
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Rows [start, stop) of the batch all use `slot`."""
+
+    slot: int
+    start: int
+    stop: int
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Seconds per segment (launch and Python overhead of its two products) and arithmetic
+    rate, per device type; `choose` compares segments * launch with extra_flops / rate."""
+
+    launch_s: float
+    flops_per_s: float
+
+
+# CPU: measured on the 2-core box (bench/hetero_batch.py --forms); CUDA: a kernel launch is
+# ~10 us from Python while an H100 does ~50 TFLOP/s of fp32 via TF32, so stacked nearly always
+# wins there (no GPU here to measure; the choice logic itself is tested on CPU).
+COSTS: dict[str, CostModel] = {
+    "cpu": CostModel(launch_s=25e-6, flops_per_s=40e9),
+    "cuda": CostModel(launch_s=20e-6, flops_per_s=20e12),
+}
+
+
+def run_segments(slot_ids: list[int]) -> tuple[Segment, ...]:
+    """Maximal runs of consecutive rows with the same non-zero slot (slot 0: no adapter)."""
+    out: list[Segment] = []
+    start = 0
+    for i in range(1, len(slot_ids) + 1):
+        if i == len(slot_ids) or slot_ids[i] != slot_ids[start]:
+            if slot_ids[start] != 0:
+                out.append(Segment(slot_ids[start], start, i))
+            start = i
+    return tuple(out)
+
+
+def choose(
+    *,
+    device_type: str,
+    tokens: int,
+    segments: int,
+    span_rank: int,
+    in_features: int,
+    out_features: int,
+) -> Form:
+    """The cheaper form for this call by the device's cost model.
+
+    `span_rank` is the stacked width (slot span x rank capacity); both forms do the rows' own
+    rank-r products, so only what differs is compared.
+    """
+    cost = COSTS.get(device_type, COSTS["cpu"])
+    segment_cost = segments * cost.launch_s
+    stacked_cost = 2.0 * tokens * span_rank * (in_features + out_features) / cost.flops_per_s
+    return "stacked" if stacked_cost < segment_cost else "segments"
+
+
+def add_segments(
+    out: torch.Tensor,
+    x: torch.Tensor,
+    *,
+    lora_a: torch.Tensor,
+    lora_bt: torch.Tensor,
+    segments: tuple[Segment, ...],
+    ranks: list[int],
+) -> None:
+    """out[rows of s] += (x[rows of s] @ A_s^T) @ B_s^T for each segment, in place.
+
+    `out` and `x` are batch-first ([rows, ..., features]); slices along rows of a contiguous
+    tensor are contiguous, so every operand is a view.
+    """
+    in_f, out_f = x.shape[-1], out.shape[-1]
+    for seg in segments:
+        rank = ranks[seg.slot]
+        if rank == 0:
+            continue  # the adapter does not target this layer
+        xs = x[seg.start : seg.stop].reshape(-1, in_f)
+        hidden = xs @ lora_a[seg.slot, :rank].t()
+        out[seg.start : seg.stop].view(-1, out_f).addmm_(hidden, lora_bt[seg.slot, :rank])
+
+
+def add_stacked(
+    out: torch.Tensor,
+    x: torch.Tensor,
+    *,
+    lora_a: torch.Tensor,
+    lora_bt: torch.Tensor,
+    lo: int,
+    mask: torch.Tensor,
+) -> None:
+    """out += ((x @ A_stack^T) * mask) @ Bt_stack over slots [lo, lo + span), in place.
+
+    `mask` is [rows, span * rank_capacity]: 1 on the row's own slot's columns, 0 elsewhere.
+    """
+    span_rank = mask.shape[1]
+    span = span_rank // lora_a.shape[1]
+    a = lora_a[lo : lo + span].reshape(span_rank, -1)  # a view: whole slots are contiguous
+    bt = lora_bt[lo : lo + span].reshape(span_rank, -1)
+    rows = x.shape[0]
+    hidden = x.reshape(rows, -1, x.shape[-1]) @ a.t()  # [rows, tokens, span * rank]
+    hidden *= mask.unsqueeze(1)
+    out.view(-1, out.shape[-1]).addmm_(hidden.view(-1, span_rank), bt)
+
+
+def stacked_mask(
+    slot_ids: list[int], *, lo: int, span: int, rank: int, like: torch.Tensor
+) -> torch.Tensor:
+    """[rows, span * rank] 0/1 mask selecting each row's slot block (rows of slot 0: none)."""
+    mask = torch.zeros(len(slot_ids), span, rank, dtype=like.dtype)
+    for row, slot in enumerate(slot_ids):
+        if slot:
+            mask[row, slot - lo] = 1.0
+    return mask.view(len(slot_ids), span * rank).to(like.device)

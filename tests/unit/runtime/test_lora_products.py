@@ -1,0 +1,92 @@
+"""Copy-free LoRA products: both forms equal the per-row formula for any slot layout, and the
+cost model picks the form the measurements call for on each device type."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from app.runtime.layers import BatchContext, MultiLoraLinear
+from app.runtime.lora_products import Segment, choose, run_segments
+
+
+def _layer(ranks: list[int]) -> tuple[MultiLoraLinear, BatchContext, dict[int, tuple]]:
+    torch.manual_seed(0)
+    ctx = BatchContext()
+    layer = MultiLoraLinear(nn.Linear(6, 5), ctx)
+    layer.grow(len(ranks) + 1, max(ranks))
+    pairs = {}
+    for slot, rank in enumerate(ranks, start=1):
+        if rank:
+            pairs[slot] = (torch.randn(rank, 6), torch.randn(5, rank))
+            layer.assign(slot, pairs[slot])
+    return layer, ctx, pairs
+
+
+def _expected(
+    layer: MultiLoraLinear, x: torch.Tensor, slots: list[int], pairs: dict
+) -> torch.Tensor:
+    out = layer.base_layer(x)
+    for row, slot in enumerate(slots):
+        if slot in pairs:
+            a, b = pairs[slot]
+            out[row] += x[row] @ a.t() @ b.t()
+    return out
+
+
+@pytest.mark.parametrize("form", ["segments", "stacked", None])
+@settings(max_examples=25, deadline=None)
+@given(slots=st.lists(st.integers(0, 4), min_size=2, max_size=8), tokens=st.integers(1, 4))
+def test_every_form_equals_the_per_row_formula(
+    form: str | None, slots: list[int], tokens: int
+) -> None:
+    # slot 3 holds no adapter in this layer (rank 0): its rows get the base output
+    layer, ctx, pairs = _layer([2, 4, 0, 3])
+    x = torch.randn(len(slots), tokens, 6)
+    ctx.slot_ids = torch.tensor(slots)
+    ctx.uniform_slot = None
+    ctx.active_slots = frozenset(s for s in slots if s)
+    ctx.form = form  # type: ignore[assignment]
+    with torch.inference_mode():
+        got = layer(x)
+    assert (got - _expected(layer, x, slots, pairs)).abs().max() < 1e-5
+
+
+def test_the_products_copy_no_slot_table() -> None:
+    """The forms read A and B as views: no allocation as large as the gathered tables."""
+    layer, ctx, _ = _layer([4, 4, 4, 4])
+    for form in ("segments", "stacked"):
+        ctx.slot_ids, ctx.uniform_slot = torch.tensor([1, 2, 3, 4]), None
+        ctx.active_slots, ctx.form = frozenset({1, 2, 3, 4}), form
+        before = layer.lora_a.data_ptr(), layer.lora_bt.data_ptr()
+        with torch.inference_mode():
+            layer(torch.randn(4, 2, 6))
+        assert (layer.lora_a.data_ptr(), layer.lora_bt.data_ptr()) == before
+
+
+def test_runs_are_maximal_and_skip_the_empty_slot() -> None:
+    assert run_segments([3, 3, 0, 0, 1, 3]) == (
+        Segment(3, 0, 2),
+        Segment(1, 4, 5),
+        Segment(3, 5, 6),
+    )
+    assert run_segments([0, 0]) == ()
+    assert run_segments([]) == ()
+
+
+def test_cost_model_picks_segments_for_long_cpu_rows_and_stacked_for_decode() -> None:
+    # MiniLM encoder batch: 64 rows x 18 tokens on 64 adapters (span 64, rank 8)
+    encoder = {"tokens": 64 * 18, "segments": 64, "span_rank": 64 * 8}
+    assert choose(device_type="cpu", in_features=384, out_features=384, **encoder) == "segments"
+    # SmolLM decode step: 16 rows x 1 token on 16 adapters (span 16, rank 8)
+    decode = {"tokens": 16, "segments": 16, "span_rank": 16 * 8}
+    assert choose(device_type="cpu", in_features=576, out_features=576, **decode) == "stacked"
+    # CUDA: launches dominate, stacked both times (the logic runs here, on CPU)
+    assert choose(device_type="cuda", in_features=384, out_features=384, **encoder) == "stacked"
+    assert choose(device_type="cuda", in_features=576, out_features=576, **decode) == "stacked"
+    # one long segment: nothing to save by stacking
+    one = {"tokens": 4096, "segments": 1, "span_rank": 8}
+    assert choose(device_type="cpu", in_features=384, out_features=384, **one) == "segments"

@@ -16,7 +16,7 @@ from app.errors import bad_request
 from app.methods import METHODS
 from app.tasks import check_base
 from app.training.hyperparameters import Hyperparameters, parse_hyperparameters
-from app.training.targets import resolve_targets
+from app.training.targets import resolve_targets, upper_targets
 from app.training.types import TrainingPlan
 from app.untrusted import check_tree
 
@@ -55,6 +55,8 @@ def preflight(plan: TrainingPlan, *, base: FrozenBase, max_rank: int, max_tokens
     targets = None
     if "target_modules" in hp.model_fields_set:  # checked for every method: a typo is a typo
         targets = resolve_targets(base, hp.target_modules)
+    if hp.upper_layers is not None and METHODS[plan.method].traits.layer_targets:
+        targets = upper_targets(base, targets, hp.upper_layers)
     return Setup(hp=hp, targets=targets, max_length_cap=cap)
 
 

@@ -42,6 +42,7 @@ def train(
     pause: Pause | None = None,
     checkpoint_activations: bool = False,
     micro_batch_tokens: int | None = None,
+    lower_cache_mib: int = 256,
 ) -> TrainingOutcome:
     """Train one adapter and return the PEFT files of its best evaluation."""
     try:
@@ -60,6 +61,7 @@ def train(
         recipe_of = _recipes(
             plan, base, setup, tick,
             checkpoint_activations=checkpoint_activations, micro_batch_tokens=micro_batch_tokens,
+            lower_cache_bytes=lower_cache_mib * 2**20,
         )  # fmt: skip
         if plan.method == AUTO:
             outcome = train_auto(
@@ -80,6 +82,7 @@ def _recipes(
     *,
     checkpoint_activations: bool,
     micro_batch_tokens: int | None,
+    lower_cache_bytes: int,
 ) -> Callable[[str], Recipe]:
     """A job's recipe for each method it tries: the parsed hyperparameters filled for it."""
     lengths = token_lengths(plan.train_rows, base.tokenizer, task=plan.task)
@@ -100,6 +103,7 @@ def _recipes(
             tick,
             checkpoint_activations=checkpoint_activations,
             micro_batch_tokens=micro_batch_tokens,
+            lower_cache_bytes=lower_cache_bytes,
         )
 
     return recipe_of

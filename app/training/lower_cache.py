@@ -132,7 +132,8 @@ def build_cache(
     stack = stack_of(backbone)
     if start <= 0 or stack is None or start >= len(stack[1]) or not examples:
         return None
-    hidden_size = int(backbone.config.hidden_size)
+    config: Any = getattr(backbone, "config")  # noqa: B009 (a Module attribute, typed Any)
+    hidden_size = int(config.hidden_size)
     tokens = sum(len(e.input_ids) for e in examples)
     if tokens * hidden_size * 4 > max_bytes:
         return None

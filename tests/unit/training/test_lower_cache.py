@@ -27,7 +27,7 @@ from tests.unit.training.test_trainer import Recorder, make_plan, rows
 UPPER = ["bert.encoder.layer.1.attention.self.query", "bert.encoder.layer.1.output.dense"]
 
 
-def _model(base: FrozenBase) -> tuple[PooledHeadModel, torch.nn.Module]:
+def _model(base: FrozenBase) -> tuple[PooledHeadModel, Any]:
     torch.manual_seed(0)
     view = build_view(base, task="classification", num_labels=2)
     hp = Hyperparameters(learning_rate=1e-3, alpha=16.0)
@@ -37,7 +37,8 @@ def _model(base: FrozenBase) -> tuple[PooledHeadModel, torch.nn.Module]:
             torch.nn.init.normal_(param, std=0.1)
     model = PooledHeadModel(peft, backbone=base.prefix, task="classification")
     model.eval()  # no dropout: the two paths must then agree to rounding
-    return model, view.bert
+    backbone: Any = view.bert
+    return model, backbone
 
 
 def _examples(base: FrozenBase, count: int = 12) -> list[Example]:

@@ -110,6 +110,14 @@ class Settings(BaseSettings):
         description="split each training batch into forwards of at most this many tokens "
         "(same gradients, lower activation peak); unset: whole batches",
     )
+    train_lower_cache_mib: int = Field(
+        256,
+        ge=0,
+        le=1 << 20,
+        description="most memory a training run may keep the frozen lower layers' states of its "
+        "rows in, when its adapter targets only upper layers (upper_layers); past it they are "
+        "computed at every step",
+    )
     shutdown_timeout_s: float = Field(30.0, gt=0, description="bound on draining at SIGTERM")
 
     # --- scale-out: replicas sharing a PostgreSQL catalog (app/scaleout, README "Scale-out")

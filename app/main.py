@@ -140,6 +140,7 @@ def _start(app: FastAPI, settings: Settings, base: FrozenBase | None) -> None:
             checkpoint_activations=settings.checkpoint_activations,
             micro_batch_tokens=settings.train_micro_batch_tokens,
             parents=functools.partial(load_parent, registry),
+            lower_cache_mib=settings.train_lower_cache_mib,
         ),
         register_fn=registry.register,
         check_plan=functools.partial(preflight, base=base, max_rank=rank, max_tokens=tokens),

@@ -9,4 +9,4 @@ from __future__ import annotations
 
 from app.methods.base import ANY_BASE, Entry, Traits
 
-AUTO = Entry(name="auto", traits=Traits(bases=ANY_BASE))
+AUTO = Entry(name="auto", traits=Traits(bases=ANY_BASE, layer_targets=True))

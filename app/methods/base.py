@@ -84,6 +84,8 @@ class Traits:
     virtual_positions: bool = False
     # Activation checkpointing may wrap its forward (not prefix: its router is per forward).
     checkpointable: bool = True
+    # It adapts the linear layers `target_modules` names, so `upper_layers` may narrow them.
+    layer_targets: bool = False
     # A training-only method writes another method's files, marked with its own name.
     stored_as: str | None = None
     # The learning rate a job trains at unless given one, and the fewest optimizer steps a run

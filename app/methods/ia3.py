@@ -112,7 +112,7 @@ def _config(hp: Hyperparameters, task: TaskType, resolved: list[str] | None) -> 
 
 IA3 = Entry(
     name="ia3",
-    traits=Traits(pooled_head=True, learning_rate=3e-3),
+    traits=Traits(pooled_head=True, learning_rate=3e-3, layer_targets=True),
     files=IA3Files(),
     trainer=IA3Trainer(),
 )

@@ -175,7 +175,7 @@ class LoraTrainer:
 
 LORA = Entry(
     name="lora",
-    traits=Traits(bases=ANY_BASE, pooled_head=True),
+    traits=Traits(bases=ANY_BASE, pooled_head=True, layer_targets=True),
     files=LoraFiles(),
     trainer=LoraTrainer(),
     causal=LoraTrainer(),

@@ -47,6 +47,9 @@ class Hyperparameters(BaseModel):
     target_modules: (
         TargetName | Annotated[list[TargetName], Field(min_length=1, max_length=MAX_TARGETS)]
     ) = "all-linear"
+    # LoRA / IA3 on an encoder: adapt only the top N layers; the layers below are then computed
+    # once per run, not at every step (app/training/lower_cache.py).
+    upper_layers: int | None = Field(None, ge=1, le=1024)
     num_virtual_tokens: int = Field(20, ge=1, le=256)
     max_length: int | None = Field(None, ge=8, le=1_000_000)
     seed: int = Field(0, ge=0, le=MAX_SEED)

@@ -16,7 +16,7 @@ from app.errors import bad_request
 from app.methods import METHODS
 from app.tasks import LANGUAGE_MODELING, check_base
 from app.training.hyperparameters import Hyperparameters, parse_hyperparameters
-from app.training.targets import resolve_targets
+from app.training.targets import resolve_targets, upper_targets
 from app.training.types import TrainingPlan
 from app.untrusted import check_tree
 
@@ -59,6 +59,8 @@ def preflight(plan: TrainingPlan, *, base: FrozenBase, max_rank: int, max_tokens
         from app.training.language_modeling import check_language_plan  # imports preflight
 
         check_language_plan(plan, base, hp, cap=cap)
+    if hp.upper_layers is not None and METHODS[plan.method].traits.layer_targets:
+        targets = upper_targets(base, targets, hp.upper_layers)
     return Setup(hp=hp, targets=targets, max_length_cap=cap)
 
 

@@ -9,18 +9,22 @@ one that ships.
 
 from __future__ import annotations
 
+import functools
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from transformers import PreTrainedModel
 
 from app.base import FrozenBase
 from app.methods import METHODS
 from app.tasks import head_rows
-from app.training import methods, probe
+from app.training import encoding, methods, probe
 from app.training.encoding import Example, encode_rows
 from app.training.hyperparameters import Hyperparameters
 from app.training.loop import Ticker, TrainLoop, save_files, yielding
+from app.training.lower_cache import lower_layers_skipped
 from app.training.methods import AdapterModel
 from app.training.pooled import PooledHeadModel, reads_pooled
 from app.training.preflight import Setup
@@ -53,6 +57,7 @@ class Recipe:
     checkpoint_activations: bool = False
     micro_batch_tokens: int | None = None
     parent: ParentLora | None = None  # a frozen LoRA the trained one stacks on
+    lower_cache_bytes: int = 256 * 2**20
 
     def encode(self, rows: Rows) -> list[Example]:
         """Rows tokenized and labelled for the plan's task."""
@@ -78,7 +83,7 @@ class Recipe:
         `epochs` overrides the schedule's length (0: the LP-FT start only)."""
         hp = self.hp.model_copy(update={"epochs": epochs}) if epochs is not None else self.hp
         torch.manual_seed(hp.seed)
-        model = self._model(train, hp, reporter)
+        model, view = self._model(train, hp, reporter)
         loop = TrainLoop(
             self.plan,
             self.base,
@@ -90,13 +95,14 @@ class Recipe:
             rule=rule,
         )
         loop.record_logits = record_logits
-        state = loop.run(train, val, evaluate_start=hp.head_init == "probe")
+        with self._lower_cache(view, train + val, reporter):
+            state = loop.run(train, val, evaluate_start=hp.head_init == "probe")
         model.load_state_dict(state, strict=False)
         return Fitted(model, loop)
 
     def _model(
         self, train: list[Example], hp: Hyperparameters, reporter: TrainingReporter
-    ) -> Model:
+    ) -> tuple[Model, PreTrainedModel]:
         plan, base = self.plan, self.base
         view = build_view(base, task=plan.task, num_labels=head_rows(plan.task, plan.labels))
         pooled = reads_pooled(base, task=plan.task, method=plan.method)
@@ -126,7 +132,27 @@ class Recipe:
             view.activation_checkpointing_enable(
                 activation_checkpointing_kwargs={"use_reentrant": False}
             )
-        return model
+        return model, view
+
+    def _lower_cache(
+        self, view: PreTrainedModel, examples: list[Example], reporter: TrainingReporter
+    ) -> AbstractContextManager[None]:
+        """Frozen lower layers computed once for the run (app/training/lower_cache.py)."""
+        collate = functools.partial(
+            encoding.collate,
+            task=self.plan.task,
+            pad_id=int(self.base.tokenizer.pad_token_id or 0),
+            device=self.base.device,
+        )
+        return lower_layers_skipped(
+            getattr(view, self.base.prefix, None) if self.base.kind == "encoder" else None,
+            examples,
+            targets=self.setup.targets if METHODS[self.plan.method].traits.layer_targets else None,
+            collate=collate,
+            max_bytes=self.lower_cache_bytes,
+            tick=self.tick,
+            say=lambda message: reporter.event("info", {"message": message}),
+        )
 
     def outcome(self, fitted: Fitted, *, selection: dict[str, Any]) -> TrainingOutcome:
         """The files and records of a fitted model."""

@@ -27,6 +27,7 @@ PARAM = "hyperparameters.target_modules"
 _RE2_MAX_MEM = 1 << 20
 # Output layers: the runtime serves adapters on the backbone's linear layers, not on these.
 _OUTPUT_LAYERS = frozenset({"lm_head"})
+_LAYER = re.compile(r"\.layers?\.(\d+)\.")
 
 
 @dataclass(frozen=True)
@@ -121,3 +122,25 @@ def _hint(modules: ViewModules) -> str:
 def _shown(value: str | list[str]) -> str:
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+def upper_targets(base: FrozenBase, targets: list[str] | None, upper: int) -> list[str]:
+    """Of `targets` (None: every adaptable linear layer), those in the top `upper` layers of
+    the encoder; a 400 naming the value and the base's layer count when it has fewer."""
+    if upper > base.num_layers:
+        raise bad_request(
+            "invalid_hyperparameter",
+            f"upper_layers {upper} > {base.num_layers}, the layers of base {base.name}",
+            param="hyperparameters.upper_layers",
+        )
+    lowest = base.num_layers - upper
+    names = sorted(view_modules(base).linear) if targets is None else targets
+    kept = [n for n in names if (m := _LAYER.search(n)) is not None and int(m[1]) >= lowest]
+    if not kept:
+        raise bad_request(
+            "invalid_hyperparameter",
+            f"upper_layers {upper} with target_modules {_shown(targets or ALL_LINEAR)} leaves no "
+            f"layer to adapt",
+            param="hyperparameters.upper_layers",
+        )
+    return kept

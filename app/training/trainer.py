@@ -49,6 +49,7 @@ def train(
     checkpoint_activations: bool = False,
     micro_batch_tokens: int | None = None,
     parents: ParentLoader | None = None,
+    lower_cache_mib: int = 256,
 ) -> TrainingOutcome:
     """Train one adapter and return the PEFT files of its best evaluation. `parents` loads
     a plan's `base_adapter` (the registry's, bound by the app)."""
@@ -70,6 +71,7 @@ def train(
         recipe_of = _recipes(
             plan, base, setup, tick, parent=parent,
             checkpoint_activations=checkpoint_activations, micro_batch_tokens=micro_batch_tokens,
+            lower_cache_bytes=lower_cache_mib * 2**20,
         )  # fmt: skip
         if plan.method == AUTO:
             outcome = train_auto(
@@ -180,6 +182,7 @@ def _recipes(
     parent: ParentLora | None,
     checkpoint_activations: bool,
     micro_batch_tokens: int | None,
+    lower_cache_bytes: int,
 ) -> Callable[[str], Recipe]:
     """A job's recipe for each method it tries: the parsed hyperparameters filled for it;
     `STACKED` is LoRA on top of the job's base_adapter (auto's extra candidate)."""
@@ -203,6 +206,7 @@ def _recipes(
             checkpoint_activations=checkpoint_activations,
             micro_batch_tokens=micro_batch_tokens,
             parent=parent if candidate == STACKED else None,
+            lower_cache_bytes=lower_cache_bytes,
         )
 
     return recipe_of

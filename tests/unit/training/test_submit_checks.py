@@ -167,6 +167,7 @@ BAD_VALUES: dict[str, list[Any]] = {
         {"query": 1},
         "nothing",
     ],
+    "upper_layers": [True, "2", 2.0, 0, -1, 3, 1025, HUGE, NAN],
     "num_virtual_tokens": [True, "20", 20.0, 0, -1, 257, HUGE, NAN, None],
     "max_length": [True, "64", 64.0, 7, -64, 513, HUGE, NAN, INF],
     "seed": [True, "1", 1.0, -1, 2**32, 2**63, HUGE, NAN, None],

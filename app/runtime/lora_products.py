@@ -55,14 +55,17 @@ class CostModel:
     gather_elems_per_s: float
 
 
-# CPU: measured on the 2-core box with bench/hetero_batch.py --forms segments,stacked,gather
-# at --adapters 8 and 64 (bench/README.md, "gather form and same-sitting A/B"). CUDA: a kernel
+# CPU: launch_s, flops_per_s and the copy rate from one wrapped 384-wide layer timed per form
+# at 8-64 rows (bench/README.md, "gather form and same-sitting A/B"); gather_fixed_s from
+# `python -m bench.http_mix --seconds 8 --clients 8` with gather forced (41 req/s mixed, as the
+# old gather code, vs 25-28 with the layer-timed 350 us, which picked segments): in a serving
+# process on a contended box each small op costs more than in isolation. CUDA: a kernel
 # launch is ~10 us from Python while an H100 does ~50 TFLOP/s of fp32 via TF32 and copies at
 # ~1 TB/s, so stacked nearly always wins there (no GPU here to measure; the choice logic itself
 # is tested on CPU).
 COSTS: dict[str, CostModel] = {
     "cpu": CostModel(
-        launch_s=45e-6, flops_per_s=30e9, gather_fixed_s=350e-6, gather_elems_per_s=5e9
+        launch_s=45e-6, flops_per_s=30e9, gather_fixed_s=60e-6, gather_elems_per_s=5e9
     ),
     "cuda": CostModel(
         launch_s=20e-6, flops_per_s=20e12, gather_fixed_s=40e-6, gather_elems_per_s=250e9

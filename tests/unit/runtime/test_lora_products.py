@@ -82,13 +82,14 @@ def _choice(device: str, features: int, **shape: int) -> str:
     return choose(device_type=device, in_features=features, out_features=features, **shape)
 
 
-def test_cost_model_picks_segments_for_few_cpu_adapters_and_stacked_for_decode() -> None:
-    # MiniLM encoder batch: 64 rows x 18 tokens on 4 adapters (span 4, rank 8)
-    encoder = {"tokens": 64 * 18, "rows": 64, "rank": 8, "segments": 4, "span_rank": 4 * 8}
+def test_cost_model_picks_segments_for_few_cpu_adapters_and_stacked_on_cuda() -> None:
+    # MiniLM encoder batch: 64 rows x 18 tokens on 2 adapters (span 2, rank 8)
+    encoder = {"tokens": 64 * 18, "rows": 64, "rank": 8, "segments": 2, "span_rank": 2 * 8}
     assert _choice("cpu", 384, **encoder) == "segments"
     # SmolLM decode step: 16 rows x 1 token on 16 adapters (span 16, rank 8)
     decode = {"tokens": 16, "rows": 16, "rank": 8, "segments": 16, "span_rank": 16 * 8}
-    assert _choice("cpu", 576, **decode) == "stacked"
+    # on CPU few one-token rows gather (four small ops) rather than stack 16 x 8 columns
+    assert _choice("cpu", 576, **decode) == "gather"
     # CUDA: launches dominate, stacked both times (the logic runs here, on CPU)
     assert _choice("cuda", 384, **encoder) == "stacked"
     assert _choice("cuda", 576, **decode) == "stacked"
@@ -106,8 +107,8 @@ def test_cost_model_gathers_cpu_rows_on_many_adapters() -> None:
     assert _choice("cpu", 384, **wide) == "gather"
     # the same rows on CUDA: one stacked product is cheaper than the copies
     assert _choice("cuda", 384, **many) == "stacked"
-    # two adapters only: two segments cost less than the gather's fixed ops
-    two = {"tokens": 16 * 18, "rows": 16, "rank": 8, "segments": 2, "span_rank": 60 * 8}
+    # many rows on two adapters: two segments cost less than copying every row's A and B
+    two = {"tokens": 64 * 18, "rows": 64, "rank": 8, "segments": 2, "span_rank": 60 * 8}
     assert _choice("cpu", 384, **two) == "segments"
 
 

@@ -21,6 +21,7 @@ from app.registry.weights import AdapterWeights
 from app.runtime.lora_products import (
     Form,
     Segment,
+    add_gathered,
     add_segments,
     add_stacked,
     choose,
@@ -196,17 +197,19 @@ class MultiLoraLinear(nn.Module):
             a = self.lora_a[ctx.uniform_slot, :rank]
             b = self.lora_b[ctx.uniform_slot, :, :rank]
             return out + (x @ a.t()) @ b.t()
-        self._add_mixed(out, x)
+        self._add_mixed(out, x, rank=rank)
         return out
 
-    def _add_mixed(self, out: torch.Tensor, x: torch.Tensor) -> None:
-        """Each row's own delta, added in place to `out` (this call's fresh result) without
-        copying any slot's A or B; the form is picked per call (app/runtime/lora_products.py)."""
+    def _add_mixed(self, out: torch.Tensor, x: torch.Tensor, *, rank: int) -> None:
+        """Each row's own delta, added in place to `out` (this call's fresh result); the form is
+        picked per call (app/runtime/lora_products.py), copy-free unless gather is cheaper."""
         plan = self.ctx.plan()
         capacity = self.lora_a.shape[1]
         form = self.ctx.form or choose(
             device_type=x.device.type,
             tokens=x.numel() // self.in_features,
+            rows=len(plan.slots),
+            rank=rank,
             segments=len(plan.segments),
             span_rank=plan.span * capacity,
             in_features=self.in_features,
@@ -215,6 +218,8 @@ class MultiLoraLinear(nn.Module):
         tables = {"lora_a": self.lora_a, "lora_bt": self.lora_bt}
         if form == "stacked":
             add_stacked(out, x, **tables, lo=plan.lo, mask=self.ctx.mask(capacity, x))
+        elif form == "gather":
+            add_gathered(out, x, **tables, slot_ids=plan.ids, rank=rank)
         else:
             add_segments(out, x.contiguous(), **tables, segments=plan.segments, ranks=self.ranks)
 

@@ -13,6 +13,12 @@ row's adapter per layer, 86 MB per MiniLM forward at 64 adapters):
   arithmetic (span * rank columns per token) and only three launches per layer, so it suits few
   tokens per row (decode steps) and devices where a launch costs more than arithmetic (CUDA).
 
+- gather (fallback, not copy-free): `index_select` each row's A and B into [rows, rank, in]
+  and [rows, rank, out] copies, then two batched products. It stays because its cost is four
+  ops per layer whatever the slot layout: with few rows on many distinct adapters (one-row
+  HTTP requests on CPU) the copy is small, while segments pays two products per adapter and
+  stacked pays span * rank columns per token.
+
 `choose` picks per layer call from the shape with a cost model whose constants were measured
 with bench/hetero_batch.py (see bench/README.md, issue 15).
 """
@@ -24,7 +30,7 @@ from typing import Literal
 
 import torch
 
-Form = Literal["segments", "stacked"]
+Form = Literal["segments", "stacked", "gather"]
 
 
 @dataclass(frozen=True)
@@ -38,19 +44,32 @@ class Segment:
 
 @dataclass(frozen=True)
 class CostModel:
-    """Seconds per segment (launch and Python overhead of its two products) and arithmetic
-    rate, per device type; `choose` compares segments * launch with extra_flops / rate."""
+    """Per device type: seconds per segment (launch and Python overhead of its two products),
+    arithmetic rate, seconds per gathered row (its index_select copies of A and B, scaled by
+    the rank x (in + out) elements copied per `gather_elems_per_s`) and the gather's fixed cost
+    (its four ops). `choose` compares what differs between the forms."""
 
     launch_s: float
     flops_per_s: float
+    gather_fixed_s: float
+    gather_elems_per_s: float
 
 
-# CPU: measured on the 2-core box (bench/hetero_batch.py --forms); CUDA: a kernel launch is
-# ~10 us from Python while an H100 does ~50 TFLOP/s of fp32 via TF32, so stacked nearly always
-# wins there (no GPU here to measure; the choice logic itself is tested on CPU).
+# CPU: launch_s, flops_per_s and the copy rate from one wrapped 384-wide layer timed per form
+# at 8-64 rows (bench/README.md, "gather form and same-sitting A/B"); gather_fixed_s from
+# `python -m bench.http_mix --seconds 8 --clients 8` with gather forced (41 req/s mixed, as the
+# old gather code, vs 25-28 with the layer-timed 350 us, which picked segments): in a serving
+# process on a contended box each small op costs more than in isolation. CUDA: a kernel
+# launch is ~10 us from Python while an H100 does ~50 TFLOP/s of fp32 via TF32 and copies at
+# ~1 TB/s, so stacked nearly always wins there (no GPU here to measure; the choice logic itself
+# is tested on CPU).
 COSTS: dict[str, CostModel] = {
-    "cpu": CostModel(launch_s=25e-6, flops_per_s=40e9),
-    "cuda": CostModel(launch_s=20e-6, flops_per_s=20e12),
+    "cpu": CostModel(
+        launch_s=45e-6, flops_per_s=30e9, gather_fixed_s=60e-6, gather_elems_per_s=5e9
+    ),
+    "cuda": CostModel(
+        launch_s=20e-6, flops_per_s=20e12, gather_fixed_s=40e-6, gather_elems_per_s=250e9
+    ),
 }
 
 
@@ -70,20 +89,27 @@ def choose(
     *,
     device_type: str,
     tokens: int,
+    rows: int,
+    rank: int,
     segments: int,
     span_rank: int,
     in_features: int,
     out_features: int,
 ) -> Form:
-    """The cheaper form for this call by the device's cost model.
+    """The cheapest form for this call by the device's cost model.
 
-    `span_rank` is the stacked width (slot span x rank capacity); both forms do the rows' own
-    rank-r products, so only what differs is compared.
+    `span_rank` is the stacked width (slot span x rank capacity) and `rank` the batch's largest
+    rank in this layer (the gathered width); every form does the rows' own rank-r products, so
+    only what differs is compared.
     """
     cost = COSTS.get(device_type, COSTS["cpu"])
-    segment_cost = segments * cost.launch_s
-    stacked_cost = 2.0 * tokens * span_rank * (in_features + out_features) / cost.flops_per_s
-    return "stacked" if stacked_cost < segment_cost else "segments"
+    costs: dict[Form, float] = {
+        "segments": segments * cost.launch_s,
+        "stacked": 2.0 * tokens * span_rank * (in_features + out_features) / cost.flops_per_s,
+        "gather": cost.gather_fixed_s
+        + rows * rank * (in_features + out_features) / cost.gather_elems_per_s,
+    }
+    return min(costs, key=costs.__getitem__)
 
 
 def add_segments(
@@ -142,3 +168,23 @@ def stacked_mask(
         if slot:
             mask[row, slot - lo] = 1.0
     return mask.view(len(slot_ids), span * rank).to(like.device)
+
+
+def add_gathered(
+    out: torch.Tensor,
+    x: torch.Tensor,
+    *,
+    lora_a: torch.Tensor,
+    lora_bt: torch.Tensor,
+    slot_ids: torch.Tensor,
+    rank: int,
+) -> None:
+    """out[row] += (x[row] @ A_slot^T) @ Bt_slot for every row, via gathered copies, in place.
+
+    index_select is a block copy per row (advanced indexing `a[ids, :r]` goes element by
+    element and cost more than the products); rows of slot 0 gather its zero tables.
+    """
+    a = lora_a[:, :rank].index_select(0, slot_ids)  # [rows, r, in]
+    bt = lora_bt[:, :rank].index_select(0, slot_ids)  # [rows, r, out]
+    hidden = torch.bmm(x.reshape(x.shape[0], -1, x.shape[-1]), a.transpose(1, 2))
+    out.view(out.shape[0], -1, out.shape[-1]).baddbmm_(hidden, bt)

@@ -1,5 +1,6 @@
-"""Copy-free LoRA products: both forms equal the per-row formula for any slot layout, and the
-cost model picks the form the measurements call for on each device type."""
+"""LoRA products for mixed batches: every form (the copy-free two and the gather) equals the
+per-row formula for any slot layout, and the cost model picks the form the measurements call
+for on each device type."""
 
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ def _expected(
     return out
 
 
-@pytest.mark.parametrize("form", ["segments", "stacked", None])
+@pytest.mark.parametrize("form", ["segments", "stacked", "gather", None])
 @settings(max_examples=25, deadline=None)
 @given(slots=st.lists(st.integers(0, 4), min_size=2, max_size=8), tokens=st.integers(1, 4))
 def test_every_form_equals_the_per_row_formula(
@@ -77,16 +78,45 @@ def test_runs_are_maximal_and_skip_the_empty_slot() -> None:
     assert run_segments([]) == ()
 
 
-def test_cost_model_picks_segments_for_long_cpu_rows_and_stacked_for_decode() -> None:
-    # MiniLM encoder batch: 64 rows x 18 tokens on 64 adapters (span 64, rank 8)
-    encoder = {"tokens": 64 * 18, "segments": 64, "span_rank": 64 * 8}
-    assert choose(device_type="cpu", in_features=384, out_features=384, **encoder) == "segments"
+def _choice(device: str, features: int, **shape: int) -> str:
+    return choose(device_type=device, in_features=features, out_features=features, **shape)
+
+
+def test_cost_model_picks_segments_for_few_cpu_adapters_and_stacked_on_cuda() -> None:
+    # MiniLM encoder batch: 64 rows x 18 tokens on 2 adapters (span 2, rank 8)
+    encoder = {"tokens": 64 * 18, "rows": 64, "rank": 8, "segments": 2, "span_rank": 2 * 8}
+    assert _choice("cpu", 384, **encoder) == "segments"
     # SmolLM decode step: 16 rows x 1 token on 16 adapters (span 16, rank 8)
-    decode = {"tokens": 16, "segments": 16, "span_rank": 16 * 8}
-    assert choose(device_type="cpu", in_features=576, out_features=576, **decode) == "stacked"
+    decode = {"tokens": 16, "rows": 16, "rank": 8, "segments": 16, "span_rank": 16 * 8}
+    # on CPU few one-token rows gather (four small ops) rather than stack 16 x 8 columns
+    assert _choice("cpu", 576, **decode) == "gather"
     # CUDA: launches dominate, stacked both times (the logic runs here, on CPU)
-    assert choose(device_type="cuda", in_features=384, out_features=384, **encoder) == "stacked"
-    assert choose(device_type="cuda", in_features=576, out_features=576, **decode) == "stacked"
-    # one long segment: nothing to save by stacking
-    one = {"tokens": 4096, "segments": 1, "span_rank": 8}
-    assert choose(device_type="cpu", in_features=384, out_features=384, **one) == "segments"
+    assert _choice("cuda", 384, **encoder) == "stacked"
+    assert _choice("cuda", 576, **decode) == "stacked"
+    # one long segment: nothing to save by stacking or gathering
+    one = {"tokens": 4096, "rows": 256, "rank": 8, "segments": 1, "span_rank": 8}
+    assert _choice("cpu", 384, **one) == "segments"
+
+
+def test_cost_model_gathers_cpu_rows_on_many_adapters() -> None:
+    # one-row requests x 18 tokens on 16 adapters spread over 64 slots (http_mix's shape)
+    many = {"tokens": 16 * 18, "rows": 16, "rank": 8, "segments": 16, "span_rank": 60 * 8}
+    assert _choice("cpu", 384, **many) == "gather"
+    # the hetero_batch shape: 64 rows on 64 adapters
+    wide = {"tokens": 64 * 18, "rows": 64, "rank": 8, "segments": 64, "span_rank": 64 * 8}
+    assert _choice("cpu", 384, **wide) == "gather"
+    # the same rows on CUDA: one stacked product is cheaper than the copies
+    assert _choice("cuda", 384, **many) == "stacked"
+    # many rows on two adapters: two segments cost less than copying every row's A and B
+    two = {"tokens": 64 * 18, "rows": 64, "rank": 8, "segments": 2, "span_rank": 60 * 8}
+    assert _choice("cpu", 384, **two) == "segments"
+
+
+def test_gather_leaves_the_slot_tables_unchanged() -> None:
+    layer, ctx, _ = _layer([4, 4, 4, 4])
+    tables = layer.lora_a.clone(), layer.lora_bt.clone()
+    ctx.slot_ids, ctx.uniform_slot = torch.tensor([1, 2, 3, 4]), None
+    ctx.active_slots, ctx.form = frozenset({1, 2, 3, 4}), "gather"
+    with torch.inference_mode():
+        layer(torch.randn(4, 2, 6))
+    assert torch.equal(layer.lora_a, tables[0]) and torch.equal(layer.lora_bt, tables[1])

@@ -51,6 +51,9 @@ class BaseInfo(BaseModel):
     parameters: int
     device: str
     dtype: str
+    linear_kernels: str = Field(
+        description="what the frozen linear layers compute in: the dtype, or int8"
+    )
     hidden_size: int
     num_layers: int
 

@@ -164,3 +164,20 @@ def test_training_views_of_the_int8_base_get_the_float_weights(
     assert isinstance(served, Int8Linear)
     assert query.weight.data_ptr() == served.weight.data_ptr()  # shared, not copied
     assert sum(p.numel() for p in view.parameters() if p.requires_grad) == 32 * 3 + 3
+
+
+def test_info_names_the_int8_kernels_of_an_int8_base(
+    tiny_bert_dir: Path, tokenizer: PreTrainedTokenizerBase, tmp_path: Path
+) -> None:
+    """`dtype` stays the float weights' (adapters and training read them); `linear_kernels`
+    says what serving computes in."""
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+
+    settings = Settings(store=tmp_path / "store", _env_file=None)
+    for int8, kernels in ((True, "int8"), (False, "float32")):
+        base = fresh_base(tiny_bert_dir, tokenizer, int8=int8)
+        with TestClient(create_app(settings, base=base)) as client:
+            info = client.get("/v1/info").json()["base_model"]
+        assert (info["dtype"], info["linear_kernels"]) == ("float32", kernels)

@@ -53,6 +53,10 @@ async def info(base: BaseDep, settings: SettingsDep) -> dict[str, Any]:
             "parameters": base.parameter_count,
             "device": str(base.device),
             "dtype": str(base.dtype).removeprefix("torch."),
+            # An int8 base keeps float weights (training reads them); serving runs int8 kernels.
+            "linear_kernels": "int8"
+            if base.int8_layers
+            else str(base.dtype).removeprefix("torch."),
             "hidden_size": base.hidden_size,
             "num_layers": base.num_layers,
         },

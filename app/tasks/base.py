@@ -187,6 +187,27 @@ class HeadTask(TrainableTask, Protocol):
         ...
 
 
+class Unlabeled:
+    """What the text-only trainable tasks share: no classes, no head of their own, one
+    stratum, and never detected from rows (a job names them)."""
+
+    def claims(self, rows: Sequence[Row]) -> bool:
+        """Never detected: the task is named."""
+        return False
+
+    def row_labels(self, row: Row) -> list[str]:
+        """Text has no classes."""
+        return []
+
+    def head_size(self, labels: list[str]) -> int:
+        """No classification head: the LM head (or a kept MLM head) is the base's own."""
+        return 0
+
+    def strata(self, rows: Sequence[Row]) -> list[Hashable]:
+        """One stratum."""
+        return [None] * len(rows)
+
+
 # ---------------------------------------------------------------- shared row helpers
 def show(value: Any) -> str:
     """A value as an error message quotes it: short, `nothing` for a missing one."""

@@ -8,13 +8,12 @@ the completion (and the end-of-sequence token) only.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
 from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
 from app.errors import bad_request
-from app.tasks.base import IGNORE, Readout, Row, RowProblem, TrainableTask, show
+from app.tasks.base import IGNORE, Readout, Row, RowProblem, TrainableTask, Unlabeled, show
 
 __all__ = ["IGNORE", "TASK", "check_messages", "example_ids", "example_length", "prompt_ids"]
 
@@ -23,7 +22,7 @@ MESSAGE_ROLES = ("system", "user", "assistant", "tool")
 METHODS = ("lora", "prefix", "auto")  # auto: lora, the one candidate
 
 
-class Generation:
+class Generation(Unlabeled):
     """Rows are `{"prompt", "completion"}` or `{"messages": [...]}`; a causal LM continues."""
 
     name = NAME
@@ -51,22 +50,6 @@ class Generation:
         if not isinstance(completion, str) or not completion.strip():
             raise RowProblem(f"completion must be a non-empty string, got {show(completion)}")
         return {"prompt": prompt, "completion": completion}
-
-    def claims(self, rows: Sequence[Row]) -> bool:
-        """No other task has this shape."""
-        return False
-
-    def row_labels(self, row: Row) -> list[str]:
-        """Text has no classes."""
-        return []
-
-    def head_size(self, labels: list[str]) -> int:
-        """The LM head is the base's own."""
-        return 0
-
-    def strata(self, rows: Sequence[Row]) -> list[Hashable]:
-        """One stratum."""
-        return [None] * len(rows)
 
 
 def _training_messages(messages: Any) -> list[dict[str, str]]:

@@ -9,13 +9,13 @@ by the generate and chat routes. Training is app/training/language_modeling.py.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
 from app.errors import bad_request
-from app.tasks.base import Readout, Row, RowProblem, show
+from app.tasks.base import Readout, Row, RowProblem, Unlabeled, show
 
 __all__ = [
     "DEFAULT_TOP_K",
@@ -35,7 +35,7 @@ DEFAULT_TOP_K = 5
 MAX_TOP_K = 100
 
 
-class LanguageModeling:
+class LanguageModeling(Unlabeled):
     """Rows `{"text"}`; masked LM on an encoder, causal LM on a decoder."""
 
     name = NAME
@@ -60,22 +60,6 @@ class LanguageModeling:
         if not isinstance(text, str) or not text.strip():
             raise RowProblem(f"text must be a non-empty string, got {show(text)}")
         return {"text": text}
-
-    def claims(self, rows: Sequence[Row]) -> bool:
-        """Never detected: the task is named."""
-        return False
-
-    def row_labels(self, row: Row) -> list[str]:
-        """Text has no classes."""
-        return []
-
-    def head_size(self, labels: list[str]) -> int:
-        """No classification head (an MLM head, when kept, is the LM's own)."""
-        return 0
-
-    def strata(self, rows: Sequence[Row]) -> list[Hashable]:
-        """One stratum."""
-        return [None] * len(rows)
 
 
 def check_top_k(params: dict[str, Any]) -> int:

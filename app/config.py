@@ -89,6 +89,9 @@ class Settings(BaseSettings):
     cpu_bytes: int = Field(1024 * 1024 * 1024, ge=0, description="budget for the CPU tier")
     max_batch_size: int = Field(64, ge=1)
     max_wait_ms: float = Field(2.0, ge=0)
+    pack_max_tokens: int = Field(
+        256, ge=0, description="tokens per packed sequence of an encoder batch (0: never pack)"
+    )
     queue_size: int = Field(1024, ge=1, description="rows waiting for the batcher")
 
     # --- training

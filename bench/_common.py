@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import torch
 from peft import LoraConfig, TaskType, get_peft_model
 from transformers import AutoModelForSequenceClassification
@@ -84,3 +85,16 @@ def write_section(readme: Path, begin: str, end: str, text: str) -> None:
     else:
         current = current.rstrip() + "\n\n" + block + "\n"
     readme.write_text(current)
+
+
+def wait_for_job(http: httpx.Client, job_id: str, timeout: float) -> dict[str, Any]:
+    """Poll a training job each second until it ends. Past `timeout` the job is cancelled and
+    comes back as status `timed_out`, so a bench row says so instead of hanging."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job: dict[str, Any] = http.get(f"/v1/training-jobs/{job_id}").json()
+        if job["status"] in ("succeeded", "failed", "cancelled"):
+            return job
+        time.sleep(1)
+    http.post(f"/v1/training-jobs/{job_id}/cancel")
+    return {"id": job_id, "status": "timed_out", "error": {"message": f"over {timeout} s"}}

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import quality_eval
-from bench._common import tempdir
+from bench._common import tempdir, wait_for_job
 from bench.fewshot_data import SETS, Row, Size, eval_sample, read_split
 from tests.integration.conftest import LiveServer, start_server, stop_server
 
@@ -72,15 +72,11 @@ def peak_rss_mib(server: LiveServer) -> float:
 
 
 def wait(server: LiveServer, job_id: str, timeout: float) -> dict[str, Any]:
-    """Poll a job until it ends; past `timeout` it is cancelled and reported as such."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job: dict[str, Any] = server.http.get(f"/v1/training-jobs/{job_id}").json()
-        if job["status"] in ("succeeded", "failed", "cancelled"):
-            return job
-        time.sleep(1)
-    server.http.post(f"/v1/training-jobs/{job_id}/cancel")
-    raise RuntimeError(f"job {job_id} ran over {timeout} s")
+    """The job once it ends; a job that ran over `timeout` stops the bench."""
+    job = wait_for_job(server.http, job_id, timeout)
+    if job["status"] == "timed_out":
+        raise RuntimeError(f"job {job_id} ran over {timeout} s")
+    return job
 
 
 def upload_corpus(server: LiveServer, texts: list[str], work: Path, name: str) -> str:

@@ -19,6 +19,7 @@ from sklearn.model_selection import StratifiedKFold
 from transformers import AutoModel, AutoTokenizer
 
 from bench import quality_eval
+from bench._common import wait_for_job
 from bench.fewshot_data import Row
 from tests.integration.conftest import LiveServer
 
@@ -153,18 +154,6 @@ def _submit(server: LiveServer, body: dict[str, Any], rows: list[Row], work: Pat
     return server.http.post("/v1/training-jobs", json=body | {"training_data": dataset})
 
 
-def _wait(server: LiveServer, job_id: str, timeout: float) -> dict[str, Any]:
-    """Poll the job each second until it ends (or cancel it past `timeout`)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job: dict[str, Any] = server.http.get(f"/v1/training-jobs/{job_id}").json()
-        if job["status"] in ("succeeded", "failed", "cancelled"):
-            return job
-        time.sleep(1)
-    server.http.post(f"/v1/training-jobs/{job_id}/cancel")
-    return {"status": "timed_out", "error": {"message": f"over {timeout} s"}}
-
-
 def service(
     server: LiveServer,
     method: str,
@@ -187,7 +176,7 @@ def service(
     if method == "auto" and job.get("method") not in (None, "auto"):
         server.http.post(f"/v1/training-jobs/{job['id']}/cancel")
         return Outcome("n/a", error=f"method omitted ran {job.get('method')!r}: no auto yet")
-    job = _wait(server, job["id"], timeout)
+    job = wait_for_job(server.http, job["id"], timeout)
     seconds = time.monotonic() - started
     if job["status"] != "succeeded":
         return Outcome("failed", error=json.dumps(job.get("error"))[:300], seconds=seconds)

@@ -51,6 +51,12 @@ def read_split(spec: SetSpec, split: str) -> list[Row]:
     return rows
 
 
+def sst2_sentences(count: int = 872) -> list[str]:
+    """Real review sentences (SST-2 dev), for load benches: distinct inputs, as real traffic
+    has, so that the engine's sharing of identical rows does not flatter a one-adapter load."""
+    return [row["text"] for row in read_split(SETS["sst2"], "dev")[:count]]
+
+
 def _shuffled_groups(rows: list[Row], rng: random.Random) -> dict[str, list[Row]]:
     """Rows by label, labels sorted, each group shuffled by `rng` (in label order, so that a
     seed gives the same order at every size and smaller samples nest in larger ones)."""

@@ -36,8 +36,9 @@ from app.runtime.engine import EncoderEngine, EncodeRequest
 from app.runtime.metrics import Metrics
 from app.runtime.runtime import Runtime
 from bench._common import base_dir, make_lora_files, tempdir
+from bench.fewshot_data import sst2_sentences
 
-TEXT = "the movie was a thoughtful, surprisingly funny look at family life, loss and growing up"
+SENTENCES = sst2_sentences()
 # torch quantized engine each variant packs and runs with; None: float32.
 VARIANTS: dict[str, str | None] = {
     "float32": None,
@@ -97,7 +98,8 @@ def rows_per_second(served: Served, rows: int, calls: int) -> float:
     job = EncodeRequest(
         key=AdapterRef("lora", 1),
         task="classification",
-        rows=engine.prepare([TEXT] * rows, task="classification"),
+        # distinct sentences: identical rows would be run once (engine `_distinct_rows`)
+        rows=engine.prepare(SENTENCES[:rows], task="classification"),
         raw=True,
     )
     engine.run([job])  # warm-up

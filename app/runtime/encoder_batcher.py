@@ -105,7 +105,9 @@ class EncoderBatcher:
             try:
                 if live:
                     flat = [job for jobs, _ in live for job in jobs]
+                    started = loop.time()
                     results = await loop.run_in_executor(self._executor, self._run, flat)
+                    self.metrics.batch_seconds.observe(loop.time() - started)
                     self._deliver(live, results)
             except Exception as exc:  # a bug in the engine must not kill the worker
                 log.exception("engine batch failed")

@@ -17,11 +17,12 @@ import torch.nn.functional as F
 from app.base import FrozenBase
 from app.errors import SwitchyardError, bad_request
 from app.registry.records import AdapterRef
-from app.runtime.batch import Features, build_layout, model_inputs
+from app.runtime.batch import Features, Layout, build_layout, model_inputs
 from app.runtime.batch import pool as pool  # re-exported: training pools the same way
 from app.runtime.cache import AdapterCache, Resident
 from app.runtime.fill_mask import check_fill_mask, fill_mask
 from app.runtime.layers import LayerSet
+from app.runtime.packing import PackPlan, packed_inputs, packing_rule, plan_packing, unpack
 from app.runtime.tokenize import EncodedRow, TextBatch, defer, encode_all
 from app.tasks import CLASSIFICATION, EMBEDDINGS, Readout, embeddings, get_task, head_task
 
@@ -65,6 +66,7 @@ class EncoderEngine:
         max_tokens: int,
         truncate: bool,
         max_batch_rows: int,
+        pack_max_tokens: int = 0,
     ) -> None:
         self.base = base
         self.layers = layers
@@ -75,8 +77,11 @@ class EncoderEngine:
         self._lock = threading.Lock()
         self._has_pooler = getattr(base.model, "pooler", None) is not None
         self._embed = base.model.get_input_embeddings()
+        self._dtype = next(base.model.parameters()).dtype
         limit = getattr(base.config, "max_position_embeddings", None)
         self._max_positions = int(limit) if limit else None
+        self.pack_max_tokens = pack_max_tokens
+        self._packing = packing_rule(base.model)
 
     # ---------------------------------------------------------------- inputs
     def prepare(self, inputs: list[Any], *, task: str) -> list[EncodedRow]:
@@ -205,17 +210,49 @@ class EncoderEngine:
         return residents[job.key].slot if job.key is not None else 0
 
     def _forward(self, rows: list[EncodedRow], slots: list[int], need_hidden: bool) -> Features:
-        """One forward of the base over rows routed to their slots."""
+        """One forward of the base over rows routed to their slots, packed where that pays."""
         pad = int(self.base.tokenizer.pad_token_id or 0)
         layout = build_layout(rows, slots, self.layers, pad_id=pad, device=self.base.device)
+        plan = self._pack_plan(rows, layout)
         with self._lock, torch.inference_mode():
-            self.layers.route(slots, self.base.device)
             try:
-                inputs = model_inputs(layout, self.layers, self._embed, self._max_positions)
-                out = self.base.model(**inputs, output_hidden_states=need_hidden)
+                if plan is not None:
+                    out = self._packed_forward(rows, slots, plan, need_hidden=need_hidden)
+                else:
+                    self.layers.route(slots, self.base.device)
+                    inputs = model_inputs(layout, self.layers, self._embed, self._max_positions)
+                    out = self.base.model(**inputs, output_hidden_states=need_hidden)
             finally:
                 self.layers.clear_route()
         return Features(out, layout, self._has_pooler)
+
+    def _pack_plan(self, rows: list[EncodedRow], layout: Layout) -> PackPlan | None:
+        """Packing is exact only without virtual tokens (app/runtime/packing.py)."""
+        if self._packing is None or any(layout.starts) or any(layout.prefix_lengths):
+            return None
+        return plan_packing([len(row.input_ids) for row in rows], max_tokens=self.pack_max_tokens)
+
+    def _packed_forward(
+        self, rows: list[EncodedRow], slots: list[int], plan: PackPlan, *, need_hidden: bool
+    ) -> Any:
+        """The forward over packed bins, its outputs put back in the padded layout."""
+        assert self._packing is not None
+        self.layers.route(plan.token_slots(slots), self.base.device, per_token=True)
+        has_types = rows[0].token_type_ids is not None
+        inputs = packed_inputs(
+            plan,
+            [row.input_ids for row in rows],
+            [row.token_type_ids or [] for row in rows] if has_types else None,
+            rule=self._packing,
+            pad_id=int(self.base.tokenizer.pad_token_id or 0),
+            dtype=self._dtype,
+            device=self.base.device,
+        )
+        packed = self.base.model(**inputs, output_hidden_states=need_hidden)
+        # The pooler (adapted too) runs again on each row's first token, routed by row.
+        self.layers.route(slots, self.base.device)
+        pooler = getattr(self.base.model, "pooler", None) if self._has_pooler else None
+        return unpack(packed, plan, pooler=pooler)
 
     def _decode(
         self,

@@ -64,6 +64,8 @@ class BatchContext:
     ia3_slots: frozenset[int] = field(default_factory=frozenset)
     # None: each layer picks its copy-free form by shape; benches and tests may force one.
     form: Form | None = None
+    # slot_ids name a slot per token (a packed batch, app/runtime/packing.py), not per row.
+    per_token: bool = False
     # Derived from slot_ids once per batch (not per layer): see `plan`.
     _plan: RowPlan | None = None
     _masks: dict[tuple[int, torch.dtype, torch.device], torch.Tensor] = field(default_factory=dict)
@@ -184,6 +186,14 @@ class MultiLoraLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         ctx = self.ctx
+        if (
+            ctx.per_token
+            and ctx.slot_ids is not None
+            and x.numel() != ctx.slot_ids.numel() * x.shape[-1]
+        ):
+            # A packed forward's pooler reads one token per bin, not per row; the engine
+            # discards that output and pools each row again under row routing.
+            return self.base_layer(x)
         if ctx.ia3_slots and not self.ia3_slots.isdisjoint(ctx.ia3_slots):
             out = self._scaled(x)
         else:
@@ -197,7 +207,12 @@ class MultiLoraLinear(nn.Module):
             a = self.lora_a[ctx.uniform_slot, :rank]
             b = self.lora_b[ctx.uniform_slot, :, :rank]
             return out + (x @ a.t()) @ b.t()
-        self._add_mixed(out, x, rank=rank)
+        if ctx.per_token:  # each token is a "row" of the products
+            self._add_mixed(
+                out.view(-1, 1, out.shape[-1]), x.reshape(-1, 1, x.shape[-1]), rank=rank
+            )
+        else:
+            self._add_mixed(out, x, rank=rank)
         return out
 
     def _add_mixed(self, out: torch.Tensor, x: torch.Tensor, *, rank: int) -> None:
@@ -234,7 +249,8 @@ class MultiLoraLinear(nn.Module):
             shape: tuple[int, ...] = (-1,)
         else:
             index = ctx.slot_ids  # type: ignore[assignment]
-            shape = (x.shape[0],) + (1,) * (x.dim() - 2) + (-1,)
+            rows = tuple(x.shape[:-1]) if ctx.per_token else (x.shape[0],) + (1,) * (x.dim() - 2)
+            shape = (*rows, -1)
         if self.ia3_in is not None:
             x = x * self.ia3_in[index].view(shape)
         out: torch.Tensor = self.base_layer(x)
@@ -350,9 +366,10 @@ class LayerSet:
         else:
             self._ia3_slots.discard(slot)
 
-    def route(self, slot_ids: list[int], device: torch.device) -> None:
-        """Point every layer at this batch's rows."""
+    def route(self, slot_ids: list[int], device: torch.device, *, per_token: bool = False) -> None:
+        """Point every layer at this batch's rows (or, packed, at each token's slot)."""
         unique = set(slot_ids)
+        self.ctx.per_token = per_token
         self.ctx.slot_ids = torch.tensor(slot_ids, dtype=torch.long, device=device)
         self.ctx.uniform_slot = slot_ids[0] if len(unique) == 1 else None
         self.ctx.active_slots = frozenset(unique - {0})
@@ -364,6 +381,7 @@ class LayerSet:
 
     def clear_route(self) -> None:
         self.ctx.slot_ids = None
+        self.ctx.per_token = False
         self.ctx.uniform_slot = None
         self.ctx.active_slots = frozenset()
         self.ctx.ia3_slots = frozenset()

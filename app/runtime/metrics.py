@@ -33,6 +33,14 @@ class Metrics:
         self.batch_rows = Histogram(
             "switchyard_batch_rows", "Rows per engine batch", buckets=_BATCH_BUCKETS, registry=r
         )
+        # Busy share of the engine = rate(sum) over wall time: how close serving is to its
+        # compute ceiling, and whether a slow request waited in the queue or in the forward.
+        self.batch_seconds = Histogram(
+            "switchyard_batch_seconds",
+            "Engine time per batch (tokenize, forward, heads)",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.batch_adapters = Histogram(
             "switchyard_batch_adapters",
             "Distinct adapters per engine batch",

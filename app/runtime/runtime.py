@@ -106,6 +106,7 @@ class Runtime:
             max_tokens=input_token_limit(base, settings),
             truncate=settings.truncate_inputs,
             max_batch_rows=settings.max_batch_size,
+            pack_max_tokens=settings.pack_max_tokens,
         )
         self.encoder_batcher = EncoderBatcher(
             self.encoder.run,

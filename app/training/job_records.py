@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, cast
 
+import torch
 from sqlalchemy import CursorResult, select, update
 
 from app.db import Database, DatabaseUnavailable, JobEvent, TrainingJob, iso, utcnow
@@ -286,3 +287,16 @@ def event_to_json(record: JobEvent) -> dict[str, Any]:
 def error_json(exc: SwitchyardError) -> dict[str, Any]:
     """A job's `error` field from the exception that failed it."""
     return {"code": exc.code, "message": exc.message, "param": exc.param}
+
+
+def failure(exc: Exception, job_id: str) -> dict[str, Any]:
+    """A failed job's `error`: the code of a SwitchyardError (a user's value, a refusal, an
+    outage), `out_of_memory` for memory, and `internal_error` only for what is left: a bug."""
+    if isinstance(exc, SwitchyardError):
+        return error_json(exc)
+    if isinstance(exc, MemoryError | torch.OutOfMemoryError):
+        message = "training ran out of memory; lower batch_size or max_length"
+        return {"code": "out_of_memory", "message": message, "param": "hyperparameters.batch_size"}
+    log.exception("training job %s failed", job_id, exc_info=exc)
+    message = f"training failed unexpectedly: {type(exc).__name__}: {exc}"[:1000]
+    return {"code": "internal_error", "message": message, "param": None}

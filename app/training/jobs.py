@@ -18,8 +18,6 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
-import torch
-
 from app.config import Settings
 from app.db import Database, DatabaseUnavailable, TrainingJob
 from app.errors import SwitchyardError, bad_request
@@ -37,8 +35,8 @@ from app.training.job_records import (
     VALIDATING,
     JobRecords,
     JobReporter,
-    error_json,
     event_to_json,
+    failure,
     initial_progress,
     job_to_json,
     jsonable,
@@ -385,19 +383,6 @@ class JobManager:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and self.records.status(job_id) not in TERMINAL:
             time.sleep(0.02)
-
-
-def failure(exc: Exception, job_id: str) -> dict[str, Any]:
-    """A failed job's `error`: the code of a SwitchyardError (a user's value, a refusal, an
-    outage), `out_of_memory` for memory, and `internal_error` only for what is left: a bug."""
-    if isinstance(exc, SwitchyardError):
-        return error_json(exc)
-    if isinstance(exc, MemoryError | torch.OutOfMemoryError):
-        message = "training ran out of memory; lower batch_size or max_length"
-        return {"code": "out_of_memory", "message": message, "param": "hyperparameters.batch_size"}
-    log.exception("training job %s failed", job_id, exc_info=exc)
-    message = f"training failed unexpectedly: {type(exc).__name__}: {exc}"[:1000]
-    return {"code": "internal_error", "message": message, "param": None}
 
 
 def _raise_if_cancelled(token: CancelToken) -> None:

@@ -13,7 +13,7 @@ from enum import Enum
 from pathlib import Path
 
 from fastapi import APIRouter, Depends
-from fastapi.responses import Response
+from fastapi.responses import HTMLResponse, Response
 
 from app.api.auth import require
 from app.api.deps import MetricsDep
@@ -23,6 +23,8 @@ from app.runtime.metrics_summary import MetricsSummary
 router = APIRouter(tags=["dashboard"])
 _ANY = [Depends(require("any"))]
 _HEALTH: list[str | Enum] = ["health"]  # listed with the health routes in /docs
+
+_PAGE_METHODS = ["GET", "HEAD"]
 
 UI_DIR = Path(__file__).resolve().parents[2] / "ui"
 _TYPES = {
@@ -62,20 +64,26 @@ def _page() -> Response:
     return Response(_INDEX, media_type=_TYPES[".html"], headers=_HEADERS)
 
 
-@router.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
+@router.api_route("/", methods=_PAGE_METHODS, response_class=HTMLResponse, include_in_schema=False)
 async def root() -> Response:
     """The dashboard."""
     return _page()
 
 
-@router.api_route("/ui", methods=["GET", "HEAD"], include_in_schema=False)
-@router.api_route("/ui/", methods=["GET", "HEAD"], include_in_schema=False)
+@router.api_route(
+    "/ui", methods=_PAGE_METHODS, response_class=HTMLResponse, include_in_schema=False
+)
+@router.api_route(
+    "/ui/", methods=_PAGE_METHODS, response_class=HTMLResponse, include_in_schema=False
+)
 async def dashboard() -> Response:
     """The dashboard, under its own path for proxies that route /ui."""
     return _page()
 
 
-@router.api_route("/ui/static/{filename}", methods=["GET", "HEAD"], include_in_schema=False)
+@router.api_route(
+    "/ui/static/{filename}", methods=_PAGE_METHODS, response_class=Response, include_in_schema=False
+)
 async def static_file(filename: str) -> Response:
     """One of the page's scripts or style sheets, by exact name."""
     found = _STATIC.get(filename)

@@ -133,6 +133,7 @@ def test_prefix_batch_leaves_rows_without_prefix_as_the_unpatched_base(
     tokenizer: PreTrainedTokenizerBase,
 ) -> None:
     runtime, registry = served
+    runtime.encoder.pack_max_tokens = 0  # bit for bit against the padded base (no packing)
     folder = peft_files(
         tiny_bert_dir, tmp_path / "p", method="prefix", task=SEQ, labels=3, seed=7, virtual=6
     )
@@ -191,7 +192,8 @@ def test_head_only_adapters_over_the_same_inputs_share_one_base_pass(
     ]
     calls = forwards(runtime.base.model)
     shared = engine.run(jobs)
-    assert calls == [(len(TEXTS), calls[0][1])]  # five adapters, one pass over 4 distinct rows
+    # five adapters, one pass over the 4 distinct rows (packed: fewer, longer sequences)
+    assert len(calls) == 1 and calls[0][0] <= len(TEXTS), calls
     for job, result in zip(jobs, shared, strict=True):
         alone = engine.run([job])[0].outputs or []
         close(result.outputs or [], alone, str(job.key))

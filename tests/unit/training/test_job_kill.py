@@ -309,7 +309,7 @@ def test_a_restart_after_a_crash_mid_write_interrupts_the_job_and_cleans_the_sto
 def test_an_error_is_internal_only_when_no_user_value_explains_it(
     db: Database, settings: Settings
 ) -> None:
-    from app.training.jobs import failure
+    from app.training.job_records import failure
 
     user = SwitchyardError(
         400, "invalid_hyperparameter", "rank 65 > max_rank 64", param="hyperparameters.rank"

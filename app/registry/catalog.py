@@ -17,7 +17,7 @@ from app.config import Settings
 from app.errors import SwitchyardError, bad_request
 from app.methods import shown_method
 from app.registry.durable import now_iso
-from app.registry.records import AdapterMeta
+from app.registry.records import AdapterMeta, AdapterRef
 from app.registry.store import (
     CONFIG_FILE,
     WEIGHTS_FILE,
@@ -26,6 +26,10 @@ from app.registry.store import (
 )
 from app.registry.validate import parse_json_object, parse_safetensors, too_large
 from app.registry.weights import AdapterWeights, build_weights
+
+
+# Parsed version records kept by `Registry.meta` (each a few hundred bytes).
+_META_CACHE_SIZE = 4096
 
 
 class Residency(Protocol):
@@ -48,6 +52,7 @@ class Registry:
         self.store = store
         self.base = base
         self.settings = settings
+        self._metas: dict[AdapterRef, AdapterMeta] = {}
 
     # ---------------------------------------------------------------- writing
     def register(
@@ -227,9 +232,22 @@ class Registry:
         return resolved, self.store.zip_version(name, resolved)
 
     def meta(self, name: str, version: int | None = None) -> AdapterMeta:
-        """switchyard.json of a version (latest when None), with its name and number."""
+        """switchyard.json of a version (latest when None), with its name and number.
+
+        Every predict asks, on the event loop: the version list is read each time (another
+        process may have stored a newer one), but a version's record is written once and its
+        number never reused, so the parsed record is kept (bounded) instead of read again.
+        """
         resolved = self.store.resolve(name, version)
-        return AdapterMeta.parse(self.store.read_meta(name, resolved), name=name, version=resolved)
+        key = AdapterRef(name, resolved)
+        cached = self._metas.get(key)
+        if cached is None:
+            raw = self.store.read_meta(name, resolved)
+            cached = AdapterMeta.parse(raw, name=name, version=resolved)
+            if len(self._metas) >= _META_CACHE_SIZE:
+                self._metas.pop(next(iter(self._metas)), None)  # the oldest entry
+            self._metas[key] = cached
+        return cached
 
 
 def _with_base_path(config: dict[str, Any], base: FrozenBase) -> bytes:

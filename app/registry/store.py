@@ -88,15 +88,20 @@ class AdapterStore:
     def versions(self, name: str) -> list[int]:
         """Whole versions of `name`, ascending; an unknown name has none."""
         folder = self.root / check_name(name)
-        if not folder.is_dir() or folder.is_symlink():
-            return []
+        # Read on every predict: one lstat and one directory read (scandir's entry types need
+        # no stat per version), links refused as before.
         try:
-            children = list(folder.iterdir())
-        except FileNotFoundError:
-            return []  # its last version was deleted meanwhile
-        return sorted(
-            int(p.name) for p in children if p.name.isdigit() and p.is_dir() and not p.is_symlink()
-        )
+            if folder.is_symlink():
+                return []
+            with os.scandir(folder) as entries:
+                found = [
+                    int(e.name)
+                    for e in entries
+                    if e.name.isdigit() and e.is_dir(follow_symlinks=False)
+                ]
+        except (FileNotFoundError, NotADirectoryError):
+            return []  # unknown, or its last version was deleted meanwhile
+        return sorted(found)
 
     def resolve(self, name: str, version: int | None = None) -> int:
         """The given version if it exists, else the latest; 404 when there is none."""

@@ -1,4 +1,8 @@
-"""Typed `Depends` aliases: routes name what they need, the app state provides it."""
+"""Typed `Depends` aliases: routes name what they need, the app state provides it.
+
+The providers are `async def` although they never wait: FastAPI runs a plain `def`
+dependency in its thread pool, a thread hop per dependency per request on the serving path.
+"""
 
 from __future__ import annotations
 
@@ -16,35 +20,35 @@ from app.training.datasets import DatasetService
 from app.training.jobs import JobManager
 
 
-def _settings(request: Request) -> Settings:
+async def _settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def _base(request: Request) -> FrozenBase:
+async def _base(request: Request) -> FrozenBase:
     return request.app.state.base
 
 
-def _registry(request: Request) -> Registry:
+async def _registry(request: Request) -> Registry:
     return request.app.state.registry
 
 
-def _runtime(request: Request) -> Runtime:
+async def _runtime(request: Request) -> Runtime:
     return request.app.state.runtime
 
 
-def _metrics(request: Request) -> Metrics:
+async def _metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
 
-def _datasets(request: Request) -> DatasetService:
+async def _datasets(request: Request) -> DatasetService:
     return request.app.state.datasets
 
 
-def _jobs(request: Request) -> JobManager:
+async def _jobs(request: Request) -> JobManager:
     return request.app.state.jobs
 
 
-def _principal(request: Request) -> Principal:
+async def _principal(request: Request) -> Principal:
     # Set by the route's `require(scope)` dependency, which FastAPI resolves first.
     return getattr(request.state, "principal", ANONYMOUS_ADMIN)
 

@@ -128,7 +128,9 @@ class _Deadline:
             return await self._receive()
         left = self._deadline - asyncio.get_running_loop().time()
         try:
-            message = await asyncio.wait_for(self._receive(), timeout=max(left, 0.0))
+            # A deadline on this task (wait_for would start another task per receive).
+            async with asyncio.timeout(max(left, 0.0)):
+                message = await self._receive()
         except TimeoutError:
             raise LimitExceeded(
                 "body_timeout",

@@ -57,7 +57,9 @@ class Admission:
     async def bounded(self, work: Awaitable[T]) -> T:
         """`work`, or a 504 once request_timeout_s has passed (the caller records metrics)."""
         try:
-            return await asyncio.wait_for(work, self.timeout_s)
+            # A deadline on this task, not wait_for's extra task per request.
+            async with asyncio.timeout(self.timeout_s):
+                return await work
         except TimeoutError as exc:
             raise self.timeout_error() from exc
 

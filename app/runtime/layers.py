@@ -204,9 +204,13 @@ class MultiLoraLinear(nn.Module):
         if rank == 0:
             return out
         if ctx.uniform_slot is not None:
+            # Two ops, the second fused into the base output in place (this call's fresh
+            # result): on CPU each op's fixed cost is what a LoRA adds to a small batch.
             a = self.lora_a[ctx.uniform_slot, :rank]
-            b = self.lora_b[ctx.uniform_slot, :, :rank]
-            return out + (x @ a.t()) @ b.t()
+            bt = self.lora_bt[ctx.uniform_slot, :rank]
+            hidden = x.reshape(-1, self.in_features) @ a.t()
+            out.view(-1, self.out_features).addmm_(hidden, bt)
+            return out
         if ctx.per_token:  # each token is a "row" of the products
             self._add_mixed(
                 out.view(-1, 1, out.shape[-1]), x.reshape(-1, 1, x.shape[-1]), rank=rank

@@ -15,11 +15,11 @@ against the service: httpx costs about 1 ms a request here. The headline uses a 
 from __future__ import annotations
 
 import argparse
-from http.client import HTTPConnection
 import json
 import threading
 import time
 from collections.abc import Callable
+from http.client import HTTPConnection
 
 import httpx
 import torch

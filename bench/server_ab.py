@@ -87,9 +87,8 @@ def main() -> None:
         f"{args.rounds} rounds of {args.seconds:.0f} s"
     )
     for key, values in rates.items():
-        print(
-            f"{key}: median {statistics.median(values):.1f} req/s (min {min(values):.1f}, max {max(values):.1f})"
-        )
+        spread = f"min {min(values):.1f}, max {max(values):.1f}"
+        print(f"{key}: median {statistics.median(values):.1f} req/s ({spread})")
     print(
         f"B / A per round: median {statistics.median(ratios):.3f}x "
         f"(min {ratios[0]:.3f}, max {ratios[-1]:.3f})"

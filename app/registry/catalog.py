@@ -27,7 +27,6 @@ from app.registry.store import (
 from app.registry.validate import parse_json_object, parse_safetensors, too_large
 from app.registry.weights import AdapterWeights, build_weights
 
-
 # Parsed version records kept by `Registry.meta` (each a few hundred bytes).
 _META_CACHE_SIZE = 4096
 

@@ -92,6 +92,11 @@ class Settings(BaseSettings):
     pack_max_tokens: int = Field(
         256, ge=0, description="tokens per packed sequence of an encoder batch (0: never pack)"
     )
+    pack_max_adapters: int = Field(
+        1,
+        ge=0,
+        description="pack only batches whose rows use at most this many adapter slots",
+    )
     queue_size: int = Field(1024, ge=1, description="rows waiting for the batcher")
 
     # --- training

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import statistics
 import subprocess
 import sys
 import threading
@@ -68,7 +69,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--adapters", type=int, default=64)
     parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--seconds", type=float, default=20, help="per load, over all rounds")
+    parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument(
         "--device", default=None, help="cpu, cuda, cuda:N (default: SWITCHYARD_DEVICE)"
     )
@@ -98,13 +100,25 @@ def main() -> None:
     try:
         run = partial(load, server.url, clients=args.clients, texts=texts)
         run(names, seconds=3)  # warm every slot
-        mixed = run(names, seconds=args.seconds)
-        single = run(names[:1], seconds=args.seconds)
+        # Rounds alternate (mixed, single, single, mixed, ...) so that the box's drift hits
+        # both loads alike; each round is `seconds / rounds` long.
+        part = args.seconds / args.rounds
+        mixed_rates: list[float] = []
+        single_rates: list[float] = []
+        for round_ in range(args.rounds):
+            order = (names, names[:1]) if round_ % 2 == 0 else (names[:1], names)
+            for chosen in order:
+                rate = run(chosen, seconds=part)
+                (mixed_rates if chosen is names else single_rates).append(rate)
+        mixed, single = statistics.median(mixed_rates), statistics.median(single_rates)
     finally:
         stop_server(server)
     naive = _naive(work, names, args, texts)
     what = "one fixed sentence" if args.same_text else f"random of {len(texts)} SST-2 sentences"
-    print(f"{args.clients} clients, 1 input per request ({what}), {args.seconds:.0f} s per load")
+    print(
+        f"{args.clients} clients, 1 input per request ({what}), {args.seconds:.0f} s per load "
+        f"in {args.rounds} alternating rounds (medians)"
+    )
     print(f"switchyard, random of {args.adapters} adapters: {mixed:.1f} req/s")
     print(f"switchyard, one adapter:                 {single:.1f} req/s")
     print(f"naive PEFT set_adapter server, random:   {naive:.1f} req/s")

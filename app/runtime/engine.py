@@ -22,7 +22,15 @@ from app.runtime.batch import pool as pool  # re-exported: training pools the sa
 from app.runtime.cache import AdapterCache, Resident
 from app.runtime.fill_mask import check_fill_mask, fill_mask
 from app.runtime.layers import LayerSet
-from app.runtime.packing import PackPlan, packed_inputs, packing_rule, plan_packing, unpack
+from app.runtime.lora_products import RowGather
+from app.runtime.packing import (
+    PackPlan,
+    packed_inputs,
+    packing_rule,
+    plan_packing,
+    row_index,
+    unpack,
+)
 from app.runtime.tokenize import EncodedRow, TextBatch, defer, encode_all
 from app.tasks import CLASSIFICATION, EMBEDDINGS, Readout, embeddings, get_task, head_task
 
@@ -67,6 +75,7 @@ class EncoderEngine:
         truncate: bool,
         max_batch_rows: int,
         pack_max_tokens: int = 0,
+        pack_max_adapters: int = 1,
     ) -> None:
         self.base = base
         self.layers = layers
@@ -81,6 +90,7 @@ class EncoderEngine:
         limit = getattr(base.config, "max_position_embeddings", None)
         self._max_positions = int(limit) if limit else None
         self.pack_max_tokens = pack_max_tokens
+        self.pack_max_adapters = pack_max_adapters
         self._packing = packing_rule(base.model)
 
     # ---------------------------------------------------------------- inputs
@@ -213,7 +223,7 @@ class EncoderEngine:
         """One forward of the base over rows routed to their slots, packed where that pays."""
         pad = int(self.base.tokenizer.pad_token_id or 0)
         layout = build_layout(rows, slots, self.layers, pad_id=pad, device=self.base.device)
-        plan = self._pack_plan(rows, layout)
+        plan = self._pack_plan(rows, slots, layout)
         with self._lock, torch.inference_mode():
             try:
                 if plan is not None:
@@ -226,9 +236,15 @@ class EncoderEngine:
                 self.layers.clear_route()
         return Features(out, layout, self._has_pooler)
 
-    def _pack_plan(self, rows: list[EncodedRow], layout: Layout) -> PackPlan | None:
-        """Packing is exact only without virtual tokens (app/runtime/packing.py)."""
+    def _pack_plan(
+        self, rows: list[EncodedRow], slots: list[int], layout: Layout
+    ) -> PackPlan | None:
+        """Packing is exact only without virtual tokens (app/runtime/packing.py). Rows of many
+        adapters stay padded: per token, the layers' LoRA products take one pair of small
+        products per adapter, and on CPU that costs more than the padding it saves."""
         if self._packing is None or any(layout.starts) or any(layout.prefix_lengths):
+            return None
+        if len(set(slots) - {0}) > self.pack_max_adapters:
             return None
         return plan_packing([len(row.input_ids) for row in rows], max_tokens=self.pack_max_tokens)
 
@@ -237,7 +253,21 @@ class EncoderEngine:
     ) -> Any:
         """The forward over packed bins, its outputs put back in the padded layout."""
         assert self._packing is not None
-        self.layers.route(plan.token_slots(slots), self.base.device, per_token=True)
+        device = self.base.device
+        index = row_index(plan, device)
+        gather = None
+        if len(set(slots)) > 1:  # mixed rows: LoRA products row by row (lora_products.py)
+            keep = (
+                torch.arange(index.shape[1], device=device)[None, :]
+                < torch.tensor(plan.lengths, device=device)[:, None]
+            )
+            gather = RowGather(
+                index=index.view(-1),
+                keep=keep.reshape(-1, 1).to(self._dtype),
+                slot_ids=torch.tensor(slots, dtype=torch.long, device=device),
+                longest=index.shape[1],
+            )
+        self.layers.route(plan.token_slots(slots), device, per_token=True, rows=gather)
         has_types = rows[0].token_type_ids is not None
         inputs = packed_inputs(
             plan,
@@ -246,13 +276,13 @@ class EncoderEngine:
             rule=self._packing,
             pad_id=int(self.base.tokenizer.pad_token_id or 0),
             dtype=self._dtype,
-            device=self.base.device,
+            device=device,
         )
         packed = self.base.model(**inputs, output_hidden_states=need_hidden)
         # The pooler (adapted too) runs again on each row's first token, routed by row.
-        self.layers.route(slots, self.base.device)
+        self.layers.route(slots, device)
         pooler = getattr(self.base.model, "pooler", None) if self._has_pooler else None
-        return unpack(packed, plan, pooler=pooler)
+        return unpack(packed, index, pooler=pooler)
 
     def _decode(
         self,

@@ -20,8 +20,10 @@ from app.errors import bad_request
 from app.registry.weights import AdapterWeights
 from app.runtime.lora_products import (
     Form,
+    RowGather,
     Segment,
     add_gathered,
+    add_row_gathered,
     add_segments,
     add_stacked,
     choose,
@@ -64,8 +66,10 @@ class BatchContext:
     ia3_slots: frozenset[int] = field(default_factory=frozenset)
     # None: each layer picks its copy-free form by shape; benches and tests may force one.
     form: Form | None = None
-    # slot_ids name a slot per token (a packed batch, app/runtime/packing.py), not per row.
+    # slot_ids name a slot per token (a packed batch, app/runtime/packing.py), not per row;
+    # `rows` then says where each row's tokens are, for the row-gathered LoRA products.
     per_token: bool = False
+    rows: RowGather | None = None
     # Derived from slot_ids once per batch (not per layer): see `plan`.
     _plan: RowPlan | None = None
     _masks: dict[tuple[int, torch.dtype, torch.device], torch.Tensor] = field(default_factory=dict)
@@ -211,7 +215,16 @@ class MultiLoraLinear(nn.Module):
             hidden = x.reshape(-1, self.in_features) @ a.t()
             out.view(-1, self.out_features).addmm_(hidden, bt)
             return out
-        if ctx.per_token:  # each token is a "row" of the products
+        if ctx.per_token and ctx.rows is not None:
+            add_row_gathered(
+                out.view(-1, self.out_features),
+                x.reshape(-1, self.in_features),
+                lora_a=self.lora_a,
+                lora_bt=self.lora_bt,
+                rows=ctx.rows,
+                rank=rank,
+            )
+        elif ctx.per_token:  # each token is a "row" of the products
             self._add_mixed(
                 out.view(-1, 1, out.shape[-1]), x.reshape(-1, 1, x.shape[-1]), rank=rank
             )
@@ -370,10 +383,18 @@ class LayerSet:
         else:
             self._ia3_slots.discard(slot)
 
-    def route(self, slot_ids: list[int], device: torch.device, *, per_token: bool = False) -> None:
+    def route(
+        self,
+        slot_ids: list[int],
+        device: torch.device,
+        *,
+        per_token: bool = False,
+        rows: RowGather | None = None,
+    ) -> None:
         """Point every layer at this batch's rows (or, packed, at each token's slot)."""
         unique = set(slot_ids)
         self.ctx.per_token = per_token
+        self.ctx.rows = rows
         self.ctx.slot_ids = torch.tensor(slot_ids, dtype=torch.long, device=device)
         self.ctx.uniform_slot = slot_ids[0] if len(unique) == 1 else None
         self.ctx.active_slots = frozenset(unique - {0})
@@ -386,6 +407,7 @@ class LayerSet:
     def clear_route(self) -> None:
         self.ctx.slot_ids = None
         self.ctx.per_token = False
+        self.ctx.rows = None
         self.ctx.uniform_slot = None
         self.ctx.active_slots = frozenset()
         self.ctx.ia3_slots = frozenset()

@@ -188,3 +188,40 @@ def add_gathered(
     bt = lora_bt[:, :rank].index_select(0, slot_ids)  # [rows, r, out]
     hidden = torch.bmm(x.reshape(x.shape[0], -1, x.shape[-1]), a.transpose(1, 2))
     out.view(out.shape[0], -1, out.shape[-1]).baddbmm_(hidden, bt)
+
+
+@dataclass(frozen=True)
+class RowGather:
+    """A packed batch seen row by row: `index` [rows * longest] places each padded-layout
+    position in the flattened bins, `keep` [rows * longest, 1] is 0 on padding, `slot_ids`
+    [rows] is each row's slot (app/runtime/packing.py)."""
+
+    index: torch.Tensor
+    keep: torch.Tensor
+    slot_ids: torch.Tensor
+    longest: int
+
+
+def add_row_gathered(
+    out: torch.Tensor,
+    x: torch.Tensor,
+    *,
+    lora_a: torch.Tensor,
+    lora_bt: torch.Tensor,
+    rows: RowGather,
+    rank: int,
+) -> None:
+    """The gather form for a packed batch ([tokens, features] `out` and `x`): each row's
+    tokens are gathered into a padded [rows, longest, in] copy (padding zeroed, so its delta is
+    zero), multiplied by the row's gathered A and B, and added back at their packed places.
+
+    Per token, a packed batch of many adapters would otherwise need a product pair per
+    adapter (segments) or a copy of A and B per token; this costs seven ops whatever the
+    number of adapters, on copies the size of the batch's activations.
+    """
+    count = rows.slot_ids.shape[0]
+    padded = x.index_select(0, rows.index).mul_(rows.keep).view(count, rows.longest, -1)
+    a = lora_a[:, :rank].index_select(0, rows.slot_ids)  # [rows, r, in]
+    bt = lora_bt[:, :rank].index_select(0, rows.slot_ids)  # [rows, r, out]
+    delta = torch.bmm(torch.bmm(padded, a.transpose(1, 2)), bt)
+    out.index_add_(0, rows.index, delta.view(-1, out.shape[-1]))

@@ -138,26 +138,31 @@ def packed_inputs(
     return {name: value.to(device) for name, value in inputs.items()}
 
 
-def unpack(
-    out: BaseModelOutputWithPooling,
-    plan: PackPlan,
-    *,
-    pooler: nn.Module | None,
-) -> BaseModelOutputWithPooling:
-    """The packed forward's outputs in the padded layout [rows, longest row, hidden].
+def row_index(plan: PackPlan, device: torch.device) -> torch.Tensor:
+    """[rows, longest row]: each padded-layout position's place in the flattened bins.
 
-    Padding positions read a real state of their bin (finite, and masked by every reader);
-    the pooler is run again per row, since the packed one read only each bin's first token.
+    Padding positions point at their row's first token (any real state: readers mask them).
     """
-    last_state = out.last_hidden_state
-    assert last_state is not None
     longest = max(plan.lengths)
     index = torch.zeros(len(plan.lengths), longest, dtype=torch.long)
     for row, ((bin_, offset), length) in enumerate(zip(plan.places, plan.lengths, strict=True)):
         start = bin_ * plan.width + offset
         index[row, :length] = torch.arange(start, start + length)
-        index[row, length:] = start  # any finite state: masked downstream
-    index = index.to(last_state.device)
+        index[row, length:] = start
+    return index.to(device)
+
+
+def unpack(
+    out: BaseModelOutputWithPooling,
+    index: torch.Tensor,
+    *,
+    pooler: nn.Module | None,
+) -> BaseModelOutputWithPooling:
+    """The packed forward's outputs in the padded layout [rows, longest row, hidden], by
+    `row_index`. The pooler is run again per row: the packed one read each bin's first token.
+    """
+    last_state = out.last_hidden_state
+    assert last_state is not None
 
     def spread(packed: torch.Tensor) -> torch.Tensor:
         flat = packed.reshape(-1, packed.shape[-1])

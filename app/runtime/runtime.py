@@ -107,6 +107,7 @@ class Runtime:
             truncate=settings.truncate_inputs,
             max_batch_rows=settings.max_batch_size,
             pack_max_tokens=settings.pack_max_tokens,
+            pack_max_adapters=settings.pack_max_adapters,
         )
         self.encoder_batcher = EncoderBatcher(
             self.encoder.run,

@@ -4,6 +4,7 @@ version list is read every time, so versions stored or deleted by another proces
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,11 +28,12 @@ def test_a_versions_record_is_read_once(
     registry.store.write_version("a", FILES, {"task": "classification", "labels": ["x", "y"]})
     reads: list[tuple[str, int]] = []
     read = registry.store.read_meta
-    monkeypatch.setattr(
-        registry.store,
-        "read_meta",
-        lambda name, version: reads.append((name, version)) or read(name, version),
-    )
+
+    def counted(name: str, version: int) -> dict[str, Any]:
+        reads.append((name, version))
+        return read(name, version)
+
+    monkeypatch.setattr(registry.store, "read_meta", counted)
     for _ in range(5):
         meta = registry.meta("a")
         assert (meta.version, meta.task, meta.labels) == (1, "classification", ["x", "y"])

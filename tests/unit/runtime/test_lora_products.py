@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from app.runtime.layers import BatchContext, MultiLoraLinear
-from app.runtime.lora_products import Segment, choose, run_segments
+from app.runtime.lora_products import RowGather, Segment, choose, run_segments
 
 
 def _layer(ranks: list[int]) -> tuple[MultiLoraLinear, BatchContext, dict[int, tuple]]:
@@ -120,3 +120,38 @@ def test_gather_leaves_the_slot_tables_unchanged() -> None:
     with torch.inference_mode():
         layer(torch.randn(4, 2, 6))
     assert torch.equal(layer.lora_a, tables[0]) and torch.equal(layer.lora_bt, tables[1])
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    rows=st.lists(st.tuples(st.integers(0, 4), st.integers(1, 5)), min_size=2, max_size=6),
+)
+def test_row_gathered_products_on_a_packed_batch_equal_the_per_row_formula(
+    rows: list[tuple[int, int]],
+) -> None:
+    """Ragged rows laid end to end (a packed batch): each row's tokens get its own delta,
+    padding positions gather zeros and add nothing."""
+    layer, ctx, pairs = _layer([2, 4, 0, 3])
+    slots, lengths = [s for s, _ in rows], [n for _, n in rows]
+    longest, total = max(lengths), sum(lengths)
+    x = torch.randn(total, 6)
+    index = torch.zeros(len(rows), longest, dtype=torch.long)
+    token_slots: list[int] = []
+    start = 0
+    for row, (slot, length) in enumerate(rows):
+        index[row, :length] = torch.arange(start, start + length)
+        index[row, length:] = start
+        token_slots += [slot] * length
+        start += length
+    keep = (torch.arange(longest)[None, :] < torch.tensor(lengths)[:, None]).reshape(-1, 1)
+    ctx.slot_ids = torch.tensor(token_slots)
+    ctx.uniform_slot = None
+    ctx.active_slots = frozenset(s for s in slots if s)
+    ctx.per_token = True
+    ctx.rows = RowGather(
+        index=index.view(-1), keep=keep.float(), slot_ids=torch.tensor(slots), longest=longest
+    )
+    with torch.inference_mode():
+        got = layer(x[None])[0]
+    expected = _expected(layer, x[:, None], token_slots, pairs)[:, 0]
+    assert (got - expected).abs().max() < 1e-5

@@ -180,8 +180,11 @@ def _jobs(runtime: Runtime, names: list[str]) -> list[EncodeRequest]:
     return jobs
 
 
-def _run(runtime: Runtime, names: list[str], *, pack: int) -> tuple[list[EncodeResult], list]:
+def _run(
+    runtime: Runtime, names: list[str], *, pack: int, adapters: int = 64
+) -> tuple[list[EncodeResult], list]:
     runtime.encoder.pack_max_tokens = pack
+    runtime.encoder.pack_max_adapters = adapters
     shapes: list[tuple[int, ...]] = []
     hook = runtime.base.model.register_forward_hook(
         lambda _m, _a, out: shapes.append(tuple(out.last_hidden_state.shape[:2]))
@@ -228,3 +231,17 @@ def test_prompt_rows_keep_the_padded_layout(served: tuple[Runtime, Registry]) ->
     packed, packed_shapes = _run(runtime, ["prompt", "lora1"], pack=256)
     assert packed_shapes == padded_shapes
     _same(packed, padded)
+
+
+def test_by_default_only_batches_of_one_adapter_pack(
+    served: tuple[Runtime, Registry], settings: Settings
+) -> None:
+    """Per token, each adapter of a mixed batch costs the layers a pair of small products;
+    under the default limit such a batch keeps the padded layout, one adapter's packs."""
+    runtime, _ = served
+    limit = settings.pack_max_adapters
+    _, mixed_shapes = _run(runtime, ["lora1", "lora2"], pack=256, adapters=limit)
+    _, padded_shapes = _run(runtime, ["lora1", "lora2"], pack=0, adapters=limit)
+    assert mixed_shapes == padded_shapes
+    _, one_shapes = _run(runtime, ["lora1"], pack=256, adapters=limit)
+    assert one_shapes[0][0] == 1

@@ -30,6 +30,7 @@ from pydantic import BaseModel
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
 from bench._common import base_dir, tempdir
+from bench.fewshot_data import sst2_sentences
 from bench.http_mix import load
 from tests.integration.conftest import free_port, start_server, stop_server
 
@@ -93,8 +94,9 @@ def _rss(pid: int) -> tuple[float, float]:
 
 
 def _measure(url: str, pid: int, names: list[str], args: argparse.Namespace) -> tuple:
-    load(url, names, clients=args.clients, seconds=3)  # warm every task
-    rate = load(url, names, clients=args.clients, seconds=args.seconds)
+    texts = sst2_sentences()  # distinct inputs, as real traffic has
+    load(url, names, clients=args.clients, seconds=3, texts=texts)  # warm every task
+    rate = load(url, names, clients=args.clients, seconds=args.seconds, texts=texts)
     return rate, *_rss(pid)
 
 

@@ -44,6 +44,72 @@ class Int8Linear(nn.Linear):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8"
 
 
+class _Int8Forward(torch.autograd.Function):
+    """The int8 kernel's output; for the input's gradient, the float weight (QLoRA's rule: the
+    forward is the quantized layer's, the backward goes through the weight it stands for)."""
+
+    @staticmethod
+    def forward(
+        ctx: torch.autograd.function.FunctionCtx,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        kernel: DynamicInt8Linear,
+    ) -> torch.Tensor:
+        ctx.save_for_backward(weight)
+        out: torch.Tensor = kernel(x.detach())
+        return out
+
+    @staticmethod
+    def backward(
+        ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor
+    ) -> tuple[torch.Tensor, None, None]:
+        (weight,) = ctx.saved_tensors  # type: ignore[attr-defined]
+        return grad @ weight.to(grad.dtype), None, None
+
+
+class Int8TrainLinear(nn.Linear):
+    """A training view's frozen linear that runs the serving layer's int8 kernel (shared, not
+    copied), so an adapter trained on an int8 base learns the function it will be served
+    with; gradients reach the layers below through the float weight."""
+
+    def __init__(self, linear: nn.Linear, kernel: DynamicInt8Linear) -> None:
+        nn.Module.__init__(self)
+        self.in_features = linear.in_features
+        self.out_features = linear.out_features
+        self.weight = linear.weight
+        self.bias = linear.bias
+        self.kernel = kernel
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and x.requires_grad:
+            out: torch.Tensor = _Int8Forward.apply(x, self.weight, self.kernel)
+            return out
+        # Nothing below needs a gradient (the frozen weight takes none): the kernel alone.
+        plain: torch.Tensor = self.kernel(x)
+        return plain
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8 (train)"
+
+
+def int8_training_view(view: nn.Module, served: nn.Module, paths: list[str], *, prefix: str) -> int:
+    """Give a training view the serving base's int8 kernels at `paths` (the base's int8
+    layers; `prefix` is where the base sits in the view). Returns how many were given."""
+    count = 0
+    for path in paths:
+        layer = served.get_submodule(path)
+        layer = getattr(layer, "base_layer", layer)  # the runtime's multi-adapter wrapper
+        target_path = prefix + path
+        target = view.get_submodule(target_path)
+        if not isinstance(layer, Int8Linear) or type(target) is not nn.Linear:
+            continue
+        parent_path, _, attr = target_path.rpartition(".")
+        parent = view.get_submodule(parent_path) if parent_path else view
+        setattr(parent, attr, Int8TrainLinear(target, layer.int8))
+        count += 1
+    return count
+
+
 def _quantize(linear: nn.Linear) -> DynamicInt8Linear:
     float_copy = nn.Linear(
         linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta"

@@ -22,6 +22,7 @@ from transformers import (
 
 from app.base import FrozenBase
 from app.errors import bad_request
+from app.quantized import int8_training_view
 from app.tasks import HEAD_TASKS, Readout, check_base
 
 
@@ -51,6 +52,10 @@ def build_view(base: FrozenBase, *, task: str, num_labels: int) -> PreTrainedMod
             _set(view, name, _init_like(tensor, base), is_param=True)
     if factory is AutoModelForMaskedLM:
         view.tie_weights()  # the new head's decoder bias is its `predictions.bias`
+    if base.int8_layers:
+        # QLoRA-style on an int8 base (`SWITCHYARD_DTYPE=int8`): trained through the served
+        # int8 forward, an adapter keeps its accuracy when served there (bench/README.md).
+        int8_training_view(view, base.model, base.int8_layers, prefix=prefix)
     view.to(base.device)
     for name, param in view.named_parameters():
         param.requires_grad_(name.split(".")[0] in ("classifier", "score"))

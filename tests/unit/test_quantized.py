@@ -16,13 +16,14 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from peft import LoraConfig, TaskType, get_peft_model
 from pydantic import ValidationError
 from torch import nn
 from transformers import BertModel, PreTrainedTokenizerBase
 
 from app.base import FrozenBase, load_base, pick_dtype, quantize_base, wrap_base
 from app.config import Settings
-from app.quantized import Int8Linear, int8_bytes
+from app.quantized import Int8Linear, Int8TrainLinear, int8_bytes
 from app.registry.records import AdapterRef
 from app.runtime.engine import EncodeRequest
 from app.training.view import build_view
@@ -152,18 +153,55 @@ def test_mixed_methods_in_one_forward_on_the_int8_base(
         assert cosine_rows(served, reference) > 0.99, name
 
 
-def test_training_views_of_the_int8_base_get_the_float_weights(
+def test_training_views_of_the_int8_base_share_its_float_weights_and_kernels(
     tiny_bert_dir: Path, tokenizer: PreTrainedTokenizerBase
 ) -> None:
     base = fresh_base(tiny_bert_dir, tokenizer, int8=True)
     view = build_view(base, task=SEQ, num_labels=3)
     query = view.get_submodule("bert.encoder.layer.0.attention.self.query")
-    assert type(query) is nn.Linear  # the view is float: PEFT injects into plain linears
+    assert isinstance(query, Int8TrainLinear)  # an nn.Linear: PEFT injects into it as usual
     assert query.weight.dtype == torch.float32
     served = base.model.get_submodule("encoder.layer.0.attention.self.query")
     assert isinstance(served, Int8Linear)
     assert query.weight.data_ptr() == served.weight.data_ptr()  # shared, not copied
+    assert query.kernel is served.int8  # the served kernel itself
     assert sum(p.numel() for p in view.parameters() if p.requires_grad) == 32 * 3 + 3
+    batch = tokenizer(TEXTS, padding=True, return_tensors="pt")
+    view.eval()  # no dropout: compare the arithmetic
+    with torch.no_grad():
+        trained_on = view.bert(**batch).last_hidden_state
+        served_as = base.model(**batch).last_hidden_state
+    assert torch.equal(trained_on, served_as)  # the adapter learns the function it is served
+
+
+def test_int8_training_gradients_go_through_the_float_weight() -> None:
+    torch.manual_seed(0)
+    linear = nn.Linear(8, 5)
+    served = Int8Linear(linear)
+    layer = Int8TrainLinear(linear, served.int8)
+    x = torch.randn(3, 8, requires_grad=True)
+    grad = torch.randn(3, 5)
+    out = layer(x)
+    out.backward(grad)
+    assert x.grad is not None and torch.allclose(x.grad, grad @ linear.weight, atol=1e-6)
+    assert linear.weight.grad is None  # the frozen weight takes no gradient
+    with torch.no_grad():
+        assert torch.equal(out, served(x))  # forward: the int8 kernel's output
+
+
+def test_a_lora_trains_on_the_int8_base(
+    tiny_bert_dir: Path, tokenizer: PreTrainedTokenizerBase
+) -> None:
+    base = fresh_base(tiny_bert_dir, tokenizer, int8=True)
+    view = build_view(base, task=SEQ, num_labels=3)
+    config = LoraConfig(task_type=TaskType.SEQ_CLS, r=4, target_modules=["query", "value"])
+    model = get_peft_model(view, config)
+    batch = tokenizer(TEXTS, padding=True, return_tensors="pt")
+    loss = model(**batch, labels=torch.tensor([0, 1, 2])).loss
+    loss.backward()
+    # B starts at zero (so A's first gradient is zero): B's gradient is the live one
+    grads = [p.grad for n, p in model.named_parameters() if "lora_B" in n]
+    assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)
 
 
 def test_info_names_the_int8_kernels_of_an_int8_base(

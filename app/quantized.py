@@ -78,7 +78,11 @@ class Int8TrainLinear(nn.Linear):
         self.out_features = linear.out_features
         self.weight = linear.weight
         self.bias = linear.bias
-        self.kernel = kernel
+        # Not a child module: the kernel belongs to the serving base, and a training view's
+        # state dict (checkpoints, the stored adapter) must not list its packed buffers.
+        object.__setattr__(self, "kernel", kernel)
+
+    kernel: DynamicInt8Linear
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled() and x.requires_grad:

@@ -18,6 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from peft import LoraConfig, TaskType, get_peft_model
 from pydantic import ValidationError
+from safetensors.torch import load
 from torch import nn
 from transformers import BertModel, PreTrainedTokenizerBase
 
@@ -25,7 +26,10 @@ from app.base import FrozenBase, load_base, pick_dtype, quantize_base, wrap_base
 from app.config import Settings
 from app.quantized import Int8Linear, Int8TrainLinear, int8_bytes
 from app.registry.records import AdapterRef
+from app.registry.store import CONFIG_FILE, WEIGHTS_FILE
 from app.runtime.engine import EncodeRequest
+from app.training.trainer import train
+from app.training.types import CancelToken, TrainingPlan
 from app.training.view import build_view
 from tests.unit.method_adapters import SEQ, make_runtime, peft_files, register
 
@@ -169,7 +173,7 @@ def test_training_views_of_the_int8_base_share_its_float_weights_and_kernels(
     batch = tokenizer(TEXTS, padding=True, return_tensors="pt")
     view.eval()  # no dropout: compare the arithmetic
     with torch.no_grad():
-        trained_on = view.bert(**batch).last_hidden_state
+        trained_on = view.get_submodule("bert")(**batch).last_hidden_state
         served_as = base.model(**batch).last_hidden_state
     assert torch.equal(trained_on, served_as)  # the adapter learns the function it is served
 
@@ -202,6 +206,8 @@ def test_a_lora_trains_on_the_int8_base(
     # B starts at zero (so A's first gradient is zero): B's gradient is the live one
     grads = [p.grad for n, p in model.named_parameters() if "lora_B" in n]
     assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)
+    # checkpoints read the state dict: the served kernel's packed buffers are not in it
+    assert not [k for k in model.state_dict() if "kernel" in k or "_packed_params" in k]
 
 
 def test_info_names_the_int8_kernels_of_an_int8_base(
@@ -219,3 +225,46 @@ def test_info_names_the_int8_kernels_of_an_int8_base(
         with TestClient(create_app(settings, base=base)) as client:
             info = client.get("/v1/info").json()["base_model"]
         assert (info["dtype"], info["linear_kernels"]) == ("float32", kernels)
+
+
+def test_a_lora_job_on_the_int8_base_stores_only_its_own_weights(
+    tiny_bert_dir: Path, tokenizer: PreTrainedTokenizerBase, settings: Settings
+) -> None:
+    """The whole trainer on an int8 base (the served runtime wraps its layers first): the job
+    ends, its file holds the LoRA and the head only, and the int8 runtime serves it."""
+    base = fresh_base(tiny_bert_dir, tokenizer, int8=True)
+    runtime, registry = make_runtime(base, settings)
+    words = [("good", "pos"), ("great", "pos"), ("bad", "neg"), ("awful", "neg")]
+    train_rows = [{"text": f"it was {w} today", "label": label} for w, label in words * 4]
+    plan = TrainingPlan(
+        adapter="q",
+        task=SEQ,
+        method="lora",
+        train_rows=train_rows,
+        validation_rows=train_rows[:4],
+        labels=["neg", "pos"],
+        hyperparameters={"epochs": 2, "batch_size": 4, "seed": 0},
+    )
+    outcome = train(
+        plan, base=base, reporter=_Quiet(), cancel=CancelToken(), max_rank=8, max_tokens=32
+    )
+    stored = load(outcome.files[WEIGHTS_FILE])
+    assert stored and all("lora_" in k or "classifier" in k for k in stored), sorted(stored)[:5]
+    registry.register(
+        "q",
+        config_bytes=outcome.files[CONFIG_FILE],
+        weights_bytes=outcome.files[WEIGHTS_FILE],
+        task=SEQ,
+        labels=["neg", "pos"],
+    )
+    rows = runtime.encoder.prepare(["it was good today"], task=SEQ)
+    result = runtime.encoder.run([EncodeRequest(key=AdapterRef("q", 1), task=SEQ, rows=rows)])[0]
+    assert result.error is None and result.outputs, result.error
+
+
+class _Quiet:
+    def progress(self, *, step: int, total_steps: int, epoch: float) -> None:
+        pass
+
+    def event(self, kind: str, data: dict[str, object]) -> None:
+        pass

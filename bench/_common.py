@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import statistics
 import tempfile
 import time
@@ -98,3 +99,18 @@ def wait_for_job(http: httpx.Client, job_id: str, timeout: float) -> dict[str, A
         time.sleep(1)
     http.post(f"/v1/training-jobs/{job_id}/cancel")
     return {"id": job_id, "status": "timed_out", "error": {"message": f"over {timeout} s"}}
+
+
+def upload_peft_folders(http: httpx.Client, root: Path, names: list[str]) -> None:
+    """POST each PEFT folder `root/<name>` as adapter `name` (labels a, b)."""
+    for name in names:
+        files = {
+            p.name: p.read_bytes()
+            for p in (root / name).iterdir()
+            if p.suffix in (".json", ".safetensors")
+        }
+        http.post(
+            "/v1/adapters",
+            data={"name": name, "labels": json.dumps(["a", "b"])},
+            files={k: (k, v) for k, v in files.items()},
+        ).raise_for_status()

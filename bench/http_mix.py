@@ -14,7 +14,6 @@ while the mixed load still costs one row per adapter. `--same-text` shows that c
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import statistics
 import subprocess
@@ -26,7 +25,7 @@ from pathlib import Path
 
 import httpx
 
-from bench._common import base_dir, make_lora_files, tempdir
+from bench._common import base_dir, make_lora_files, tempdir, upload_peft_folders
 from bench.fewshot_data import sst2_sentences
 from tests.integration.conftest import free_port, start_server, stop_server
 
@@ -86,17 +85,7 @@ def main() -> None:
     server = start_server(
         work / "store", env={"SWITCHYARD_DEVICE": args.device} if args.device else None
     )
-    for name in names:
-        files = {
-            p.name: p.read_bytes()
-            for p in (work / "peft" / name).iterdir()
-            if p.suffix in (".json", ".safetensors")
-        }
-        server.http.post(
-            "/v1/adapters",
-            data={"name": name, "labels": json.dumps(["a", "b"])},
-            files={k: (k, v) for k, v in files.items()},
-        ).raise_for_status()
+    upload_peft_folders(server.http, work / "peft", names)
     try:
         run = partial(load, server.url, clients=args.clients, texts=texts)
         run(names, seconds=3)  # warm every slot

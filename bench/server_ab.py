@@ -12,11 +12,10 @@ B/A ratio compares loads seconds apart, and the median over rounds is reported.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from pathlib import Path
 
-from bench._common import base_dir, make_lora_files, tempdir
+from bench._common import base_dir, make_lora_files, tempdir, upload_peft_folders
 from bench.fewshot_data import sst2_sentences
 from bench.http_mix import load
 from tests.integration.conftest import LiveServer, start_server, stop_server
@@ -34,18 +33,7 @@ def _env(pairs: list[str]) -> dict[str, str]:
 
 def _serve(work: Path, name: str, env: dict[str, str], names: list[str]) -> LiveServer:
     server = start_server(work / f"store-{name}", env=env)
-    for adapter in names:
-        folder = work / "peft" / adapter
-        files = {
-            p.name: p.read_bytes()
-            for p in folder.iterdir()
-            if p.suffix in (".json", ".safetensors")
-        }
-        server.http.post(
-            "/v1/adapters",
-            data={"name": adapter, "labels": json.dumps(["a", "b"])},
-            files={k: (k, v) for k, v in files.items()},
-        ).raise_for_status()
+    upload_peft_folders(server.http, work / "peft", names)
     return server
 
 

@@ -272,7 +272,7 @@ class EncoderEngine:
         inputs = packed_inputs(
             plan,
             [row.input_ids for row in rows],
-            [row.token_type_ids or [] for row in rows] if has_types else None,
+            [row.token_type_ids for row in rows] if has_types else None,
             rule=self._packing,
             pad_id=int(self.base.tokenizer.pad_token_id or 0),
             dtype=self._dtype,

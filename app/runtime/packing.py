@@ -99,7 +99,7 @@ def plan_packing(lengths: Sequence[int], *, max_tokens: int) -> PackPlan | None:
 def packed_inputs(
     plan: PackPlan,
     ids: Sequence[Sequence[int]],
-    types: Sequence[Sequence[int]] | None,
+    types: Sequence[Sequence[int] | None] | None,
     *,
     rule: PackingRule,
     pad_id: int,
@@ -118,7 +118,7 @@ def packed_inputs(
     for row, ((bin_, offset), length) in enumerate(zip(plan.places, plan.lengths, strict=True)):
         span = slice(offset, offset + length)
         input_ids[bin_, span] = torch.tensor(ids[row])
-        if types is not None:
+        if types is not None and types[row]:  # a row without types keeps type 0
             token_types[bin_, span] = torch.tensor(types[row])
         positions[bin_, span] = torch.arange(rule.position_offset, rule.position_offset + length)
         segment[bin_, span] = row

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 from torch import nn
@@ -245,3 +245,36 @@ def test_by_default_only_batches_of_one_adapter_pack(
     assert mixed_shapes == padded_shapes
     _, one_shapes = _run(runtime, ["lora1"], pack=256, adapters=limit)
     assert one_shapes[0][0] == 1
+
+
+_WORDS = ["film", "dull", "a", "great", "plot", "the", "actors", "shine", "meh", "!", "é", "42"]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    texts=st.lists(
+        st.lists(st.sampled_from(_WORDS), min_size=0, max_size=40).map(" ".join),
+        min_size=2,
+        max_size=9,
+    ),
+    names=st.sampled_from([["lora1"], ["lora1", "ia3"], ["tok"], ["lora2", "probe"]]),
+)
+def test_any_batch_packs_to_the_padded_numbers(
+    served: tuple[Runtime, Registry], texts: list[str], names: list[str]
+) -> None:
+    runtime, _ = served
+    engine = runtime.encoder
+    outputs = []
+    for pack in (0, 16):  # small bins: several per batch, rows longer than a bin alone
+        engine.pack_max_tokens, engine.pack_max_adapters = pack, 64
+        jobs = [
+            EncodeRequest(
+                key=AdapterRef(name, 1),
+                task=TOKEN if name == "tok" else SEQ,
+                rows=engine.prepare(texts, task=TOKEN if name == "tok" else SEQ),
+                raw=True,
+            )
+            for name in names
+        ]
+        outputs.append(engine.run(jobs))
+    _same(outputs[1], outputs[0])

@@ -87,19 +87,7 @@ def main() -> None:
     )
     upload_peft_folders(server.http, work / "peft", names)
     try:
-        run = partial(load, server.url, clients=args.clients, texts=texts)
-        run(names, seconds=3)  # warm every slot
-        # Rounds alternate (mixed, single, single, mixed, ...) so that the box's drift hits
-        # both loads alike; each round is `seconds / rounds` long.
-        part = args.seconds / args.rounds
-        mixed_rates: list[float] = []
-        single_rates: list[float] = []
-        for round_ in range(args.rounds):
-            order = (names, names[:1]) if round_ % 2 == 0 else (names[:1], names)
-            for chosen in order:
-                rate = run(chosen, seconds=part)
-                (mixed_rates if chosen is names else single_rates).append(rate)
-        mixed, single = statistics.median(mixed_rates), statistics.median(single_rates)
+        mixed, single = _alternate(server.url, names, args, texts)
     finally:
         stop_server(server)
     naive = _naive(work, names, args, texts)
@@ -115,6 +103,21 @@ def main() -> None:
         f"mixed / single: {mixed / single:.2f}x (target >= 0.9x); "
         f"mixed / naive: {mixed / naive:.1f}x (target >= 10x)"
     )
+
+
+def _alternate(
+    url: str, names: list[str], args: argparse.Namespace, texts: list[str]
+) -> tuple[float, float]:
+    """Median req/s of the mixed and the one-adapter load, in alternating rounds (mixed,
+    single, single, mixed, ...) so that the box's drift hits both alike."""
+    run = partial(load, url, clients=args.clients, texts=texts)
+    run(names, seconds=3)  # warm every slot
+    part = args.seconds / args.rounds
+    rates: dict[bool, list[float]] = {True: [], False: []}
+    for round_ in range(args.rounds):
+        for mixed in (True, False) if round_ % 2 == 0 else (False, True):
+            rates[mixed].append(run(names if mixed else names[:1], seconds=part))
+    return statistics.median(rates[True]), statistics.median(rates[False])
 
 
 def _naive(work: Path, names: list[str], args: argparse.Namespace, texts: list[str]) -> float:

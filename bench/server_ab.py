@@ -68,6 +68,11 @@ def main() -> None:
     finally:
         for server in servers.values():
             stop_server(server)
+    _report(rates, args)
+
+
+def _report(rates: dict[str, list[float]], args: argparse.Namespace) -> None:
+    """Medians per server and the median of the per-round B / A ratios."""
     ratios = sorted(b / a for a, b in zip(rates["A"], rates["B"], strict=True))
     print(f"A: {args.a or 'defaults'}  B: {args.b or 'defaults'}")
     print(

@@ -16,8 +16,9 @@ from app.config import Settings
 from app.registry.catalog import Registry
 from app.registry.records import AdapterRef
 from app.registry.store import CONFIG_FILE, WEIGHTS_FILE, AdapterStore
+from app.runtime.batch_context import BatchContext
 from app.runtime.engine import EncodeRequest
-from app.runtime.layers import BatchContext, LayerSet, MultiLoraLinear
+from app.runtime.layers import LayerSet, MultiLoraLinear
 from app.runtime.metrics import Metrics
 from app.runtime.runtime import Runtime
 from app.tasks import EMBEDDINGS

@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from app.runtime.layers import BatchContext, MultiLoraLinear
+from app.runtime.batch_context import BatchContext
+from app.runtime.layers import MultiLoraLinear
 from app.runtime.lora_products import RowGather, Segment, choose, run_segments
 
 

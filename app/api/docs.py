@@ -24,7 +24,7 @@ def install_docs(app: FastAPI) -> None:
     """Serve `/docs` and its assets; the app must be built with `docs_url=None`."""
     app.mount(ASSETS_URL, StaticFiles(directory=ASSETS), name="swagger-ui-assets")
 
-    @app.get("/docs", include_in_schema=False)
+    @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
     async def docs(request: Request) -> HTMLResponse:
         # Behind a proxy that strips a prefix, root_path keeps every URL on this app.
         root = request.scope.get("root_path", "").rstrip("/")

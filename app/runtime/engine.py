@@ -227,7 +227,9 @@ class EncoderEngine:
         with self._lock, torch.inference_mode():
             try:
                 if plan is not None:
-                    out = self._packed_forward(rows, slots, plan, need_hidden=need_hidden)
+                    out = self._packed_forward(
+                        rows, slots, plan, pad_id=pad, need_hidden=need_hidden
+                    )
                 else:
                     self.layers.route(slots, self.base.device)
                     inputs = model_inputs(layout, self.layers, self._embed, self._max_positions)
@@ -249,7 +251,13 @@ class EncoderEngine:
         return plan_packing([len(row.input_ids) for row in rows], max_tokens=self.pack_max_tokens)
 
     def _packed_forward(
-        self, rows: list[EncodedRow], slots: list[int], plan: PackPlan, *, need_hidden: bool
+        self,
+        rows: list[EncodedRow],
+        slots: list[int],
+        plan: PackPlan,
+        *,
+        pad_id: int,
+        need_hidden: bool,
     ) -> Any:
         """The forward over packed bins, its outputs put back in the padded layout."""
         assert self._packing is not None
@@ -274,7 +282,7 @@ class EncoderEngine:
             [row.input_ids for row in rows],
             [row.token_type_ids for row in rows] if has_types else None,
             rule=self._packing,
-            pad_id=int(self.base.tokenizer.pad_token_id or 0),
+            pad_id=pad_id,
             dtype=self._dtype,
             device=device,
         )

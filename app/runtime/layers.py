@@ -158,22 +158,18 @@ class MultiLoraLinear(nn.Module):
         return out
 
     def _add_packed(self, out: torch.Tensor, x: torch.Tensor, *, rank: int) -> None:
-        """A packed batch's deltas: row by row where the engine says where rows are, else
-        with each token as a row of the per-row forms."""
+        """A packed batch's deltas, row by row at the places the engine's `RowGather` names
+        (a packed batch of one slot takes the uniform path instead)."""
         rows = self.ctx.rows
-        if rows is not None:
-            add_row_gathered(
-                out.view(-1, self.out_features),
-                x.reshape(-1, self.in_features),
-                lora_a=self.lora_a,
-                lora_bt=self.lora_bt,
-                rows=rows,
-                rank=rank,
-            )
-        else:
-            self._add_mixed(
-                out.view(-1, 1, self.out_features), x.reshape(-1, 1, self.in_features), rank=rank
-            )
+        assert rows is not None, "a packed batch of several slots is routed with its rows"
+        add_row_gathered(
+            out.view(-1, self.out_features),
+            x.reshape(-1, self.in_features),
+            lora_a=self.lora_a,
+            lora_bt=self.lora_bt,
+            rows=rows,
+            rank=rank,
+        )
 
     def _add_mixed(self, out: torch.Tensor, x: torch.Tensor, *, rank: int) -> None:
         """Each row's own delta, added in place to `out` (this call's fresh result); the form is

@@ -54,7 +54,8 @@ def build_view(base: FrozenBase, *, task: str, num_labels: int) -> PreTrainedMod
         view.tie_weights()  # the new head's decoder bias is its `predictions.bias`
     if base.int8_layers:
         # QLoRA-style on an int8 base (`SWITCHYARD_DTYPE=int8`): trained through the served
-        # int8 forward, an adapter keeps its accuracy when served there (bench/README.md).
+        # int8 forward, an adapter learns the function it is served with (bench/README.md
+        # measures what that buys: not a dependable recovery of the int8 accuracy loss).
         int8_training_view(view, base.model, base.int8_layers, prefix=prefix)
     view.to(base.device)
     for name, param in view.named_parameters():

@@ -26,7 +26,7 @@ from transformers import (
 )
 
 from app.config import Settings
-from app.quantized import quantize_linears
+from app.quantized import VNNI_FLAGS, cpu_has_vnni, quantize_linears
 
 log = logging.getLogger(__name__)
 
@@ -158,19 +158,35 @@ def load_base(settings: Settings) -> FrozenBase:
         model, tokenizer, name=settings.base_model, path=path, device=device, kind=kind
     )
     if settings.dtype == "int8":
-        quantize_base(base)
+        quantize_base(base, full_range=int8_full_range(settings.int8_activations))
     return base
 
 
-def quantize_base(base: FrozenBase) -> None:
+def int8_full_range(choice: str, *, vnni: bool | None = None) -> bool:
+    """Whether the int8 kernels take 8-bit activations (`SWITCHYARD_INT8_ACTIVATIONS`).
+
+    8bit on a CPU without VNNI or AMX int8 is refused at start: its kernels sum pairs of
+    products in int16, and full-range activations could saturate into wrong outputs.
+    """
+    has_vnni = cpu_has_vnni() if vnni is None else vnni
+    if choice == "8bit" and not has_vnni:
+        raise ValueError(
+            "int8_activations '8bit' needs a CPU with VNNI or AMX int8 (flags "
+            f"{', '.join(sorted(VNNI_FLAGS))}); this one has none: use auto or 7bit"
+        )
+    return choice == "8bit" or (choice == "auto" and has_vnni)
+
+
+def quantize_base(base: FrozenBase, *, full_range: bool | None = None) -> None:
     """Serve the base's linear layers in int8; `parameters` and the fingerprint stay float.
 
     A decoder's LM head stays float: it is the widest layer and every generated token's
     choice reads it, so its error would cost the most for the least share of the time.
+    `full_range`: 8-bit activations (None: where the CPU has VNNI).
     """
     head = base.model.get_output_embeddings()
     skip = frozenset(n for n, m in base.model.named_modules() if head is not None and m is head)
-    base.int8_layers = quantize_linears(base.model, skip=skip)
+    base.int8_layers = quantize_linears(base.model, skip=skip, full_range=full_range)
 
 
 def wrap_base(

@@ -33,6 +33,11 @@ class Settings(BaseSettings):
         "auto",
         description="int8: float32 base whose linear layers run dynamic int8 kernels (CPU only)",
     )
+    int8_activations: Literal["auto", "7bit", "8bit"] = Field(
+        "auto",
+        description="activation range of the int8 kernels: auto is 8bit on CPUs with VNNI or "
+        "AMX int8 (int32 accumulation), else torch's 7bit, which cannot saturate",
+    )
     cache_dir: Path = Field(Path.home() / ".cache" / "switchyard", description="dequantized bases")
 
     # --- where things live

@@ -4,12 +4,19 @@ Each linear layer of the serving base runs torch's dynamic int8 kernel (weights 
 output channel once, activations per call). The float weights stay: training views share them
 (app/training/view.py), the fingerprint is the float base's, so adapters trained on the float
 base load unchanged, and every delta (LoRA, IA3, prompt, prefix, heads) stays in float.
+
+Activations use the full 8-bit range where the CPU has VNNI (or AMX) int8 instructions. torch's
+module form always quantizes them to 7 bits (`reduce_range=True`), because without VNNI the
+kernel's pairwise u8 x s8 products are summed in int16 and a full-range pair can saturate; with
+VNNI they accumulate in int32, and the extra bit halves the activation error for the same
+speed (bench/README.md, "int8 activation range").
 """
 
 from __future__ import annotations
 
 import logging
 import warnings
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -17,6 +24,31 @@ from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
 from torch.ao.quantization import per_channel_dynamic_qconfig
 
 log = logging.getLogger(__name__)
+
+# /proc/cpuinfo flags of int8 dot-product instructions that accumulate in int32.
+VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+
+
+def cpu_has_vnni(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether the CPU's flags name a VNNI or AMX int8 instruction set (False where unknown,
+    which keeps the safe 7-bit activations)."""
+    try:
+        text = cpuinfo.read_text(errors="replace")
+    except OSError:
+        return False
+    for line in text.splitlines():
+        key, _, flags = line.partition(":")
+        if key.strip() == "flags":
+            return not VNNI_FLAGS.isdisjoint(flags.split())
+    return False
+
+
+def int8_linear(x: torch.Tensor, kernel: DynamicInt8Linear, *, full_range: bool) -> torch.Tensor:
+    """The dynamic int8 kernel's output for `x`, activations in 8 bits when `full_range`."""
+    out: torch.Tensor = torch.ops.quantized.linear_dynamic(
+        x, kernel._packed_params._packed_params, reduce_range=not full_range
+    )
+    return out.to(x.dtype)
 
 
 class Int8Linear(nn.Linear):
@@ -27,7 +59,7 @@ class Int8Linear(nn.Linear):
     probes, IA3 tables, tied heads) still sees float tensors.
     """
 
-    def __init__(self, linear: nn.Linear) -> None:
+    def __init__(self, linear: nn.Linear, *, full_range: bool = False) -> None:
         # nn.Module's init only: nn.Linear's would allocate a second float weight.
         nn.Module.__init__(self)
         self.in_features = linear.in_features
@@ -35,13 +67,17 @@ class Int8Linear(nn.Linear):
         self.weight = linear.weight
         self.bias = linear.bias
         self.int8 = _quantize(linear)
+        self.full_range = full_range  # 8-bit activations (VNNI), else torch's 7-bit default
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self.int8(x)
-        return out
+        return int8_linear(x, self.int8, full_range=self.full_range)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, int8"
+        bits = 8 if self.full_range else 7
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"int8 ({bits}-bit activations)"
+        )
 
 
 class _Int8Forward(torch.autograd.Function):
@@ -53,11 +89,10 @@ class _Int8Forward(torch.autograd.Function):
         ctx: torch.autograd.function.FunctionCtx,
         x: torch.Tensor,
         weight: torch.Tensor,
-        kernel: DynamicInt8Linear,
+        served: Int8Linear,
     ) -> torch.Tensor:
         ctx.save_for_backward(weight)
-        out: torch.Tensor = kernel(x.detach())
-        return out
+        return served(x.detach())
 
     @staticmethod
     def backward(
@@ -72,25 +107,29 @@ class Int8TrainLinear(nn.Linear):
     copied), so an adapter trained on an int8 base learns the function it will be served
     with; gradients reach the layers below through the float weight."""
 
-    def __init__(self, linear: nn.Linear, kernel: DynamicInt8Linear) -> None:
+    def __init__(self, linear: nn.Linear, served: Int8Linear) -> None:
         nn.Module.__init__(self)
         self.in_features = linear.in_features
         self.out_features = linear.out_features
         self.weight = linear.weight
         self.bias = linear.bias
-        # Not a child module: the kernel belongs to the serving base, and a training view's
-        # state dict (checkpoints, the stored adapter) must not list its packed buffers.
-        object.__setattr__(self, "kernel", kernel)
+        # Not a child module: the served layer belongs to the serving base, and a training
+        # view's state dict (checkpoints, the stored adapter) must not list its packed buffers.
+        object.__setattr__(self, "served", served)
 
-    kernel: DynamicInt8Linear
+    served: Int8Linear
+
+    @property
+    def kernel(self) -> DynamicInt8Linear:
+        """The serving layer's packed int8 kernel (shared, not copied)."""
+        return self.served.int8
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled() and x.requires_grad:
-            out: torch.Tensor = _Int8Forward.apply(x, self.weight, self.kernel)
+            out: torch.Tensor = _Int8Forward.apply(x, self.weight, self.served)
             return out
         # Nothing below needs a gradient (the frozen weight takes none): the kernel alone.
-        plain: torch.Tensor = self.kernel(x)
-        return plain
+        return self.served(x)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 (train)"
@@ -109,7 +148,7 @@ def int8_training_view(view: nn.Module, served: nn.Module, paths: list[str], *, 
             continue
         parent_path, _, attr = target_path.rpartition(".")
         parent = view.get_submodule(parent_path) if parent_path else view
-        setattr(parent, attr, Int8TrainLinear(target, layer.int8))
+        setattr(parent, attr, Int8TrainLinear(target, layer))
         count += 1
     return count
 
@@ -131,11 +170,16 @@ def _quantize(linear: nn.Linear) -> DynamicInt8Linear:
     return quantized
 
 
-def quantize_linears(model: nn.Module, *, skip: frozenset[str] = frozenset()) -> list[str]:
+def quantize_linears(
+    model: nn.Module, *, skip: frozenset[str] = frozenset(), full_range: bool | None = None
+) -> list[str]:
     """Swap every float `nn.Linear` of `model` (but the paths in `skip`) for an `Int8Linear`.
 
-    Returns the swapped paths. Only CPU tensors can be quantized this way.
+    `full_range`: 8-bit activations; None decides by the CPU (`cpu_has_vnni`). Returns the
+    swapped paths. Only CPU tensors can be quantized this way.
     """
+    if full_range is None:
+        full_range = cpu_has_vnni()
     swapped = []
     for path, module in list(model.named_modules()):
         if type(module) is not nn.Linear or path in skip:
@@ -144,9 +188,13 @@ def quantize_linears(model: nn.Module, *, skip: frozenset[str] = frozenset()) ->
             raise ValueError(f"int8 base: {path} is on {module.weight.device}, int8 is CPU-only")
         parent_path, _, attr = path.rpartition(".")
         parent = model.get_submodule(parent_path) if parent_path else model
-        setattr(parent, attr, Int8Linear(module))
+        setattr(parent, attr, Int8Linear(module, full_range=full_range))
         swapped.append(path)
-    log.info("int8 base: %d linear layers quantized", len(swapped))
+    log.info(
+        "int8 base: %d linear layers quantized, %d-bit activations",
+        len(swapped),
+        8 if full_range else 7,
+    )
     return swapped
 
 

@@ -4,12 +4,15 @@ Speed, in process: the packaged MiniLM served by the runtime's encoder engine wi
 all-linear LoRA, rows/s of `engine.run` at batch sizes 1, 8 and 64. Every variant is timed in
 the same run, rounds interleaved (float, int8, ... float, int8, ...) so machine noise hits them
 alike; the ratio is each variant's median over float32's. Variants: `int8` (what the setting
-serves: every linear, torch's default `x86` quantized engine), `int8-onednn` (same, oneDNN
-kernels), `int8-ffn` (only the feed-forward linears, 2/3 of the weights).
+serves: every linear, torch's default `x86` quantized engine, 8-bit activations on CPUs with
+VNNI), `int8-7bit` (torch's own 7-bit activations), `int8-onednn` (oneDNN kernels), `int8-ffn`
+(only the feed-forward linears, 2/3 of the weights).
 
 Accuracy (`--accuracy`): one server on the float base trains a LoRA and a linear probe on
-SST-2 and TREC through the API, scores them on held-out rows, then a server on the same store
-with `SWITCHYARD_DTYPE=int8` scores the very same adapters (the fingerprint is the float one).
+SST-2 and TREC through the API, scores them on held-out rows, then servers on the same store
+with `SWITCHYARD_DTYPE=int8` (7-bit activations, then the default) score the very same adapters
+(the fingerprint is the float one). `--retrain` also trains the recipes on the int8 base
+(QLoRA-style) and scores those.
 
     python -m bench.int8 --repeat 5
     python -m bench.int8 --skip-speed --accuracy --train-rows 1000 --test-rows 500
@@ -43,6 +46,7 @@ SENTENCES = sst2_sentences()
 VARIANTS: dict[str, str | None] = {
     "float32": None,
     "int8": "x86",
+    "int8-7bit": "x86",
     "int8-onednn": "onednn",
     "int8-ffn": "x86",
 }
@@ -65,7 +69,11 @@ def build(name: str, work: Path, files: dict[str, bytes]) -> Served:
     engine_name = VARIANTS[name]
     if engine_name is not None:
         torch.backends.quantized.engine = engine_name  # packing depends on the engine
-        quantize_linears(base.model, skip=_skip(base, ffn_only=name.endswith("-ffn")))
+        quantize_linears(
+            base.model,
+            skip=_skip(base, ffn_only=name.endswith("-ffn")),
+            full_range=False if name.endswith("-7bit") else None,  # None: 8-bit with VNNI
+        )
     registry = Registry(AdapterStore(settings.store), base, settings)
     runtime = Runtime(base, registry, settings, Metrics())
     registry.register(
@@ -167,9 +175,15 @@ def _is_linear_kernel(key: str) -> bool:
 Adapter = tuple[str, str, list[dict[str, Any]], str]  # set name, method, test rows, adapter
 
 
+INT8_SERVERS = {
+    "int8 7-bit": {"SWITCHYARD_DTYPE": "int8", "SWITCHYARD_INT8_ACTIVATIONS": "7bit"},
+    "int8": {"SWITCHYARD_DTYPE": "int8"},  # what the setting serves: 8-bit with VNNI
+}
+
+
 def accuracy(args: argparse.Namespace) -> None:
-    """Train on the float base through the API and score on float and on int8; then train the
-    same recipes on the int8 base (QLoRA-style, through the int8 forward) and score on int8."""
+    """Train on the float base through the API and score on float and on each int8 server;
+    with `--retrain`, also train the same recipes on the int8 base and score them there."""
     from tests.integration.conftest import start_server, stop_server
 
     work = tempdir()
@@ -180,25 +194,25 @@ def accuracy(args: argparse.Namespace) -> None:
         scores = {a[3]: [_score(server, a)] for a in adapters}
     finally:
         stop_server(server)
-    server = start_server(store, env={"SWITCHYARD_DTYPE": "int8"})
-    try:
-        for adapter in adapters:
-            scores[adapter[3]].append(_score(server, adapter))
-        on_int8 = _train_all(server, work, args)
-        for adapter, own in zip(adapters, on_int8, strict=True):
-            scores[adapter[3]].append(_score(server, own))
-    finally:
-        stop_server(server)
-    print(
-        f"{'dataset':8s} {'method':13s} {'test rows':>9s} {'float32':>8s} {'int8':>8s} delta"
-        f"  {'trained on int8':>15s} delta"
-    )
+    columns = ["float32", *INT8_SERVERS]
+    for env in INT8_SERVERS.values():
+        server = start_server(store, env=env)
+        try:
+            for adapter in adapters:
+                scores[adapter[3]].append(_score(server, adapter))
+            if args.retrain and env is INT8_SERVERS["int8"]:
+                columns.append("trained on int8")
+                on_int8 = _train_all(server, work, args)
+                for adapter, own in zip(adapters, on_int8, strict=True):
+                    scores[adapter[3]].append(_score(server, own))
+        finally:
+            stop_server(server)
+    header = "".join(f"{c:>26s}" for c in columns)
+    print(f"{'dataset':8s} {'method':13s} {'test rows':>9s} {header}")
     for name, method, test, stored in adapters:
-        f32, i8, retrained = scores[stored]
-        print(
-            f"{name:8s} {method:13s} {len(test):9d} {f32:8.2%} {i8:8.2%} "
-            f"{100 * (i8 - f32):+.2f} pt {retrained:15.2%} {100 * (retrained - f32):+.2f} pt"
-        )
+        f32, *others = scores[stored]
+        cells = "".join(f"{v:15.2%} ({100 * (v - f32):+.2f} pt)" for v in others)
+        print(f"{name:8s} {method:13s} {len(test):9d} {f32:26.2%}{cells}")
 
 
 def _train_all(server: Any, work: Path, args: argparse.Namespace) -> list[Adapter]:
@@ -236,6 +250,7 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="linear kernels' share of time")
     parser.add_argument("--profile-rows", type=int, default=8)
     parser.add_argument("--accuracy", action="store_true")
+    parser.add_argument("--retrain", action="store_true", help="also train on the int8 base")
     parser.add_argument("--datasets", nargs="+", default=["sst2", "trec"])
     parser.add_argument("--methods", nargs="+", default=["lora", "linear_probe"])
     parser.add_argument("--train-rows", type=int, default=1000)

@@ -1,7 +1,8 @@
 """The int8 frozen base (`SWITCHYARD_DTYPE=int8`): settings, loading, accuracy, training weights.
 
 Tolerances: weights are quantized per output channel (error <= max|w_row| / 254 per weight) and
-activations per call over the whole tensor with 7-bit range (error <= max|x| / 254), so each
+activations per call over the whole tensor with 7-bit range (error <= max|x| / 254; 8-bit,
+half that, on CPUs with VNNI), so each
 layer's output carries a relative error of about 1%; through two tiny layers the logits of the
 same adapter stay within a cosine of 0.99 of the float base's. Activation scales are taken over
 the whole batch, so a row's int8 output depends slightly on the other rows: int8 rows are
@@ -10,6 +11,7 @@ compared with the float base, not with themselves alone.
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -22,9 +24,9 @@ from safetensors.torch import load
 from torch import nn
 from transformers import BertModel, PreTrainedTokenizerBase
 
-from app.base import FrozenBase, load_base, pick_dtype, quantize_base, wrap_base
+from app.base import FrozenBase, int8_full_range, load_base, pick_dtype, quantize_base, wrap_base
 from app.config import Settings
-from app.quantized import Int8Linear, Int8TrainLinear, int8_bytes
+from app.quantized import VNNI_FLAGS, Int8Linear, Int8TrainLinear, cpu_has_vnni, int8_bytes
 from app.registry.records import AdapterRef
 from app.registry.store import CONFIG_FILE, WEIGHTS_FILE
 from app.runtime.engine import EncodeRequest
@@ -182,7 +184,7 @@ def test_int8_training_gradients_go_through_the_float_weight() -> None:
     torch.manual_seed(0)
     linear = nn.Linear(8, 5)
     served = Int8Linear(linear)
-    layer = Int8TrainLinear(linear, served.int8)
+    layer = Int8TrainLinear(linear, served)
     x = torch.randn(3, 8, requires_grad=True)
     grad = torch.randn(3, 5)
     out = layer(x)
@@ -268,3 +270,51 @@ class _Quiet:
 
     def event(self, kind: str, data: dict[str, object]) -> None:
         pass
+
+
+FLAG_WORDS = st.sampled_from(
+    ["fpu", "sse2", "avx2", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8"]
+)
+
+
+@given(st.lists(FLAG_WORDS, max_size=8), st.text(max_size=40))
+def test_cpu_has_vnni_reads_the_flags_line(flags: list[str], noise: str) -> None:
+    # Only the `flags` line counts: noise before it (model names, other keys) never does.
+    cpuinfo = Path(tempfile.mkdtemp()) / "cpuinfo"
+    noise_line = "model name\t: " + noise.replace("\n", " ").replace("\r", " ")
+    cpuinfo.write_text(f"processor\t: 0\n{noise_line}\nflags\t\t: {' '.join(flags)}\n")
+    assert cpu_has_vnni(cpuinfo) == bool(VNNI_FLAGS & set(flags))
+
+
+def test_cpu_has_vnni_is_false_where_unknown(tmp_path: Path) -> None:
+    assert cpu_has_vnni(tmp_path / "missing") is False
+    (tmp_path / "noflags").write_text("processor\t: 0\n")
+    assert cpu_has_vnni(tmp_path / "noflags") is False
+
+
+def test_int8_activation_range_setting() -> None:
+    assert int8_full_range("auto", vnni=True) is True
+    assert int8_full_range("auto", vnni=False) is False
+    assert int8_full_range("7bit", vnni=True) is False
+    assert int8_full_range("8bit", vnni=True) is True
+    with pytest.raises(ValueError, match=r"'8bit' needs a CPU with VNNI.*avx512_vnni"):
+        int8_full_range("8bit", vnni=False)
+    assert Settings(int8_activations="8bit", _env_file=None).int8_activations == "8bit"
+    with pytest.raises(ValidationError):
+        Settings(int8_activations="6bit", _env_file=None)
+
+
+@pytest.mark.skipif(not cpu_has_vnni(), reason="8-bit activations need VNNI or AMX int8")
+def test_full_range_activations_halve_the_error() -> None:
+    torch.manual_seed(0)
+    linear = nn.Linear(384, 384)
+    # Real activations have outlier channels; they set the scale the other channels share.
+    x = torch.randn(64, 384)
+    x[:, :4] *= 8.0
+    exact = linear(x).detach()
+    errors = {}
+    for full in (False, True):
+        layer = Int8Linear(linear, full_range=full)
+        with torch.no_grad():
+            errors[full] = float((layer(x) - exact).norm() / exact.norm())
+    assert errors[True] < 0.7 * errors[False], errors

@@ -105,6 +105,8 @@ def is_json(content_type: str | None) -> bool:
     """
     if not content_type:
         return True
+    if content_type == "application/json":
+        return True  # what nearly every client sends: no header parsing on the serving path
     message = email.message.Message()
     message["content-type"] = content_type
     if message.get_content_maintype() != "application":

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from app.base import FrozenBase
 from app.config import Settings
+from app.api.json_route import is_json
 from app.main import create_app
 from tests.conftest import peft_adapter, upload
 
@@ -268,3 +269,19 @@ def test_a_body_without_a_content_type_is_checked_too(app_client: TestClient) ->
     assert response.json()["error"]["code"] == "invalid_text"
     plain = app_client.post("/v1/adapters/sst2/predict", json={"inputs": ["fine"]})
     assert plain.status_code == 200
+
+
+@given(
+    st.sampled_from(["application", "Application", "text", "multipart"]),
+    st.sampled_from(["json", "JSON", "ld+json", "x-www-form-urlencoded", "plain", "form-data"]),
+    st.sampled_from(["", "; charset=utf-8", ";charset=UTF-8", "; boundary=x"]),
+)
+def test_is_json_fast_path_agrees_with_header_parsing(main: str, sub: str, params: str) -> None:
+    # The literal "application/json" skips the header parser; every spelling must still agree.
+    content_type = f"{main}/{sub}{params}"
+    expected = main.lower() == "application" and (
+        sub.lower() == "json" or sub.lower().endswith("+json")
+    )
+    assert is_json(content_type) is expected
+    assert is_json("application/json") is True
+    assert is_json(None) is True  # FastAPI may parse a body without a content type as JSON

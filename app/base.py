@@ -26,7 +26,7 @@ from transformers import (
 )
 
 from app.config import Settings
-from app.quantized import VNNI_FLAGS, cpu_has_vnni, quantize_linears
+from app.quantized import AMX_FLAG, VNNI_FLAGS, Int8Plan, cpu_flags, quantize_linears
 
 log = logging.getLogger(__name__)
 
@@ -158,35 +158,42 @@ def load_base(settings: Settings) -> FrozenBase:
         model, tokenizer, name=settings.base_model, path=path, device=device, kind=kind
     )
     if settings.dtype == "int8":
-        quantize_base(base, full_range=int8_full_range(settings.int8_activations))
+        quantize_base(base, plan=int8_plan(settings, flags=cpu_flags()))
     return base
 
 
-def int8_full_range(choice: str, *, vnni: bool | None = None) -> bool:
-    """Whether the int8 kernels take 8-bit activations (`SWITCHYARD_INT8_ACTIVATIONS`).
+def int8_plan(settings: Settings, *, flags: frozenset[str]) -> Int8Plan:
+    """How the int8 layers run on a CPU with these feature `flags`.
 
-    8bit on a CPU without VNNI or AMX int8 is refused at start: its kernels sum pairs of
-    products in int16, and full-range activations could saturate into wrong outputs.
+    Activations (`SWITCHYARD_INT8_ACTIVATIONS`): 8bit on a CPU without VNNI or AMX int8 is
+    refused at start, as its kernels sum pairs of products in int16 and full-range activations
+    could saturate into wrong outputs. oneDNN's kernels (`SWITCHYARD_INT8_ONEDNN_FROM_TOKENS`)
+    are used only where the CPU has AMX int8 and torch ships the engine.
     """
-    has_vnni = cpu_has_vnni() if vnni is None else vnni
+    has_vnni = not VNNI_FLAGS.isdisjoint(flags)
+    choice = settings.int8_activations
     if choice == "8bit" and not has_vnni:
         raise ValueError(
             "int8_activations '8bit' needs a CPU with VNNI or AMX int8 (flags "
             f"{', '.join(sorted(VNNI_FLAGS))}); this one has none: use auto or 7bit"
         )
-    return choice == "8bit" or (choice == "auto" and has_vnni)
+    onednn = AMX_FLAG in flags and "onednn" in torch.backends.quantized.supported_engines
+    return Int8Plan(
+        full_range=choice == "8bit" or (choice == "auto" and has_vnni),
+        onednn_from_tokens=settings.int8_onednn_from_tokens if onednn else 0,
+    )
 
 
-def quantize_base(base: FrozenBase, *, full_range: bool | None = None) -> None:
+def quantize_base(base: FrozenBase, *, plan: Int8Plan | None = None) -> None:
     """Serve the base's linear layers in int8; `parameters` and the fingerprint stay float.
 
     A decoder's LM head stays float: it is the widest layer and every generated token's
     choice reads it, so its error would cost the most for the least share of the time.
-    `full_range`: 8-bit activations (None: where the CPU has VNNI).
+    `plan` None: torch's defaults (7-bit activations, fbgemm kernels).
     """
     head = base.model.get_output_embeddings()
     skip = frozenset(n for n, m in base.model.named_modules() if head is not None and m is head)
-    base.int8_layers = quantize_linears(base.model, skip=skip, full_range=full_range)
+    base.int8_layers = quantize_linears(base.model, skip=skip, plan=plan)
 
 
 def wrap_base(

@@ -38,6 +38,13 @@ class Settings(BaseSettings):
         description="activation range of the int8 kernels: auto is 8bit on CPUs with VNNI or "
         "AMX int8 (int32 accumulation), else torch's 7bit, which cannot saturate",
     )
+    int8_onednn_from_tokens: int = Field(
+        128,
+        ge=0,
+        le=1_000_000,
+        description="on CPUs with AMX int8, int8 calls of at least this many tokens run "
+        "oneDNN's kernels (faster for many tokens), fewer fbgemm's; 0: fbgemm only",
+    )
     cache_dir: Path = Field(Path.home() / ".cache" / "switchyard", description="dequantized bases")
 
     # --- where things live

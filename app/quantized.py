@@ -10,12 +10,20 @@ module form always quantizes them to 7 bits (`reduce_range=True`), because witho
 kernel's pairwise u8 x s8 products are summed in int16 and a full-range pair can saturate; with
 VNNI they accumulate in int32, and the extra bit halves the activation error for the same
 speed (bench/README.md, "int8 activation range").
+
+Where the CPU has AMX int8 tiles, calls of many tokens run oneDNN's kernels instead of
+fbgemm's: oneDNN was 2-4x faster there from about 128 tokens, fbgemm faster for a few tokens
+(bench/README.md, "int8 kernels by call size"). Each layer then holds both packings (the int8
+weights twice: 11 MB more for MiniLM).
 """
 
 from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -27,20 +35,36 @@ log = logging.getLogger(__name__)
 
 # /proc/cpuinfo flags of int8 dot-product instructions that accumulate in int32.
 VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+AMX_FLAG = "amx_int8"
+CPUINFO = Path("/proc/cpuinfo")
 
 
-def cpu_has_vnni(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
-    """Whether the CPU's flags name a VNNI or AMX int8 instruction set (False where unknown,
-    which keeps the safe 7-bit activations)."""
+@dataclass(frozen=True)
+class Int8Plan:
+    """How the int8 layers run: 8-bit activations (`full_range`, needs VNNI) and from how many
+    tokens a call takes oneDNN's kernels (`onednn_from_tokens`; 0: never, fbgemm only)."""
+
+    full_range: bool = False
+    onednn_from_tokens: int = 0
+
+
+def cpu_flags(cpuinfo: Path = CPUINFO) -> frozenset[str]:
+    """The CPU's feature flags (the first `flags` line of /proc/cpuinfo); empty where unknown,
+    which keeps the safe choices: 7-bit activations, fbgemm only."""
     try:
         text = cpuinfo.read_text(errors="replace")
     except OSError:
-        return False
+        return frozenset()
     for line in text.splitlines():
         key, _, flags = line.partition(":")
         if key.strip() == "flags":
-            return not VNNI_FLAGS.isdisjoint(flags.split())
-    return False
+            return frozenset(flags.split())
+    return frozenset()
+
+
+def cpu_has_vnni(cpuinfo: Path = CPUINFO) -> bool:
+    """Whether the CPU has a VNNI or AMX int8 instruction set."""
+    return not VNNI_FLAGS.isdisjoint(cpu_flags(cpuinfo))
 
 
 def int8_linear(x: torch.Tensor, kernel: DynamicInt8Linear, *, full_range: bool) -> torch.Tensor:
@@ -59,24 +83,34 @@ class Int8Linear(nn.Linear):
     probes, IA3 tables, tied heads) still sees float tensors.
     """
 
-    def __init__(self, linear: nn.Linear, *, full_range: bool = False) -> None:
+    def __init__(self, linear: nn.Linear, plan: Int8Plan | None = None) -> None:
         # nn.Module's init only: nn.Linear's would allocate a second float weight.
         nn.Module.__init__(self)
         self.in_features = linear.in_features
         self.out_features = linear.out_features
         self.weight = linear.weight
         self.bias = linear.bias
-        self.int8 = _quantize(linear)
-        self.full_range = full_range  # 8-bit activations (VNNI), else torch's 7-bit default
+        self.plan = plan or Int8Plan()
+        self.int8 = _quantize(linear, engine=None)
+        # oneDNN's packing of the same weights, for calls of many tokens (None: not used).
+        self.int8_large = (
+            _quantize(linear, engine="onednn") if self.plan.onednn_from_tokens else None
+        )
+        self._large_from = self.plan.onednn_from_tokens * self.in_features  # in elements
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return int8_linear(x, self.int8, full_range=self.full_range)
+        kernel = self.int8
+        if self.int8_large is not None and x.numel() >= self._large_from:
+            kernel = self.int8_large
+        return int8_linear(x, kernel, full_range=self.plan.full_range)
 
     def extra_repr(self) -> str:
-        bits = 8 if self.full_range else 7
+        bits = 8 if self.plan.full_range else 7
+        large = self.plan.onednn_from_tokens
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
-            f"int8 ({bits}-bit activations)"
+            f"int8 ({bits}-bit activations"
+            + (f", oneDNN from {large} tokens)" if self.int8_large is not None else ")")
         )
 
 
@@ -153,7 +187,19 @@ def int8_training_view(view: nn.Module, served: nn.Module, paths: list[str], *, 
     return count
 
 
-def _quantize(linear: nn.Linear) -> DynamicInt8Linear:
+@contextmanager
+def _packing_engine(engine: str | None) -> Iterator[None]:
+    """Pack under `engine` (None: the current one); a packing runs under any engine after."""
+    previous = torch.backends.quantized.engine
+    if engine is not None:
+        torch.backends.quantized.engine = engine
+    try:
+        yield
+    finally:
+        torch.backends.quantized.engine = previous
+
+
+def _quantize(linear: nn.Linear, *, engine: str | None) -> DynamicInt8Linear:
     float_copy = nn.Linear(
         linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta"
     )
@@ -162,7 +208,7 @@ def _quantize(linear: nn.Linear) -> DynamicInt8Linear:
         float_copy.bias = nn.Parameter(linear.bias.detach().float(), requires_grad=False)
     # Per output channel: one scale per row keeps the error of rows with small weights low.
     float_copy.qconfig = per_channel_dynamic_qconfig  # type: ignore[assignment]
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _packing_engine(engine):
         # torch marks eager-mode quantization deprecated in favour of torchao, whose CPU int8
         # path measured slower here (bench/README.md, issue 15); the kernels are the same.
         warnings.simplefilter("ignore")
@@ -171,15 +217,14 @@ def _quantize(linear: nn.Linear) -> DynamicInt8Linear:
 
 
 def quantize_linears(
-    model: nn.Module, *, skip: frozenset[str] = frozenset(), full_range: bool | None = None
+    model: nn.Module, *, skip: frozenset[str] = frozenset(), plan: Int8Plan | None = None
 ) -> list[str]:
     """Swap every float `nn.Linear` of `model` (but the paths in `skip`) for an `Int8Linear`.
 
-    `full_range`: 8-bit activations; None decides by the CPU (`cpu_has_vnni`). Returns the
-    swapped paths. Only CPU tensors can be quantized this way.
+    `plan` None: torch's defaults (7-bit activations, fbgemm only). Returns the swapped paths.
+    Only CPU tensors can be quantized this way.
     """
-    if full_range is None:
-        full_range = cpu_has_vnni()
+    plan = plan or Int8Plan()
     swapped = []
     for path, module in list(model.named_modules()):
         if type(module) is not nn.Linear or path in skip:
@@ -188,12 +233,13 @@ def quantize_linears(
             raise ValueError(f"int8 base: {path} is on {module.weight.device}, int8 is CPU-only")
         parent_path, _, attr = path.rpartition(".")
         parent = model.get_submodule(parent_path) if parent_path else model
-        setattr(parent, attr, Int8Linear(module, full_range=full_range))
+        setattr(parent, attr, Int8Linear(module, plan))
         swapped.append(path)
     log.info(
-        "int8 base: %d linear layers quantized, %d-bit activations",
+        "int8 base: %d linear layers quantized, %d-bit activations, oneDNN kernels %s",
         len(swapped),
-        8 if full_range else 7,
+        8 if plan.full_range else 7,
+        f"from {plan.onednn_from_tokens} tokens" if plan.onednn_from_tokens else "off",
     )
     return swapped
 
@@ -203,5 +249,8 @@ def int8_bytes(model: nn.Module) -> int:
     total = 0
     for module in model.modules():
         if isinstance(module, Int8Linear):
-            total += module.out_features * module.in_features + module.out_features * 16
+            packings = 1 if module.int8_large is None else 2
+            total += packings * (
+                module.out_features * module.in_features + module.out_features * 16
+            )
     return total

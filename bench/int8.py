@@ -4,9 +4,10 @@ Speed, in process: the packaged MiniLM served by the runtime's encoder engine wi
 all-linear LoRA, rows/s of `engine.run` at batch sizes 1, 8 and 64. Every variant is timed in
 the same run, rounds interleaved (float, int8, ... float, int8, ...) so machine noise hits them
 alike; the ratio is each variant's median over float32's. Variants: `int8` (what the setting
-serves: every linear, torch's default `x86` quantized engine, 8-bit activations on CPUs with
-VNNI), `int8-7bit` (torch's own 7-bit activations), `int8-onednn` (oneDNN kernels), `int8-ffn`
-(only the feed-forward linears, 2/3 of the weights).
+serves: every linear; 8-bit activations on CPUs with VNNI; oneDNN's kernels from 128 tokens
+a call on CPUs with AMX, fbgemm's below), `int8-7bit` (torch's own module: 7-bit activations,
+fbgemm), `int8-fbgemm` and `int8-onednn` (one kernel family for every call), `int8-ffn` (only
+the feed-forward linears, 2/3 of the weights).
 
 Accuracy (`--accuracy`): one server on the float base trains a LoRA and a linear probe on
 SST-2 and TREC through the API, scores them on held-out rows, then servers on the same store
@@ -23,15 +24,15 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from app.base import FrozenBase, load_base
+from app.base import FrozenBase, int8_plan, load_base
 from app.config import Settings
-from app.quantized import int8_bytes, quantize_linears
+from app.quantized import Int8Plan, cpu_flags, int8_bytes, quantize_linears
 from app.registry.catalog import Registry
 from app.registry.records import AdapterRef
 from app.registry.store import AdapterStore
@@ -42,13 +43,15 @@ from bench._common import base_dir, make_lora_files, tempdir
 from bench.fewshot_data import sst2_sentences
 
 SENTENCES = sst2_sentences()
-# torch quantized engine each variant packs and runs with; None: float32.
-VARIANTS: dict[str, str | None] = {
+_SERVED = int8_plan(Settings(_env_file=None), flags=cpu_flags())  # what the setting serves
+# How each variant's linear layers run; None: float32.
+VARIANTS: dict[str, Int8Plan | None] = {
     "float32": None,
-    "int8": "x86",
-    "int8-7bit": "x86",
-    "int8-onednn": "onednn",
-    "int8-ffn": "x86",
+    "int8": _SERVED,
+    "int8-7bit": Int8Plan(full_range=False),  # torch's own module: 7 bits, fbgemm only
+    "int8-fbgemm": replace(_SERVED, onednn_from_tokens=0),
+    "int8-onednn": replace(_SERVED, onednn_from_tokens=1),  # oneDNN for every call
+    "int8-ffn": _SERVED,
 }
 
 
@@ -58,7 +61,6 @@ class Served:
 
     name: str
     engine: EncoderEngine
-    quantized_engine: str | None
     extra_bytes: int
 
 
@@ -66,14 +68,9 @@ def build(name: str, work: Path, files: dict[str, bytes]) -> Served:
     """A runtime over a fresh MiniLM, quantized as the variant says, with one LoRA."""
     settings = Settings(store=work / name, device="cpu", dtype="float32", _env_file=None)
     base = load_base(settings)
-    engine_name = VARIANTS[name]
-    if engine_name is not None:
-        torch.backends.quantized.engine = engine_name  # packing depends on the engine
-        quantize_linears(
-            base.model,
-            skip=_skip(base, ffn_only=name.endswith("-ffn")),
-            full_range=False if name.endswith("-7bit") else None,  # None: 8-bit with VNNI
-        )
+    plan = VARIANTS[name]
+    if plan is not None:
+        quantize_linears(base.model, skip=_skip(base, ffn_only=name.endswith("-ffn")), plan=plan)
     registry = Registry(AdapterStore(settings.store), base, settings)
     runtime = Runtime(base, registry, settings, Metrics())
     registry.register(
@@ -83,7 +80,7 @@ def build(name: str, work: Path, files: dict[str, bytes]) -> Served:
         task="classification",
         labels=["a", "b"],
     )
-    return Served(name, runtime.encoder, engine_name, int8_bytes(base.model))
+    return Served(name, runtime.encoder, int8_bytes(base.model))
 
 
 def _skip(base: FrozenBase, *, ffn_only: bool) -> frozenset[str]:
@@ -100,8 +97,6 @@ def _skip(base: FrozenBase, *, ffn_only: bool) -> frozenset[str]:
 
 def rows_per_second(served: Served, rows: int, calls: int) -> float:
     """Rows/s of `calls` engine runs of `rows` rows on the LoRA adapter."""
-    if served.quantized_engine is not None:
-        torch.backends.quantized.engine = served.quantized_engine
     engine = served.engine
     job = EncodeRequest(
         key=AdapterRef("lora", 1),

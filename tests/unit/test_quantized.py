@@ -24,9 +24,18 @@ from safetensors.torch import load
 from torch import nn
 from transformers import BertModel, PreTrainedTokenizerBase
 
-from app.base import FrozenBase, int8_full_range, load_base, pick_dtype, quantize_base, wrap_base
+from app.base import FrozenBase, int8_plan, load_base, pick_dtype, quantize_base, wrap_base
 from app.config import Settings
-from app.quantized import VNNI_FLAGS, Int8Linear, Int8TrainLinear, cpu_has_vnni, int8_bytes
+from app.quantized import (
+    AMX_FLAG,
+    VNNI_FLAGS,
+    Int8Linear,
+    Int8Plan,
+    Int8TrainLinear,
+    cpu_flags,
+    cpu_has_vnni,
+    int8_bytes,
+)
 from app.registry.records import AdapterRef
 from app.registry.store import CONFIG_FILE, WEIGHTS_FILE
 from app.runtime.engine import EncodeRequest
@@ -292,16 +301,39 @@ def test_cpu_has_vnni_is_false_where_unknown(tmp_path: Path) -> None:
     assert cpu_has_vnni(tmp_path / "noflags") is False
 
 
-def test_int8_activation_range_setting() -> None:
-    assert int8_full_range("auto", vnni=True) is True
-    assert int8_full_range("auto", vnni=False) is False
-    assert int8_full_range("7bit", vnni=True) is False
-    assert int8_full_range("8bit", vnni=True) is True
-    with pytest.raises(ValueError, match=r"'8bit' needs a CPU with VNNI.*avx512_vnni"):
-        int8_full_range("8bit", vnni=False)
-    assert Settings(int8_activations="8bit", _env_file=None).int8_activations == "8bit"
+@given(
+    st.sets(FLAG_WORDS, max_size=7),
+    st.sampled_from(["auto", "7bit", "8bit"]),
+    st.integers(min_value=0, max_value=4096),
+)
+def test_int8_plan_follows_the_cpu_and_the_settings(
+    flags: set[str], activations: str, from_tokens: int
+) -> None:
+    settings = Settings(
+        int8_activations=activations, int8_onednn_from_tokens=from_tokens, _env_file=None
+    )
+    vnni = bool(VNNI_FLAGS & flags)
+    if activations == "8bit" and not vnni:
+        with pytest.raises(ValueError, match=r"'8bit' needs a CPU with VNNI.*avx512_vnni"):
+            int8_plan(settings, flags=frozenset(flags))
+        return
+    plan = int8_plan(settings, flags=frozenset(flags))
+    assert plan.full_range == (activations == "8bit" or (activations == "auto" and vnni))
+    assert plan.onednn_from_tokens == (from_tokens if AMX_FLAG in flags else 0)
+
+
+def test_int8_settings_are_validated() -> None:
     with pytest.raises(ValidationError):
         Settings(int8_activations="6bit", _env_file=None)
+    with pytest.raises(ValidationError):
+        Settings(int8_onednn_from_tokens=-1, _env_file=None)
+
+
+def test_cpu_flags_of_this_machine_parse() -> None:
+    # Whatever this CPU has, the flags are a set of words and VNNI is read from them.
+    flags = cpu_flags()
+    assert all(flag and " " not in flag for flag in flags)
+    assert cpu_has_vnni() == bool(VNNI_FLAGS & flags)
 
 
 @pytest.mark.skipif(not cpu_has_vnni(), reason="8-bit activations need VNNI or AMX int8")
@@ -314,7 +346,40 @@ def test_full_range_activations_halve_the_error() -> None:
     exact = linear(x).detach()
     errors = {}
     for full in (False, True):
-        layer = Int8Linear(linear, full_range=full)
+        layer = Int8Linear(linear, Int8Plan(full_range=full))
         with torch.no_grad():
             errors[full] = float((layer(x) - exact).norm() / exact.norm())
     assert errors[True] < 0.7 * errors[False], errors
+
+
+@pytest.mark.skipif(
+    "onednn" not in torch.backends.quantized.supported_engines, reason="torch without oneDNN"
+)
+@given(st.integers(min_value=1, max_value=40), st.integers(min_value=1, max_value=24))
+def test_calls_of_many_tokens_take_the_onednn_packing(tokens: int, threshold: int) -> None:
+    torch.manual_seed(0)
+    linear = nn.Linear(32, 16)
+    layer = Int8Linear(linear, Int8Plan(full_range=False, onednn_from_tokens=threshold))
+    assert layer.int8_large is not None
+    x = torch.randn(tokens, 32)
+    with torch.no_grad():
+        out = layer(x)
+        by_fbgemm = torch.ops.quantized.linear_dynamic(
+            x, layer.int8._packed_params._packed_params, reduce_range=True
+        )
+        by_onednn = torch.ops.quantized.linear_dynamic(
+            x, layer.int8_large._packed_params._packed_params, reduce_range=True
+        )
+        exact = linear(x)
+    assert torch.equal(out, by_onednn if tokens >= threshold else by_fbgemm)
+    # Either packing computes the same layer: the error is int8's, not a different function.
+    assert float((out - exact).norm() / exact.norm()) < 0.05
+
+
+def test_both_packings_are_counted_and_the_plan_shows() -> None:
+    linear = nn.Linear(32, 16)
+    single = nn.Sequential(Int8Linear(linear))
+    double = nn.Sequential(Int8Linear(linear, Int8Plan(full_range=True, onednn_from_tokens=64)))
+    assert int8_bytes(double) == 2 * int8_bytes(single)
+    assert "8-bit activations, oneDNN from 64 tokens" in repr(double)
+    assert "7-bit activations)" in repr(single)

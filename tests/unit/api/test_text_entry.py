@@ -19,9 +19,9 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
+from app.api.json_route import is_json
 from app.base import FrozenBase
 from app.config import Settings
-from app.api.json_route import is_json
 from app.main import create_app
 from tests.conftest import peft_adapter, upload
 

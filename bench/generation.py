@@ -4,7 +4,8 @@ Both runs use the real SmolLM2-135M-Instruct base, the same 16 prompts, greedy d
 fixed number of new tokens per row (`ignore_eos`), through the service's generation engine
 (prefill + KV-cache decode, rows routed to their slots). They alternate in the same process so
 machine noise hits both alike; each figure is the median over the rounds.
-Target: adapters / base >= 0.8x tokens/s.
+Target (issue 15): adapters / base >= 0.76x tokens/s with all-linear LoRAs (the bandwidth
+floor is about 0.78x), >= 0.92x with q_proj,v_proj.
 
 One torch thread by default: on a machine whose cores are shared, OpenMP threads that wait
 for a descheduled partner slowed every forward here about 10x (2 threads vs 1, measured).
@@ -170,7 +171,8 @@ def report(
         "tokens/s  "
         f"(rounds: {', '.join(f'{t:.1f}' for t in adapter_tps)})"
     )
-    print(f"ratio adapters / base: {adapter_med / base_med:.2f}x (target >= 0.8x)")
+    target = "0.76x" if args.targets == "all-linear" else "0.92x for q_proj,v_proj"
+    print(f"ratio adapters / base: {adapter_med / base_med:.2f}x (target >= {target})")
 
 
 if __name__ == "__main__":

@@ -182,13 +182,12 @@ def add_gathered(
     """out[row] += (x[row] @ A_slot^T) @ Bt_slot for every row, via gathered copies, in place.
 
     index_select is a block copy per row (advanced indexing `a[ids, :r]` goes element by
-    element and cost more than the products); rows of slot 0 gather its zero tables. The first
-    product is taken as `A @ x^T` (`_a_times_xt`).
+    element and cost more than the products); rows of slot 0 gather its zero tables.
     """
     a = lora_a[:, :rank].index_select(0, slot_ids)  # [rows, r, in]
     bt = lora_bt[:, :rank].index_select(0, slot_ids)  # [rows, r, out]
-    hidden_t = _a_times_xt(a, x.reshape(x.shape[0], -1, x.shape[-1]))
-    out.view(out.shape[0], -1, out.shape[-1]).baddbmm_(hidden_t.transpose(1, 2), bt)
+    hidden = _first_product(x.reshape(x.shape[0], -1, x.shape[-1]), a)
+    out.view(out.shape[0], -1, out.shape[-1]).baddbmm_(hidden, bt)
 
 
 @dataclass(frozen=True)
@@ -224,15 +223,18 @@ def add_row_gathered(
     padded = x.index_select(0, rows.index).mul_(rows.keep).view(count, rows.longest, -1)
     a = lora_a[:, :rank].index_select(0, rows.slot_ids)  # [rows, r, in]
     bt = lora_bt[:, :rank].index_select(0, rows.slot_ids)  # [rows, r, out]
-    delta = torch.bmm(_a_times_xt(a, padded).transpose(1, 2), bt)
+    delta = torch.bmm(_first_product(padded, a), bt)
     out.index_add_(0, rows.index, delta.view(-1, out.shape[-1]))
 
 
-def _a_times_xt(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """[rows, r, tokens] = A @ x^T per row, the first LoRA product transposed.
+def _first_product(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """[rows, tokens, r] = x @ A^T per row (x [rows, tokens, in], A [rows, r, in]).
 
-    `bmm(x, A^T)` gives the same numbers, but on CPU it ran 1.7-1.9x slower for rank-8 A's
-    (a 64 x 18-token batch, 384- and 1536-wide layers: bench/README.md, "Issue 15, third
-    round"); the callers read the result through a transposed view, which costs nothing more.
+    From 8 tokens a row it is taken as `(A @ x^T)^T` (a transposed view of the product, which
+    the second product reads as it is): torch's CPU bmm ran `x @ A^T` 1.5-2.2x slower there for
+    rank-8 A's on 576- to 1536-wide layers, and within 10% either way for decode steps of one
+    token (bench/README.md, "Issue 15, third round").
     """
-    return torch.bmm(a, x.transpose(1, 2))
+    if x.shape[1] >= 8:
+        return torch.bmm(a, x.transpose(1, 2)).transpose(1, 2)
+    return torch.bmm(x, a.transpose(1, 2))

@@ -230,10 +230,10 @@ def add_row_gathered(
 def _first_product(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     """[rows, tokens, r] = x @ A^T per row (x [rows, tokens, in], A [rows, r, in]).
 
-    From 8 tokens a row it is taken as `(A @ x^T)^T` (a transposed view of the product, which
-    the second product reads as it is): torch's CPU bmm ran `x @ A^T` 1.5-2.2x slower there for
-    rank-8 A's on 576- to 1536-wide layers, and within 10% either way for decode steps of one
-    token (bench/README.md, "Issue 15, third round").
+    From 8 tokens a row it is taken as `(A @ x^T)^T`, a transposed view that the second product
+    reads as it is: with rank-8 A's on 384- to 1536-wide layers and 18 tokens a row, torch's CPU
+    bmm took 0.45-0.85x the time for the pair of products this way, and 0.77-1.09x for decode
+    steps of one token (`python -m bench.first_product`).
     """
     if x.shape[1] >= 8:
         return torch.bmm(a, x.transpose(1, 2)).transpose(1, 2)

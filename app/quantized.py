@@ -12,8 +12,8 @@ VNNI they accumulate in int32, and the extra bit halves the activation error for
 speed (bench/README.md, "int8 activation range").
 
 Where the CPU has AMX int8 tiles, calls of many tokens run oneDNN's kernels instead of
-fbgemm's: oneDNN was 2-4x faster there from about 128 tokens, fbgemm faster for a few tokens
-(bench/README.md, "int8 kernels by call size"). Each layer then holds both packings (the int8
+fbgemm's: at 1152 tokens oneDNN ran MiniLM's layers 1.4-4.4x faster, about even at 200, and
+fbgemm was faster for a few tokens (bench/README.md, "int8 kernels by call size"). Each layer then holds both packings (the int8
 weights twice: 11 MB more for MiniLM).
 """
 

@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.model_selection import StratifiedKFold
 
 from app.base import FrozenBase
 from app.tasks import CLASSIFICATION
@@ -175,6 +174,8 @@ def _head_out_of_fold(
         return {}, None
     rows = len(plan.labels)
     logits = np.zeros((len(y), rows), dtype=np.float32)
+    from sklearn.model_selection import StratifiedKFold  # see `_cross_validated_c`
+
     for kept, held in StratifiedKFold(n_splits=folds, shuffle=True, random_state=0).split(x, y):
         weight, bias = fit_head(x[kept], y[kept], task=CLASSIFICATION, rows=rows, c=c)
         logits[held] = x[held] @ weight.T + bias
@@ -316,6 +317,10 @@ def _cross_validated_c(
 ) -> float:
     """The C of the grid with the best stratified k-fold accuracy; ties go to the stronger
     regularisation (the features were adapted on these very rows, so folds flatter big C)."""
+    # Imported here, as app/tasks/objectives.py does: scikit-learn is about 44 MiB that a
+    # process which only serves never needs.
+    from sklearn.model_selection import StratifiedKFold
+
     splits = list(StratifiedKFold(n_splits=folds, shuffle=True, random_state=0).split(x, y))
     scores = []
     for c in C_GRID:

@@ -43,6 +43,7 @@ from app.training.trainer import train
 from app.training.types import CancelToken, TrainingPlan
 from app.training.view import build_view
 from tests.unit.method_adapters import SEQ, make_runtime, peft_files, register
+from tests.unit.reporters import RecordingReporter
 
 TEXTS = ["a gripping, beautiful film", "meh", "the plot falls apart but the actors shine"]
 LABELS = ["l0", "l1", "l2"]
@@ -257,7 +258,12 @@ def test_a_lora_job_on_the_int8_base_stores_only_its_own_weights(
         hyperparameters={"epochs": 2, "batch_size": 4, "seed": 0},
     )
     outcome = train(
-        plan, base=base, reporter=_Quiet(), cancel=CancelToken(), max_rank=8, max_tokens=32
+        plan,
+        base=base,
+        reporter=RecordingReporter(),
+        cancel=CancelToken(),
+        max_rank=8,
+        max_tokens=32,
     )
     stored = load(outcome.files[WEIGHTS_FILE])
     assert stored and all("lora_" in k or "classifier" in k for k in stored), sorted(stored)[:5]
@@ -271,14 +277,6 @@ def test_a_lora_job_on_the_int8_base_stores_only_its_own_weights(
     rows = runtime.encoder.prepare(["it was good today"], task=SEQ)
     result = runtime.encoder.run([EncodeRequest(key=AdapterRef("q", 1), task=SEQ, rows=rows)])[0]
     assert result.error is None and result.outputs, result.error
-
-
-class _Quiet:
-    def progress(self, *, step: int, total_steps: int, epoch: float) -> None:
-        pass
-
-    def event(self, kind: str, data: dict[str, object]) -> None:
-        pass
 
 
 FLAG_WORDS = st.sampled_from(

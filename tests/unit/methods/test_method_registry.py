@@ -15,20 +15,11 @@ from app.tasks import CLASSIFICATION
 from app.training.trainer import train
 from app.training.types import CancelToken, TrainingPlan
 from tests.conftest import upload
+from tests.unit.reporters import RecordingReporter
 
 GOOD, BAD = ["good", "great", "fine", "nice"], ["bad", "awful", "poor", "sad"]
 # Training-only methods and selectors store another method's files.
 NO_FILES = [name for name, m in METHODS.items() if m.files is None]
-
-
-class Quiet:
-    """A reporter that keeps nothing."""
-
-    def progress(self, *, step: int, total_steps: int, epoch: float) -> None:
-        pass
-
-    def event(self, kind: str, data: dict[str, Any]) -> None:
-        pass
 
 
 def rows(count: int) -> list[dict[str, Any]]:
@@ -66,7 +57,12 @@ def test_every_method_trains_registers_and_serves(
         },
     )  # fmt: skip
     outcome = train(
-        plan, base=tiny_base, reporter=Quiet(), cancel=CancelToken(), max_rank=64, max_tokens=64
+        plan,
+        base=tiny_base,
+        reporter=RecordingReporter(),
+        cancel=CancelToken(),
+        max_rank=64,
+        max_tokens=64,
     )
     made = upload(client, "c", outcome.files, labels=["neg", "pos"])
     assert made.status_code in (200, 201), made.text

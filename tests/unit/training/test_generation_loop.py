@@ -23,20 +23,10 @@ from app.training.stepping import micro_batches, next_token_weight
 from app.training.trainer import train
 from app.training.types import CancelToken, TrainingOutcome, TrainingPlan
 from app.training.view import build_view
+from tests.unit.reporters import RecordingReporter
 from tests.unit.tiny_decoder import serving_base, tiny_llama, tiny_tokenizer
 
 WORDS = ["apple", "banana", "cherry", "dog", "fox", "quick", "brown", "lazy", "hello", "world"]
-
-
-class _Reporter:
-    def __init__(self) -> None:
-        self.steps: list[int] = []
-
-    def progress(self, *, step: int, total_steps: int, epoch: float) -> None:
-        self.steps.append(step)
-
-    def event(self, kind: str, data: dict[str, Any]) -> None:
-        pass
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +63,7 @@ def run(base: FrozenBase, *, tokens: int | None = None, **hp: Any) -> TrainingOu
     return train(
         plan,
         base=base,
-        reporter=_Reporter(),
+        reporter=RecordingReporter(),
         cancel=CancelToken(),
         max_rank=16,
         max_tokens=64,

@@ -25,6 +25,7 @@ from app.runtime.runtime import Runtime
 from app.tasks.generation import IGNORE, example_ids
 from app.training.trainer import train
 from app.training.types import CancelToken, TrainingOutcome, TrainingPlan
+from tests.unit.reporters import RecordingReporter
 from tests.unit.tiny_decoder import serving_base, tiny_llama, tiny_tokenizer
 
 WORDS = [
@@ -45,17 +46,6 @@ WORDS = [
     "fine",
     "code",
 ]
-
-
-class _Reporter:
-    def __init__(self) -> None:
-        self.events: list[tuple[str, dict[str, Any]]] = []
-
-    def progress(self, *, step: int, total_steps: int, epoch: float) -> None:
-        pass
-
-    def event(self, kind: str, data: dict[str, Any]) -> None:
-        self.events.append((kind, data))
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -97,7 +87,12 @@ def run(base: FrozenBase, method: str, **hp: Any) -> TrainingOutcome:
         hyperparameters={"batch_size": 4, "seed": 0, **hp},
     )
     return train(
-        plan, base=base, reporter=_Reporter(), cancel=CancelToken(), max_rank=16, max_tokens=64
+        plan,
+        base=base,
+        reporter=RecordingReporter(),
+        cancel=CancelToken(),
+        max_rank=16,
+        max_tokens=64,
     )
 
 

@@ -16,6 +16,7 @@ from safetensors.torch import load
 from app.base import FrozenBase
 from app.training.trainer import train
 from app.training.types import CancelToken, TrainingOutcome, TrainingPlan
+from tests.unit.reporters import RecordingReporter
 from tests.unit.tiny_decoder import CORPUS, serving_base, tiny_llama, tiny_tokenizer
 
 DOCS = [
@@ -23,20 +24,12 @@ DOCS = [
 ]
 
 
-class _Reporter:
-    def __init__(self) -> None:
-        self.events: list[tuple[str, dict[str, Any]]] = []
-        self.progress_calls: list[dict[str, Any]] = []
-
-    def progress(self, *, step: int, total_steps: int, epoch: float) -> None:
-        self.progress_calls.append({"step": step, "total_steps": total_steps})
-
-    def event(self, kind: str, data: dict[str, Any]) -> None:
-        self.events.append((kind, data))
-
-
 def _train(
-    base: FrozenBase, *, corpus: str | None = None, reporter: _Reporter | None = None, **hp: Any
+    base: FrozenBase,
+    *,
+    corpus: str | None = None,
+    reporter: RecordingReporter | None = None,
+    **hp: Any,
 ) -> TrainingOutcome:
     plan = TrainingPlan(
         adapter="domain",
@@ -51,7 +44,7 @@ def _train(
     return train(
         plan,
         base=base,
-        reporter=reporter or _Reporter(),
+        reporter=reporter or RecordingReporter(),
         cancel=CancelToken(),
         max_rank=16,
         max_tokens=64,
@@ -81,7 +74,7 @@ def test_the_mlm_head_is_discarded_unless_kept(tiny_base: FrozenBase) -> None:
 def test_a_corpus_is_streamed_from_its_jsonl_file(tiny_base: FrozenBase, tmp_path: Path) -> None:
     path = tmp_path / "corpus.jsonl"
     path.write_text("".join(json.dumps({"text": d}) + "\n" for d in DOCS))
-    reporter = _Reporter()
+    reporter = RecordingReporter()
     outcome = _train(tiny_base, corpus=str(path), reporter=reporter, whole_word_mask=True)
     assert outcome.selection["tokens"] > 0 and outcome.selection["steps"] == 6
     last = reporter.progress_calls[-1]  # progress counts tokens, not steps
@@ -180,7 +173,12 @@ def test_causal_lm_adaptation_lowers_held_out_loss() -> None:
     )
     torch.manual_seed(0)
     outcome = train(
-        plan, base=base, reporter=_Reporter(), cancel=CancelToken(), max_rank=16, max_tokens=64
+        plan,
+        base=base,
+        reporter=RecordingReporter(),
+        cancel=CancelToken(),
+        max_rank=16,
+        max_tokens=64,
     )
     before, best = outcome.history[0], outcome.metrics
     assert before["step"] == 0 and best["loss"] < 0.5 * before["loss"]

@@ -24,17 +24,10 @@ from app.registry.store import CONFIG_FILE, WEIGHTS_FILE, AdapterStore
 from app.training.stacking import PARENT, load_parent, stack_files
 from app.training.trainer import train
 from app.training.types import CancelToken, TrainingOutcome, TrainingPlan
+from tests.unit.reporters import RecordingReporter
 from tests.unit.tiny_decoder import serving_base, tiny_llama, tiny_tokenizer
 
 WORDS = ["fox", "dog", "lazy", "brown", "quick", "hello", "world", "paris", "alice", "bob"]
-
-
-class Quiet:
-    def progress(self, *, step: int, total_steps: int, epoch: float) -> None:
-        pass
-
-    def event(self, kind: str, data: dict[str, Any]) -> None:
-        pass
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +54,7 @@ def run(base: FrozenBase, registry: Registry, **fields: Any) -> TrainingOutcome:
     return train(
         plan,
         base=base,
-        reporter=Quiet(),
+        reporter=RecordingReporter(),
         cancel=CancelToken(),
         max_rank=16,
         max_tokens=64,

@@ -31,6 +31,7 @@ from app.training.preflight import preflight
 from app.training.targets import resolve_targets, view_modules
 from app.training.types import TrainingPlan
 from app.training.view import build_view
+from tests.unit.reporters import RecordingReporter
 from tests.unit.training.test_jobs import EXAMPLES, FakeRegistry, FakeTrainer, finished, wait_for
 
 MAX_RANK, MAX_TOKENS = 64, 512
@@ -318,16 +319,11 @@ def test_resolved_targets_train_register_and_load(
     from app.training.trainer import train
     from app.training.types import CancelToken
 
-    class Quiet:
-        def progress(self, *, step: int, total_steps: int, epoch: float) -> None: ...
-
-        def event(self, kind: str, data: dict[str, Any]) -> None: ...
-
     hp = {"target_modules": r".*\.(query|value)", "max_steps": 2, "head_init": "random"}
     outcome = train(
         plan(method, hp),
         base=tiny_base,
-        reporter=Quiet(),
+        reporter=RecordingReporter(),
         cancel=CancelToken(),
         max_rank=MAX_RANK,
         max_tokens=MAX_TOKENS,

@@ -13,8 +13,8 @@ speed (bench/README.md, "int8 activation range").
 
 Where the CPU has AMX int8 tiles, calls of many tokens run oneDNN's kernels instead of
 fbgemm's: at 1152 tokens oneDNN ran MiniLM's layers 1.4-4.4x faster, about even at 200, and
-fbgemm was faster for a few tokens (bench/README.md, "int8 kernels by call size"). Each layer then holds both packings (the int8
-weights twice: 11 MB more for MiniLM).
+fbgemm was faster for a few tokens (bench/README.md, "int8 kernels by call size"). Each layer
+then holds both packings (the int8 weights twice: 11 MB more for MiniLM).
 """
 
 from __future__ import annotations

@@ -26,7 +26,14 @@ from transformers import (
 )
 
 from app.config import Settings
-from app.quantized import AMX_FLAG, VNNI_FLAGS, Int8Plan, cpu_flags, quantize_linears
+from app.quantized import (
+    AMX_FLAG,
+    VNNI_FLAGS,
+    Int8Plan,
+    cpu_flags,
+    has_vnni,
+    quantize_linears,
+)
 
 log = logging.getLogger(__name__)
 
@@ -170,16 +177,16 @@ def int8_plan(settings: Settings, *, flags: frozenset[str]) -> Int8Plan:
     could saturate into wrong outputs. oneDNN's kernels (`SWITCHYARD_INT8_ONEDNN_FROM_TOKENS`)
     are used only where the CPU has AMX int8 and torch ships the engine.
     """
-    has_vnni = not VNNI_FLAGS.isdisjoint(flags)
+    vnni = has_vnni(flags)
     choice = settings.int8_activations
-    if choice == "8bit" and not has_vnni:
+    if choice == "8bit" and not vnni:
         raise ValueError(
             "int8_activations '8bit' needs a CPU with VNNI or AMX int8 (flags "
             f"{', '.join(sorted(VNNI_FLAGS))}); this one has none: use auto or 7bit"
         )
     onednn = AMX_FLAG in flags and "onednn" in torch.backends.quantized.supported_engines
     return Int8Plan(
-        full_range=choice == "8bit" or (choice == "auto" and has_vnni),
+        full_range=choice == "8bit" or (choice == "auto" and vnni),
         onednn_from_tokens=settings.int8_onednn_from_tokens if onednn else 0,
     )
 

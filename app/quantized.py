@@ -62,9 +62,14 @@ def cpu_flags(cpuinfo: Path = CPUINFO) -> frozenset[str]:
     return frozenset()
 
 
+def has_vnni(flags: frozenset[str]) -> bool:
+    """Whether these CPU flags name a VNNI or AMX int8 instruction set (int32 accumulation)."""
+    return not VNNI_FLAGS.isdisjoint(flags)
+
+
 def cpu_has_vnni(cpuinfo: Path = CPUINFO) -> bool:
-    """Whether the CPU has a VNNI or AMX int8 instruction set."""
-    return not VNNI_FLAGS.isdisjoint(cpu_flags(cpuinfo))
+    """Whether this CPU has a VNNI or AMX int8 instruction set."""
+    return has_vnni(cpu_flags(cpuinfo))
 
 
 def int8_linear(x: torch.Tensor, kernel: DynamicInt8Linear, *, full_range: bool) -> torch.Tensor:

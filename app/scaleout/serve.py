@@ -65,7 +65,7 @@ class Ingress:
         # Bound so that Serve deploys the trainer with the app; requests never go to it.
         self.trainer = trainer
 
-    @ingress_api.api_route("/{path:path}", methods=_METHODS)
+    @ingress_api.api_route("/{path:path}", methods=_METHODS, response_class=Response)
     async def forward(self, request: Request) -> Response:
         """One request, through the runtime deployment; a lost replica is a 503 to retry."""
         body = await request.body()

@@ -76,11 +76,20 @@ class LeasedJobRecords(JobRecords):
         return self.get(job_id)
 
     def transition(self, job_id: str, to: str, *, expect: Sequence[str], **fields: Any) -> bool:
-        """As `JobRecords.transition`; a terminal state also gives the lease back."""
+        """As `JobRecords.transition`; a terminal state also gives the lease back.
+
+        Only a change that took gives the lease back: a cancel of a queued job that a worker
+        claimed meanwhile fails, and the running job must keep its lease and heartbeat."""
         changed = super().transition(job_id, to, expect=expect, **fields)
-        if to in TERMINAL:
-            self._release(job_id)
+        if to in TERMINAL and (changed or self.status(job_id) in TERMINAL):
+            self._stop_heartbeat(job_id)
         return changed
+
+    def _on_transition(self, session: Session, *, job_id: str, to: str) -> None:
+        # In the status change's transaction: a reader that sees the job finished never
+        # also sees its lease (another node would count it against this node's limit).
+        if to in TERMINAL:
+            session.execute(delete(JobLease).where(JobLease.job_id == job_id))
 
     def interrupt(self, reason: str, job_ids: Sequence[str] | None = None) -> builtins.list[str]:
         """Named jobs as `JobRecords.interrupt`; with none named (a start), only the jobs whose
@@ -103,10 +112,8 @@ class LeasedJobRecords(JobRecords):
         error = {"code": "interrupted", "message": EXPIRED_MESSAGE, "param": None}
         reaped = []
         for job_id in expired:
-            # The base class's transition: this one would release before the job is failed.
-            if JobRecords.transition(self, job_id, FAILED, expect=ACTIVE, error=error):
+            if self.transition(job_id, FAILED, expect=ACTIVE, error=error):
                 log.warning("training job %s lost its lease: failed as interrupted", job_id)
-                self._release(job_id)
                 reaped.append(job_id)
         return reaped
 
@@ -188,13 +195,11 @@ class LeasedJobRecords(JobRecords):
                 log.exception("training job %s: lease renewal failed; no longer renewed", job_id)
                 return
 
-    def _release(self, job_id: str) -> None:
+    def _stop_heartbeat(self, job_id: str) -> None:
         with self._beats_lock:
             stop = self._beats.pop(job_id, None)
         if stop is not None:
             stop.set()
-        with self.db.session() as session:
-            session.execute(delete(JobLease).where(JobLease.job_id == job_id))
 
 
 def leased_records(db: Database, settings: Settings) -> LeasedJobRecords | None:

@@ -16,6 +16,7 @@ from typing import Any, cast
 
 import torch
 from sqlalchemy import CursorResult, select, update
+from sqlalchemy.orm import Session
 
 from app.db import Database, DatabaseUnavailable, JobEvent, TrainingJob, iso, utcnow
 from app.errors import SwitchyardError, not_found
@@ -117,7 +118,12 @@ class JobRecords:
             if cast(CursorResult[Any], result).rowcount != 1:
                 return False
             session.add(JobEvent(job_id=job_id, kind="status", data=data))
+            self._on_transition(session, job_id=job_id, to=to)
         return True
+
+    def _on_transition(self, session: Session, *, job_id: str, to: str) -> None:
+        """Rows a subclass keeps in step with a job's status, written in the same transaction
+        as the change, so no reader sees one without the other; nothing here."""
 
     def claim_next(self) -> TrainingJob | None:
         """Take the oldest queued job (queued -> validating); None when there is none."""

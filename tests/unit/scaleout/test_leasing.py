@@ -12,9 +12,10 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import event, select, update
 
 from app.config import Settings
 from app.db import Database, JobLease, TrainingJob, utcnow
@@ -74,6 +75,46 @@ def test_a_node_leases_oldest_first_up_to_its_limit(catalog: Database) -> None:
     assert fourth is not None and fourth.id == ids[3]
     for records, job in ((node_a, second), (node_b, third), (node_a, fourth)):
         records.transition(job.id, "cancelled", expect=("validating",))
+
+
+def test_a_finished_job_gives_its_lease_back_in_the_same_commit(catalog: Database) -> None:
+    # A reader between two commits saw the job succeeded with its lease still held (CI, stop 24).
+    (job_id,) = _queue(catalog, 1)
+    node = _records(catalog, "a")
+    assert node.claim_next() is not None
+    steps: list[str] = []
+
+    def statement(_conn: Any, _cursor: Any, sql: str, *_args: Any) -> None:
+        words = sql.split()
+        if words[0] in ("UPDATE", "DELETE"):
+            steps.append(f"{words[0]} {words[2] if words[0] == 'DELETE' else words[1]}")
+
+    def commit(_conn: Any) -> None:
+        steps.append("COMMIT")
+
+    event.listen(catalog.engine, "before_cursor_execute", statement)
+    event.listen(catalog.engine, "commit", commit)
+    try:
+        assert node.transition(job_id, "succeeded", expect=("validating",))
+    finally:
+        event.remove(catalog.engine, "before_cursor_execute", statement)
+        event.remove(catalog.engine, "commit", commit)
+    finished = steps.index("UPDATE training_jobs")
+    assert "DELETE job_leases" in steps[finished : steps.index("COMMIT", finished)]
+
+
+def test_a_cancel_that_loses_to_a_claim_leaves_the_lease_alone(catalog: Database) -> None:
+    (job_id,) = _queue(catalog, 1)
+    holder = _records(catalog, "a", lease_s=0.6, heartbeat_s=0.1)
+    assert holder.claim_next() is not None
+    # The API read `queued` just before the claim: its conditional cancel must change nothing.
+    assert not holder.transition(job_id, "cancelled", expect=("queued",))
+    time.sleep(1.2)  # twice the lease: only a heartbeat still running keeps it
+    watcher = _records(catalog, "b")
+    assert watcher.reap_expired() == [] and watcher.status(job_id) == "validating"
+    assert holder.live_leases() == 1
+    assert holder.transition(job_id, "cancelled", expect=("validating",))
+    assert holder.live_leases() == 0
 
 
 def test_nodes_polling_at_once_never_take_one_job_twice(catalog: Database) -> None:

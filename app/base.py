@@ -61,6 +61,13 @@ class FrozenBase:
     linear_shapes: dict[str, tuple[int, int]] = field(default_factory=dict)
     # Paths of the linear layers served in int8 (`SWITCHYARD_DTYPE=int8`); empty: all float.
     int8_layers: list[str] = field(default_factory=list)
+    # Other fingerprints of the same weights: the cast tensors' own (what a base loaded in
+    # bfloat16 or float16 was fingerprinted as before fingerprints were taken in float32).
+    aliases: frozenset[str] = frozenset()
+
+    def accepts(self, made_for: object) -> bool:
+        """Whether an adapter whose metadata names base `made_for` fits this base."""
+        return made_for is None or made_for == self.fingerprint or made_for in self.aliases
 
     @property
     def config(self) -> PretrainedConfig:
@@ -156,13 +163,23 @@ def load_base(settings: Settings) -> FrozenBase:
     config = AutoConfig.from_pretrained(path)
     kind = base_kind(config)
     loader = AutoModelForCausalLM if kind == "decoder" else AutoModel
-    model = loader.from_pretrained(path, dtype=dtype)
+    # Loaded in float32 first: the fingerprint is of the weights' values, whatever dtype they
+    # are served in, so adapters move between float32, bfloat16, float16 and int8 serving.
+    model = loader.from_pretrained(path, dtype=torch.float32)
+    values = fingerprint(model)
+    model.to(dtype)
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
         # Decoders often ship without a pad token; rows are masked, so any id will do.
         tokenizer.pad_token = tokenizer.eos_token
     base = wrap_base(
-        model, tokenizer, name=settings.base_model, path=path, device=device, kind=kind
+        model,
+        tokenizer,
+        name=settings.base_model,
+        path=path,
+        device=device,
+        kind=kind,
+        values_fingerprint=values,
     )
     if settings.dtype == "int8":
         quantize_base(base, plan=int8_plan(settings, flags=cpu_flags()))
@@ -211,8 +228,13 @@ def wrap_base(
     path: Path,
     device: torch.device,
     kind: BaseKind | None = None,
+    values_fingerprint: str | None = None,
 ) -> FrozenBase:
-    """Freeze an already built model and describe it; tests use this with tiny random models."""
+    """Freeze an already built model and describe it; tests use this with tiny random models.
+
+    `values_fingerprint`: the fingerprint of the model in float32, taken before a cast to
+    its serving dtype; the cast tensors' own fingerprint is then kept as an alias.
+    """
     model.to(device)  # type: ignore[arg-type]
     model.eval()
     for p in model.parameters():
@@ -224,17 +246,19 @@ def wrap_base(
         for n, m in model.named_modules()
         if isinstance(m, nn.Linear)
     }
+    own = fingerprint(model)
     base = FrozenBase(
         name=name,
         path=path,
         kind=kind or base_kind(model.config),
         model=model,
         tokenizer=tokenizer,
-        fingerprint=fingerprint(model),
+        fingerprint=values_fingerprint or own,
         device=device,
         dtype=dtype,
         parameters=params,
         linear_shapes=shapes,
+        aliases=frozenset({own} - {values_fingerprint or own}),
     )
     log.info(
         "base %s loaded: %s, %d parameters, %s on %s, fingerprint %s",

@@ -7,13 +7,15 @@ alike; the ratio is each variant's median over float32's. Variants: `int8` (what
 serves: every linear; 8-bit activations on CPUs with VNNI; oneDNN's kernels from 128 tokens
 a call on CPUs with AMX, fbgemm's below), `int8-7bit` (torch's own module: 7-bit activations,
 fbgemm), `int8-fbgemm` and `int8-onednn` (one kernel family for every call), `int8-ffn` (only
-the feed-forward linears, 2/3 of the weights).
+the feed-forward linears, 2/3 of the weights), and `bfloat16` (no int8: the whole base in
+bfloat16).
 
 Accuracy (`--accuracy`): one server on the float base trains a LoRA and a linear probe on
 SST-2 and TREC through the API, scores them on held-out rows, then servers on the same store
 with `SWITCHYARD_DTYPE=int8` (7-bit activations, then the default) score the very same adapters
-(the fingerprint is the float one). `--retrain` also trains the recipes on the int8 base
-(QLoRA-style) and scores those.
+(the fingerprint is the float one), and so does a `bfloat16` server (`--servers` picks).
+`--retrain` also trains the recipes on each of those bases (on int8, QLoRA-style) and scores
+those.
 
     python -m bench.int8 --repeat 5
     python -m bench.int8 --skip-speed --accuracy --train-rows 1000 --test-rows 500
@@ -52,6 +54,7 @@ VARIANTS: dict[str, Int8Plan | None] = {
     "int8-fbgemm": replace(_SERVED, onednn_from_tokens=0),
     "int8-onednn": replace(_SERVED, onednn_from_tokens=1),  # oneDNN for every call
     "int8-ffn": _SERVED,
+    "bfloat16": None,  # the base loaded in bfloat16: CPUs with avx512_bf16 or AMX run it natively
 }
 
 
@@ -66,7 +69,8 @@ class Served:
 
 def build(name: str, work: Path, files: dict[str, bytes]) -> Served:
     """A runtime over a fresh MiniLM, quantized as the variant says, with one LoRA."""
-    settings = Settings(store=work / name, device="cpu", dtype="float32", _env_file=None)
+    dtype = "bfloat16" if name == "bfloat16" else "float32"
+    settings = Settings(store=work / name, device="cpu", dtype=dtype, _env_file=None)
     base = load_base(settings)
     plan = VARIANTS[name]
     if plan is not None:
@@ -170,15 +174,17 @@ def _is_linear_kernel(key: str) -> bool:
 Adapter = tuple[str, str, list[dict[str, Any]], str]  # set name, method, test rows, adapter
 
 
-INT8_SERVERS = {
+# The servers that score the float-trained adapters, besides the float32 one.
+SERVERS = {
     "int8 7-bit": {"SWITCHYARD_DTYPE": "int8", "SWITCHYARD_INT8_ACTIVATIONS": "7bit"},
     "int8": {"SWITCHYARD_DTYPE": "int8"},  # what the setting serves: 8-bit with VNNI
+    "bfloat16": {"SWITCHYARD_DTYPE": "bfloat16"},
 }
 
 
 def accuracy(args: argparse.Namespace) -> None:
-    """Train on the float base through the API and score on float and on each int8 server;
-    with `--retrain`, also train the same recipes on the int8 base and score them there."""
+    """Train on the float base through the API and score on float and on each other server;
+    with `--retrain`, also train the same recipes on each other base and score them there."""
     from tests.integration.conftest import start_server, stop_server
 
     work = tempdir()
@@ -189,16 +195,17 @@ def accuracy(args: argparse.Namespace) -> None:
         scores = {a[3]: [_score(server, a)] for a in adapters}
     finally:
         stop_server(server)
-    columns = ["float32", *INT8_SERVERS]
-    for env in INT8_SERVERS.values():
-        server = start_server(store, env=env)
+    columns = ["float32"]
+    for name in args.servers:
+        server = start_server(store, env=SERVERS[name])
         try:
+            columns.append(name)
             for adapter in adapters:
                 scores[adapter[3]].append(_score(server, adapter))
-            if args.retrain and env is INT8_SERVERS["int8"]:
-                columns.append("trained on int8")
-                on_int8 = _train_all(server, work, args)
-                for adapter, own in zip(adapters, on_int8, strict=True):
+            if args.retrain:
+                columns.append(f"trained on {name}")
+                on_server = _train_all(server, work, args)
+                for adapter, own in zip(adapters, on_server, strict=True):
                     scores[adapter[3]].append(_score(server, own))
         finally:
             stop_server(server)
@@ -245,7 +252,8 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="linear kernels' share of time")
     parser.add_argument("--profile-rows", type=int, default=8)
     parser.add_argument("--accuracy", action="store_true")
-    parser.add_argument("--retrain", action="store_true", help="also train on the int8 base")
+    parser.add_argument("--servers", nargs="+", default=list(SERVERS), choices=list(SERVERS))
+    parser.add_argument("--retrain", action="store_true", help="also train on each other base")
     parser.add_argument("--datasets", nargs="+", default=["sst2", "trec"])
     parser.add_argument("--methods", nargs="+", default=["lora", "linear_probe"])
     parser.add_argument("--train-rows", type=int, default=1000)

@@ -121,7 +121,7 @@ class Registry:
 
     def _check_fingerprint(self, fingerprint: object) -> None:
         """409 when the metadata names another base than the one this service runs."""
-        if fingerprint is not None and fingerprint != self.base.fingerprint:
+        if not self.base.accepts(fingerprint):
             raise SwitchyardError(
                 409,
                 "base_mismatch",

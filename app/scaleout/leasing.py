@@ -11,7 +11,8 @@ the database for longer than the lease) and fails them as `interrupted`, never l
 
 Expiry is judged by each node's clock: keep the nodes' clocks within a small part of the
 lease (NTP does). At most `max_per_node` leases of one node are live at once; on PostgreSQL
-an advisory lock per node makes the count and the new lease one step across its processes.
+an advisory lock per node makes the count and the new lease one step across its processes (on
+SQLite, which tests use, the database's write lock does).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, delete, func, or_, select, text, update
+from sqlalchemy import CursorResult, delete, false, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from app.config import Settings
@@ -124,9 +125,15 @@ class LeasedJobRecords(JobRecords):
 
     # ---------------------------------------------------------------- inside
     def _lease_one(self, session: Session) -> str | None:
-        if session.get_bind().dialect.name == "postgresql":
+        dialect = session.get_bind().dialect.name
+        if dialect == "postgresql":
             key = zlib.crc32(self.terms.node.encode()) & 0x7FFFFFFF
             session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+        elif dialect == "sqlite":
+            # SQLite has no row locks and starts a transaction only at the first write: a write
+            # that matches nothing takes the database's write lock first, so that two threads
+            # of one node cannot both count a free place before either leases.
+            session.execute(update(JobLease).where(false()).values(node=JobLease.node))
         now = utcnow()
         if self._held(session, now) >= self.terms.max_per_node:
             return None

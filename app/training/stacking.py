@@ -110,7 +110,7 @@ def _check_meta(shown: str, meta: Any, base: FrozenBase) -> None:
             param=PARAM,
         )
     fingerprint = getattr(meta, "base_fingerprint", None)
-    if fingerprint is not None and fingerprint != base.fingerprint:
+    if not base.accepts(fingerprint):
         made_for = getattr(meta, "base_model", None) or str(fingerprint)[:23]
         raise bad_request(
             "invalid_base_adapter",

@@ -105,11 +105,11 @@ def test_a_finished_job_gives_its_lease_back_in_the_same_commit(catalog: Databas
 
 def test_a_cancel_that_loses_to_a_claim_leaves_the_lease_alone(catalog: Database) -> None:
     (job_id,) = _queue(catalog, 1)
-    holder = _records(catalog, "a", lease_s=0.6, heartbeat_s=0.1)
+    holder = _records(catalog, "a", lease_s=2.0, heartbeat_s=0.1)
     assert holder.claim_next() is not None
     # The API read `queued` just before the claim: its conditional cancel must change nothing.
     assert not holder.transition(job_id, "cancelled", expect=("queued",))
-    time.sleep(1.2)  # twice the lease: only a heartbeat still running keeps it
+    time.sleep(3.0)  # past the lease: only a heartbeat still running keeps it
     watcher = _records(catalog, "b")
     assert watcher.reap_expired() == [] and watcher.status(job_id) == "validating"
     assert holder.live_leases() == 1
@@ -143,10 +143,10 @@ def test_nodes_polling_at_once_never_take_one_job_twice(catalog: Database) -> No
 
 def test_a_heartbeat_keeps_a_lease_past_its_length(catalog: Database) -> None:
     _queue(catalog, 1)
-    holder = _records(catalog, "a", lease_s=0.6, heartbeat_s=0.1)
+    holder = _records(catalog, "a", lease_s=2.0, heartbeat_s=0.1)
     job = holder.claim_next()
     assert job is not None
-    time.sleep(1.5)
+    time.sleep(3.0)  # a loaded box may stall a beat, so the lease spans many of them
     watcher = _records(catalog, "b")
     assert watcher.reap_expired() == []
     assert watcher.status(job.id) == "validating"
@@ -190,7 +190,7 @@ def test_a_start_interrupts_only_jobs_without_a_live_lease(catalog: Database) ->
 
 def _lease_then_hang(url: str, ready: multiprocessing.Event) -> None:  # type: ignore[valid-type]
     records = LeasedJobRecords(
-        Database(url), LeaseTerms(node="doomed", lease_s=1.0, heartbeat_s=0.2)
+        Database(url), LeaseTerms(node="doomed", lease_s=2.0, heartbeat_s=0.2)
     )
     assert records.claim_next() is not None
     ready.set()  # type: ignore[attr-defined]
@@ -206,12 +206,12 @@ def test_a_killed_trainer_process_leaves_an_interrupted_job(catalog: Database) -
     try:
         assert ready.wait(120), "the child never leased the job"
         watcher = _records(catalog, "watcher")
-        time.sleep(1.5)  # heartbeats run: the lease outlives its length
+        time.sleep(3.0)  # heartbeats run: the lease outlives its length
         assert watcher.reap_expired() == [] and watcher.status(job_id) == "validating"
         assert child.pid is not None
         os.kill(child.pid, signal.SIGKILL)
         child.join(10)
-        wait_for(lambda: watcher.reap_expired() == [job_id], timeout=10)
+        wait_for(lambda: watcher.reap_expired() == [job_id], timeout=20)
         record = watcher.get(job_id)
         assert record.status == "failed" and record.error is not None
         assert record.error["code"] == "interrupted"

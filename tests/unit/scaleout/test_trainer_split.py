@@ -27,7 +27,8 @@ def _job_status(tmp_path: Path, tiny_base: FrozenBase, *, train_in_process: bool
         created = client.post("/v1/training-jobs", json=body)
         assert created.status_code == 202, created.text
         url = f"/v1/training-jobs/{created.json()['id']}"
-        deadline = time.monotonic() + 10
+        # Trained, it may take a while on a loaded box; left queued, 10 s is many 1 s polls.
+        deadline = time.monotonic() + (120 if train_in_process else 10)
         while (status := client.get(url).json()["status"]) not in ("succeeded", "failed"):
             if time.monotonic() > deadline:
                 break

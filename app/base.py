@@ -167,7 +167,7 @@ def load_base(settings: Settings) -> FrozenBase:
     # are served in, so adapters move between float32, bfloat16, float16 and int8 serving.
     model = loader.from_pretrained(path, dtype=torch.float32)
     values = fingerprint(model)
-    model.to(dtype)
+    nn.Module.to(model, dtype)  # transformers' own `to` is typed for models only
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
         # Decoders often ship without a pad token; rows are masked, so any id will do.

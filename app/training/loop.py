@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from app.base import FrozenBase
-from app.training import evaluation, stepping
+from app.training import evaluation, precision, stepping
 from app.training.hyperparameters import Hyperparameters
 from app.training.objectives import EncoderObjective, Objective
 from app.training.selection import Rule
@@ -121,6 +121,7 @@ class TrainLoop:
         objective: Objective | None = None,
     ) -> None:
         self.model, self.hp, self.reporter, self.tick = model, hp, reporter, tick
+        self.base = base
         self.rule = rule or Rule(
             "validation_metric", criterion=evaluation.primary_metric(plan.task), early_stop=True
         )
@@ -223,7 +224,8 @@ class TrainLoop:
             for part, weight in parts:
                 if weight == 0:
                     continue  # no labelled token in it: nothing to learn, and a NaN mean
-                loss = self.model(**part).loss
+                with precision.autocast(self.base):
+                    loss = self.model(**part).loss
                 if not torch.isfinite(loss):
                     raise stepping.diverged(step, self.hp)
                 (loss * (weight / total)).backward()
@@ -243,7 +245,8 @@ class TrainLoop:
         """Evaluate, log, and keep the best; True when this evaluation is the new best."""
         if not val:
             return self.rule.keep_last
-        judged = self.objective.evaluate(self.model, val, pause=self.tick)
+        with precision.autocast(self.base):
+            judged = self.objective.evaluate(self.model, val, pause=self.tick)
         entry = {"step": step, "epoch": round(epoch, 3), **judged.entry}
         self.history.append(entry)
         if self.record_logits and judged.logits is not None:

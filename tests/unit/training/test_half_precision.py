@@ -1,0 +1,118 @@
+"""Training on a half-precision base: CUDA's default dtype (bfloat16, else float16), and
+`SWITCHYARD_DTYPE=bfloat16` on a CPU. Run here on the CPU, the same code path a GPU takes.
+
+Regression: every PEFT method failed on such a base at its first evaluation ("mat1 and mat2
+must have the same dtype"), as the new head is float32 and the base's features were not.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from app.base import FrozenBase, wrap_base
+from app.config import Settings
+from app.registry.records import AdapterRef
+from app.registry.store import CONFIG_FILE, WEIGHTS_FILE
+from app.runtime.engine import EncodeRequest
+from app.training.trainer import train
+from app.training.types import CancelToken, TrainingOutcome, TrainingPlan
+from tests.unit.method_adapters import SEQ, TOKEN, make_runtime
+from tests.unit.reporters import RecordingReporter
+from tests.unit.tiny_decoder import tiny_llama, tiny_tokenizer
+from tests.unit.training.test_methods_training import rows
+
+HYPER = {"epochs": 2, "batch_size": 8, "seed": 0, "head_init": "random", "num_virtual_tokens": 3}
+
+
+def half_bert(folder: Path, tokenizer: PreTrainedTokenizerBase, dtype: torch.dtype) -> FrozenBase:
+    from transformers import BertModel
+
+    model = BertModel.from_pretrained(folder)
+    nn.Module.to(model, dtype)
+    return wrap_base(model, tokenizer, name="tiny", path=folder, device=torch.device("cpu"))
+
+
+def run(base: FrozenBase, plan: TrainingPlan) -> TrainingOutcome:
+    reporter = RecordingReporter()
+    outcome = train(
+        plan, base=base, reporter=reporter, cancel=CancelToken(), max_rank=16, max_tokens=64
+    )
+    losses = [float(data["loss"]) for kind, data in reporter.events if kind == "loss"]
+    assert losses and all(torch.isfinite(torch.tensor(losses))), losses
+    return outcome
+
+
+@pytest.mark.parametrize(
+    ("method", "task", "dtype"),
+    [
+        ("lora", SEQ, torch.bfloat16),
+        ("lora", SEQ, torch.float16),
+        ("lora", TOKEN, torch.bfloat16),
+        ("ia3", SEQ, torch.bfloat16),
+        ("prompt", TOKEN, torch.bfloat16),
+        ("prefix", SEQ, torch.bfloat16),
+    ],
+)
+def test_an_encoder_adapter_trains_registers_and_serves_on_a_half_base(
+    method: str,
+    task: str,
+    dtype: torch.dtype,
+    tiny_bert_dir: Path,
+    tokenizer: PreTrainedTokenizerBase,
+    settings: Settings,
+) -> None:
+    base = half_bert(tiny_bert_dir, tokenizer, dtype)
+    runtime, registry = make_runtime(base, settings)
+    labels = ["O", "B-LOC"] if task == TOKEN else ["neg", "pos"]
+    plan = TrainingPlan(
+        adapter="a",
+        task=task,
+        method=method,
+        train_rows=rows(task, 16, 0),
+        validation_rows=rows(task, 8, 1),
+        labels=labels,
+        hyperparameters=HYPER,
+    )
+    outcome = run(base, plan)
+    # What the run made stays float32: the optimizer's steps on it were not rounded to half.
+    assert {t.dtype for t in load(outcome.files[WEIGHTS_FILE]).values()} == {torch.float32}
+    registry.register(
+        "a",
+        config_bytes=outcome.files[CONFIG_FILE],
+        weights_bytes=outcome.files[WEIGHTS_FILE],
+        task=task,
+        labels=labels,
+    )
+    engine = runtime.encoder
+    job = EncodeRequest(
+        key=AdapterRef("a", 1), task=task, rows=engine.prepare(["we went to rome"], task=task)
+    )
+    result = engine.run([job])[0]
+    assert result.error is None and result.outputs, result.error
+
+
+def test_a_generation_lora_trains_on_a_bfloat16_decoder() -> None:
+    tokenizer = tiny_tokenizer()
+    model = tiny_llama(tokenizer)
+    nn.Module.to(model, torch.bfloat16)
+    cpu = torch.device("cpu")
+    base = wrap_base(model, tokenizer, name="tiny-llama", path=Path("."), device=cpu)
+    words = ["fox", "dog", "cat", "owl", "elk", "ant", "bee", "cow", "yak", "emu"]
+    examples = [{"prompt": f"word: {w} ->", "completion": " fine"} for w in words]
+    plan = TrainingPlan(
+        adapter="g",
+        task="generation",
+        method="lora",
+        train_rows=examples[:8],
+        validation_rows=examples[8:],
+        labels=[],
+        hyperparameters={"batch_size": 4, "seed": 0, "epochs": 2},
+    )
+    outcome = run(base, plan)
+    assert outcome.metrics and CONFIG_FILE in outcome.files

@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 
 BaseKind = Literal["encoder", "decoder"]
 # Config keys that change between transformers releases without changing the network.
+# /proc/cpuinfo flags of bfloat16 dot-product instructions.
+BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 _VOLATILE_CONFIG_KEYS = {"transformers_version", "_name_or_path", "torch_dtype", "dtype"}
 
 
@@ -64,6 +66,9 @@ class FrozenBase:
     # Other fingerprints of the same weights: the cast tensors' own (what a base loaded in
     # bfloat16 or float16 was fingerprinted as before fingerprints were taken in float32).
     aliases: frozenset[str] = frozenset()
+    # What training's forward autocasts to on a float32 base (`SWITCHYARD_TRAIN_DTYPE`); None:
+    # float32. A half-precision base always trains in its own dtype (app/training/precision.py).
+    train_dtype: torch.dtype | None = None
 
     def accepts(self, made_for: object) -> bool:
         """Whether an adapter whose metadata names base `made_for` fits this base."""
@@ -183,7 +188,31 @@ def load_base(settings: Settings) -> FrozenBase:
     )
     if settings.dtype == "int8":
         quantize_base(base, plan=int8_plan(settings, flags=cpu_flags()))
+    base.train_dtype = train_dtype(settings, device=device, flags=cpu_flags())
     return base
+
+
+def train_dtype(
+    settings: Settings, *, device: torch.device, flags: frozenset[str]
+) -> torch.dtype | None:
+    """What training autocasts to on a float32 base (None: float32).
+
+    bfloat16 on a CPU without bf16 instructions is refused at start: torch would emulate it,
+    slower than float32 and for nothing.
+    """
+    if settings.train_dtype == "float32":
+        return None
+    if device.type == "cpu" and not has_bf16(flags):
+        raise ValueError(
+            f"train_dtype {settings.train_dtype!r} needs a CPU with bf16 instructions (flags "
+            f"{', '.join(sorted(BF16_FLAGS))}); this one has none: use float32"
+        )
+    return torch.bfloat16
+
+
+def has_bf16(flags: frozenset[str]) -> bool:
+    """Whether a CPU with these flags multiplies bfloat16 natively (AVX-512 BF16 or AMX)."""
+    return not BF16_FLAGS.isdisjoint(flags)
 
 
 def int8_plan(settings: Settings, *, flags: frozenset[str]) -> Int8Plan:

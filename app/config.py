@@ -45,6 +45,11 @@ class Settings(BaseSettings):
         description="on CPUs with AMX int8, int8 calls of at least this many tokens run "
         "oneDNN's kernels (faster for many tokens), fewer fbgemm's; 0: fbgemm only",
     )
+    train_dtype: Literal["float32", "bfloat16"] = Field(
+        "float32",
+        description="what training's forward computes in on a float32 base: bfloat16 autocast "
+        "needs a CPU with avx512_bf16 or AMX (or CUDA); a half-precision base trains in its own",
+    )
     cache_dir: Path = Field(Path.home() / ".cache" / "switchyard", description="dequantized bases")
 
     # --- where things live
@@ -187,6 +192,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"dtype 'int8' needs device cpu, not {self.device!r}: the int8 kernels are "
                 "CPU-only; on CUDA use dtype auto (bfloat16 or float16)"
+            )
+        if self.dtype == "int8" and self.train_dtype != "float32":
+            raise ValueError(
+                f"train_dtype {self.train_dtype!r} needs a float base, not dtype 'int8': training "
+                "on an int8 base runs its float32 int8 kernels"
             )
         return self
 

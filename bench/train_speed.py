@@ -7,7 +7,8 @@ evaluation an epoch) at batch 32 like the full fine-tune, once with every linear
 app/training/lower_cache.py). Each prints seconds per epoch (training and its evaluations; the
 LoRA run's LP-FT probe and lower-layer cache included, spread over its epochs), the ratio to
 the full fine-tune's epoch of the same round, and accuracy on SST-2 dev rows. Rounds alternate
-the order of the runs; the spread over rounds is the noise.
+the order of the runs; the spread over rounds is the noise. `--bf16` adds both LoRA runs again
+under bfloat16 autocast (`SWITCHYARD_TRAIN_DTYPE=bfloat16`).
 
     python -m bench.train_speed --rows 600 --epochs 1 --rounds 2          # timing
     python -m bench.train_speed --rows 2000 --epochs 3 --rounds 1 --test-rows 872  # quality
@@ -54,8 +55,11 @@ def lora_run(
     *,
     epochs: int,
     upper: int | None,
+    bf16: bool = False,
 ) -> dict[str, Any]:
-    """The service's LoRA recipe on `rows` (the same held-out split as full_ft); test accuracy."""
+    """The service's LoRA recipe on `rows` (the same held-out split as full_ft); test accuracy.
+    `bf16`: the forward under bfloat16 autocast, as `SWITCHYARD_TRAIN_DTYPE=bfloat16` runs it."""
+    base.train_dtype = torch.bfloat16 if bf16 else None
     train_rows, val_rows = holdout_split(rows, TASK)
     hyper: dict[str, Any] = {"epochs": epochs, "batch_size": 32, "selection": "validation_metric"}
     if upper is not None:
@@ -96,6 +100,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--upper", type=int, default=3, help="upper_layers of the fast LoRA")
+    parser.add_argument("--bf16", action="store_true", help="also LoRA under bfloat16 autocast")
     args = parser.parse_args()
     spec = SPECS["sst2"]
     rows, test = read_rows(spec, spec.train, args.rows), read_rows(spec, spec.test, args.test_rows)
@@ -107,6 +112,13 @@ def main() -> None:
             base, rows, test, epochs=args.epochs, upper=args.upper
         ),
     }
+    if args.bf16:
+        runs["lora bf16"] = lambda: lora_run(
+            base, rows, test, epochs=args.epochs, upper=None, bf16=True
+        )
+        runs[f"lora upper {args.upper} bf16"] = lambda: lora_run(
+            base, rows, test, epochs=args.epochs, upper=args.upper, bf16=True
+        )
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in runs}
     for round_ in range(args.rounds):
         order = list(runs) if round_ % 2 == 0 else list(reversed(runs))

@@ -11,9 +11,10 @@ import pytest
 import torch
 from torch import nn
 
-from app.base import fingerprint, load_base
+from app.base import fingerprint, has_bf16, load_base
 from app.config import Settings
 from app.errors import SwitchyardError
+from app.quantized import cpu_flags
 from app.registry.records import AdapterRef
 from app.registry.store import CONFIG_FILE, WEIGHTS_FILE
 from app.runtime.engine import EncodeRequest
@@ -87,3 +88,17 @@ def test_an_adapter_of_another_base_is_refused_on_a_bfloat16_base(
         )
     assert refused.value.status == 409 and refused.value.code == "base_mismatch"
     assert registry.store.names() == []
+
+
+def test_the_train_dtype_setting_reaches_the_base_or_stops_the_start(
+    tiny_bert_dir: Path, tmp_path: Path
+) -> None:
+    settings = _settings(tiny_bert_dir, tmp_path, "float32").model_copy(
+        update={"train_dtype": "bfloat16"}
+    )
+    if has_bf16(cpu_flags()):
+        assert load_base(settings).train_dtype == torch.bfloat16
+    else:
+        with pytest.raises(ValueError, match="needs a CPU with bf16 instructions"):
+            load_base(settings)
+    assert load_base(_settings(tiny_bert_dir, tmp_path, "float32")).train_dtype is None

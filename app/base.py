@@ -134,7 +134,11 @@ def pick_device(setting: str) -> torch.device:
 
 
 def pick_dtype(setting: str, device: torch.device) -> torch.dtype:
-    """float32 on CPU (half precision is slow there), bfloat16 or float16 on CUDA.
+    """float32 on CPU, bfloat16 or float16 on CUDA.
+
+    `auto` keeps float32 on every CPU: half precision is emulated, and slow, on CPUs without
+    bf16 instructions, and where they exist (avx512_bf16, AMX) `bfloat16` is the operator's
+    choice, measured with `python -m bench.int8 --variants float32 bfloat16`.
 
     `int8` loads float32: the linear layers are quantized after loading (`app/quantized.py`).
     """

@@ -47,7 +47,10 @@ class BaseInfo(BaseModel):
     name: str
     kind: Literal["encoder", "decoder"]
     architecture: str = Field(description="the transformers class, e.g. BertModel")
-    fingerprint: str = Field(description="sha256 of the weights; adapters are bound to it")
+    fingerprint: str = Field(
+        description="sha256 of the config and the weights in float32, whatever dtype serves "
+        "them; adapters are bound to it"
+    )
     parameters: int
     device: str
     dtype: str

@@ -83,14 +83,23 @@ def peft_files(
     return out
 
 
-def register(registry: Registry, name: str, folder: Path, *, task: str, labels: list[str]) -> None:
-    """Store a PEFT folder as version 1 of `name`."""
+def register(
+    registry: Registry,
+    name: str,
+    folder: Path,
+    *,
+    task: str,
+    labels: list[str],
+    meta: dict[str, Any] | None = None,
+) -> None:
+    """Store a PEFT folder as the next version of `name` (`meta`: its switchyard.json keys)."""
     registry.register(
         name,
         config_bytes=(folder / CONFIG_FILE).read_bytes(),
         weights_bytes=(folder / WEIGHTS_FILE).read_bytes(),
         task=task,
         labels=labels,
+        meta=meta,
     )
 
 

@@ -16,9 +16,8 @@ from app.config import Settings
 from app.errors import SwitchyardError
 from app.quantized import cpu_flags
 from app.registry.records import AdapterRef
-from app.registry.store import CONFIG_FILE, WEIGHTS_FILE
 from app.runtime.engine import EncodeRequest
-from tests.unit.method_adapters import SEQ, make_runtime, peft_files
+from tests.unit.method_adapters import SEQ, make_runtime, peft_files, register
 
 TEXTS = ["a gripping, beautiful film", "meh", "the plot falls apart but the actors shine"]
 LABELS = ["l0", "l1", "l2"]
@@ -52,14 +51,9 @@ def test_a_float32_adapter_serves_on_a_bfloat16_base_close_to_float(
         settings = _settings(tiny_bert_dir, tmp_path / dtype, dtype)
         base = load_base(settings)
         runtime, registry = make_runtime(base, settings)
-        registry.register(
-            "lora",
-            config_bytes=(folder / CONFIG_FILE).read_bytes(),
-            weights_bytes=(folder / WEIGHTS_FILE).read_bytes(),
-            task=SEQ,
-            labels=LABELS,
-            # As a float32 service wrote it into switchyard.json.
-            meta={"base_fingerprint": made_on},
+        # As a float32 service wrote it into switchyard.json.
+        register(
+            registry, "lora", folder, task=SEQ, labels=LABELS, meta={"base_fingerprint": made_on}
         )
         engine = runtime.encoder
         job = EncodeRequest(
@@ -78,14 +72,8 @@ def test_an_adapter_of_another_base_is_refused_on_a_bfloat16_base(
     _runtime, registry = make_runtime(load_base(settings), settings)
     folder = peft_files(tiny_bert_dir, tmp_path / "lora", method="lora", task=SEQ, labels=3, seed=1)
     with pytest.raises(SwitchyardError) as refused:
-        registry.register(
-            "lora",
-            config_bytes=(folder / CONFIG_FILE).read_bytes(),
-            weights_bytes=(folder / WEIGHTS_FILE).read_bytes(),
-            task=SEQ,
-            labels=LABELS,
-            meta={"base_fingerprint": "sha256:" + "0" * 64},
-        )
+        other = {"base_fingerprint": "sha256:" + "0" * 64}
+        register(registry, "lora", folder, task=SEQ, labels=LABELS, meta=other)
     assert refused.value.status == 409 and refused.value.code == "base_mismatch"
     assert registry.store.names() == []
 

@@ -117,6 +117,42 @@ def test_a_cancel_that_loses_to_a_claim_leaves_the_lease_alone(catalog: Database
     assert holder.live_leases() == 0
 
 
+def test_a_node_counts_its_leases_and_takes_one_in_a_single_step(catalog: Database) -> None:
+    """Two threads of a node at its limit of 1: the first is held right after counting; the
+    second must wait for it (the node's lock), not count the same free place and lease too."""
+    _queue(catalog, 2)
+    node = _records(catalog, "a", max_per_node=1)
+    counted, go = threading.Event(), threading.Event()
+
+    def hold_after_count(_conn: Any, _cursor: Any, sql: str, *_args: Any) -> None:
+        if threading.current_thread().name == "first" and "count(" in sql.lower():
+            counted.set()
+            go.wait(10)
+
+    taken: dict[str, str | None] = {}
+
+    def claim() -> None:
+        job = node.claim_next()
+        taken[threading.current_thread().name] = job.id if job else None
+
+    event.listen(catalog.engine, "after_cursor_execute", hold_after_count)
+    try:
+        first = threading.Thread(target=claim, name="first")
+        first.start()
+        assert counted.wait(10)
+        second = threading.Thread(target=claim, name="second")
+        second.start()
+        second.join(1.0)  # unlocked, it would have counted 0 and leased by now
+        go.set()
+        first.join(10)
+        second.join(10)
+    finally:
+        go.set()
+        event.remove(catalog.engine, "after_cursor_execute", hold_after_count)
+    assert node.live_leases() == 1
+    assert taken["first"] is not None and taken["second"] is None
+
+
 def test_nodes_polling_at_once_never_take_one_job_twice(catalog: Database) -> None:
     ids = _queue(catalog, 6)
     nodes = [_records(catalog, name, max_per_node=3) for name in ("a", "b", "c")]

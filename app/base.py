@@ -72,7 +72,12 @@ class FrozenBase:
 
     def accepts(self, made_for: object) -> bool:
         """Whether an adapter whose metadata names base `made_for` fits this base."""
-        return made_for is None or made_for == self.fingerprint or made_for in self.aliases
+        if made_for is None:
+            return True
+        # Any JSON may name it (an uploaded switchyard.json): only a string can match.
+        return isinstance(made_for, str) and (
+            made_for == self.fingerprint or made_for in self.aliases
+        )
 
     @property
     def config(self) -> PretrainedConfig:

@@ -39,6 +39,8 @@ def test_a_half_precision_base_has_the_float32_fingerprint(
     assert half.aliases == {fingerprint(half.model)} != {half.fingerprint}
     assert half.accepts(fingerprint(half.model)) and half.accepts(plain.fingerprint)
     assert half.accepts(None) and not half.accepts("sha256:" + "0" * 64)
+    for hostile in ([half.fingerprint], {"a": 1}, 3, True):  # not a string: refused, no 500
+        assert not half.accepts(hostile)
 
 
 def test_a_float32_adapter_serves_on_a_bfloat16_base_close_to_float(

@@ -38,9 +38,9 @@ from app.quantized import (
 log = logging.getLogger(__name__)
 
 BaseKind = Literal["encoder", "decoder"]
-# Config keys that change between transformers releases without changing the network.
 # /proc/cpuinfo flags of bfloat16 dot-product instructions.
 BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+# Config keys that change between transformers releases without changing the network.
 _VOLATILE_CONFIG_KEYS = {"transformers_version", "_name_or_path", "torch_dtype", "dtype"}
 
 

@@ -26,11 +26,11 @@ print(f"device 0: {p.name}, {p.total_memory / 2**30:.0f} GiB, capability {p.majo
       f"bf16 {torch.cuda.is_bf16_supported()}")
 PY
 
-step "unit tests on cuda (tiny base on the GPU: runtime, methods, base/int8 settings)"
+step "unit tests on cuda (tiny base on the GPU: runtime, methods, half-precision training, base/int8 settings)"
 # Not fatal: the benches below still run, and the failures are counted at the end.
 failed=0
 python -m pytest -q -p no:cacheprovider tests/unit/runtime tests/unit/methods \
-    tests/unit/test_quantized.py || failed=1
+    tests/unit/training/test_precision.py tests/unit/test_quantized.py || failed=1
 
 step "bench.hot_swap"
 python -m bench.hot_swap --device cuda --repeat 10

@@ -64,13 +64,19 @@ def tiny_bert_dir(
     return folder
 
 
+def device_under_test() -> torch.device:
+    """The CPU, or what `SWITCHYARD_DEVICE` names: bench/gpu_check.sh sets it to cuda so that
+    the runtime and half-precision tests run on the GPU."""
+    return torch.device(os.environ.get("SWITCHYARD_DEVICE", "cpu"))
+
+
 @pytest.fixture
 def tiny_base(tiny_bert_dir: Path, tokenizer: PreTrainedTokenizerBase) -> FrozenBase:
     """A fresh frozen tiny base per test: the runtime wraps its layers in place."""
     model = BertModel.from_pretrained(tiny_bert_dir)
-    # bench/gpu_check.sh sets SWITCHYARD_DEVICE=cuda so the runtime tests run on the GPU.
-    device = torch.device(os.environ.get("SWITCHYARD_DEVICE", "cpu"))
-    return wrap_base(model, tokenizer, name="tiny-bert", path=tiny_bert_dir, device=device)
+    return wrap_base(
+        model, tokenizer, name="tiny-bert", path=tiny_bert_dir, device=device_under_test()
+    )
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
 """The runtime on a half-precision base (CUDA's default, `SWITCHYARD_DTYPE=bfloat16` on CPU),
-run here on the CPU: one mixed batch of every method on sequence and token tasks gives the
-float32 base's outputs for the same adapters, within half precision's rounding."""
+on the CPU (or the GPU under bench/gpu_check.sh): one mixed batch of every method on sequence
+and token tasks gives the float32 base's outputs for the same adapters, within half
+precision's rounding."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from app.base import load_base
 from app.config import Settings
 from app.registry.records import AdapterRef
 from app.runtime.engine import EncodeRequest
+from tests.conftest import device_under_test
 from tests.unit.method_adapters import SEQ, TOKEN, make_runtime, peft_files, register
 
 TEXTS = ["we went to paris today", "great fine movie", "rome"]
@@ -23,7 +25,11 @@ COMBOS = [(method, task) for method in ("lora", "ia3", "prompt", "prefix") for t
 def mixed_batch(folder: Path, work: Path, dtype: str) -> list[list[torch.Tensor]]:
     """Every adapter's outputs from one `engine.run` on a base loaded in `dtype`."""
     settings = Settings(
-        base_model=str(folder), store=work / dtype, device="cpu", dtype=dtype, _env_file=None
+        base_model=str(folder),
+        store=work / dtype,
+        device=str(device_under_test()),
+        dtype=dtype,
+        _env_file=None,
     )
     runtime, registry = make_runtime(load_base(settings), settings)
     engine, jobs = runtime.encoder, []
@@ -34,7 +40,7 @@ def mixed_batch(folder: Path, work: Path, dtype: str) -> list[list[torch.Tensor]
         jobs.append(EncodeRequest(key=AdapterRef(f"a{n}", 1), task=task, rows=rows, raw=True))
     results = engine.run(jobs)
     assert all(r.error is None for r in results), [r.error for r in results]
-    return [[t.float() for t in r.outputs or []] for r in results]
+    return [[t.float().cpu() for t in r.outputs or []] for r in results]
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])

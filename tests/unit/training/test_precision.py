@@ -1,5 +1,6 @@
 """Training on a half-precision base: CUDA's default dtype (bfloat16, else float16), and
-`SWITCHYARD_DTYPE=bfloat16` on a CPU. Run here on the CPU, the same code path a GPU takes.
+`SWITCHYARD_DTYPE=bfloat16` on a CPU. Run on the CPU, the code path a GPU takes (and on the GPU
+under bench/gpu_check.sh).
 And `SWITCHYARD_TRAIN_DTYPE=bfloat16`: a float32 base trained under bfloat16 autocast.
 
 Regression: every PEFT method failed on such a base at its first evaluation ("mat1 and mat2
@@ -27,6 +28,7 @@ from app.runtime.engine import EncodeRequest
 from app.training import precision
 from app.training.trainer import train
 from app.training.types import CancelToken, TrainingOutcome, TrainingPlan
+from tests.conftest import device_under_test
 from tests.unit.method_adapters import SEQ, TOKEN, make_runtime
 from tests.unit.reporters import RecordingReporter
 from tests.unit.tiny_decoder import tiny_llama, tiny_tokenizer
@@ -40,7 +42,7 @@ def bert_in(folder: Path, tokenizer: PreTrainedTokenizerBase, dtype: torch.dtype
 
     model = BertModel.from_pretrained(folder)
     nn.Module.to(model, dtype)
-    return wrap_base(model, tokenizer, name="tiny", path=folder, device=torch.device("cpu"))
+    return wrap_base(model, tokenizer, name="tiny", path=folder, device=device_under_test())
 
 
 def run(base: FrozenBase, plan: TrainingPlan) -> TrainingOutcome:
@@ -106,8 +108,8 @@ def test_a_generation_lora_trains_on_a_bfloat16_decoder() -> None:
     tokenizer = tiny_tokenizer()
     model = tiny_llama(tokenizer)
     nn.Module.to(model, torch.bfloat16)
-    cpu = torch.device("cpu")
-    base = wrap_base(model, tokenizer, name="tiny-llama", path=Path("."), device=cpu)
+    device = device_under_test()
+    base = wrap_base(model, tokenizer, name="tiny-llama", path=Path("."), device=device)
     words = ["fox", "dog", "cat", "owl", "elk", "ant", "bee", "cow", "yak", "emu"]
     examples = [{"prompt": f"word: {w} ->", "completion": " fine"} for w in words]
     plan = TrainingPlan(

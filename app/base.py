@@ -174,6 +174,10 @@ def load_base(settings: Settings) -> FrozenBase:
     path = resolve_base_path(settings)
     device = pick_device(settings.device)
     dtype = pick_dtype(settings.dtype, device)
+    # The CPU's flags are read once, and what they refuse is refused before any weight loads.
+    flags = cpu_flags()
+    plan = int8_plan(settings, flags=flags) if settings.dtype == "int8" else None
+    training = train_dtype(settings, device=device, flags=flags)
     config = AutoConfig.from_pretrained(path)
     kind = base_kind(config)
     loader = AutoModelForCausalLM if kind == "decoder" else AutoModel
@@ -195,9 +199,9 @@ def load_base(settings: Settings) -> FrozenBase:
         kind=kind,
         values_fingerprint=values,
     )
-    if settings.dtype == "int8":
-        quantize_base(base, plan=int8_plan(settings, flags=cpu_flags()))
-    base.train_dtype = train_dtype(settings, device=device, flags=cpu_flags())
+    if plan is not None:
+        quantize_base(base, plan=plan)
+    base.train_dtype = training
     return base
 
 
@@ -284,7 +288,11 @@ def wrap_base(
         for n, m in model.named_modules()
         if isinstance(m, nn.Linear)
     }
-    own = fingerprint(model)
+    # A float32 model is the very one the values were hashed from: not hashed again at start.
+    if values_fingerprint is not None and dtype == torch.float32:
+        own = values_fingerprint
+    else:
+        own = fingerprint(model)
     base = FrozenBase(
         name=name,
         path=path,

@@ -45,14 +45,15 @@ def bert_in(folder: Path, tokenizer: PreTrainedTokenizerBase, dtype: torch.dtype
     return wrap_base(model, tokenizer, name="tiny", path=folder, device=device_under_test())
 
 
-def run(base: FrozenBase, plan: TrainingPlan) -> TrainingOutcome:
+def run(base: FrozenBase, plan: TrainingPlan) -> tuple[TrainingOutcome, torch.Tensor]:
+    """The whole trainer on `base`: its outcome and the losses it logged (all finite)."""
     reporter = RecordingReporter()
     outcome = train(
         plan, base=base, reporter=reporter, cancel=CancelToken(), max_rank=16, max_tokens=64
     )
-    losses = [float(data["loss"]) for kind, data in reporter.events if kind == "loss"]
-    assert losses and all(torch.isfinite(torch.tensor(losses))), losses
-    return outcome
+    losses = torch.tensor([float(data["loss"]) for kind, data in reporter.events if kind == "loss"])
+    assert len(losses) and bool(torch.isfinite(losses).all()), losses
+    return outcome, losses
 
 
 @pytest.mark.parametrize(
@@ -86,7 +87,7 @@ def test_an_encoder_adapter_trains_registers_and_serves_on_a_half_base(
         labels=labels,
         hyperparameters=HYPER,
     )
-    outcome = run(base, plan)
+    outcome, _losses = run(base, plan)
     # What the run made stays float32: the optimizer's steps on it were not rounded to half.
     assert {t.dtype for t in load(outcome.files[WEIGHTS_FILE]).values()} == {torch.float32}
     registry.register(
@@ -121,7 +122,7 @@ def test_a_generation_lora_trains_on_a_bfloat16_decoder() -> None:
         labels=[],
         hyperparameters={"batch_size": 4, "seed": 0, "epochs": 2},
     )
-    outcome = run(base, plan)
+    outcome, _losses = run(base, plan)
     assert outcome.metrics and CONFIG_FILE in outcome.files
 
 
@@ -139,18 +140,14 @@ def test_train_dtype_bfloat16_runs_a_float32_base_under_autocast(
         labels=["neg", "pos"],
         hyperparameters=HYPER,
     )
-    losses = {}
+    losses: dict[torch.dtype | None, torch.Tensor] = {}
     for dtype in (None, torch.bfloat16):
         base = bert_in(tiny_bert_dir, tokenizer, torch.float32)
         base.train_dtype = dtype
         assert precision.compute_dtype(base) == dtype
-        reporter = RecordingReporter()
-        outcome = train(
-            plan, base=base, reporter=reporter, cancel=CancelToken(), max_rank=16, max_tokens=64
-        )
+        outcome, losses[dtype] = run(base, plan)
         weights = load(outcome.files[WEIGHTS_FILE])
         assert {t.dtype for t in weights.values()} == {torch.float32}
-        losses[dtype] = torch.tensor([d["loss"] for kind, d in reporter.events if kind == "loss"])
     assert not torch.equal(losses[None], losses[torch.bfloat16])
     assert torch.allclose(losses[None], losses[torch.bfloat16], rtol=0.05)
 

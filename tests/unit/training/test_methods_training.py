@@ -56,6 +56,26 @@ def rows(task: str, count: int, seed: int) -> list[dict[str, Any]]:
     return out
 
 
+def labels_of(task: str) -> list[str]:
+    """The labels `rows` draws for `task`."""
+    return ["O", "B-LOC"] if task == TOKEN else ["neg", "pos"]
+
+
+def plan_for(
+    task: str, method: str, *, train_rows: int, hyperparameters: dict[str, Any]
+) -> TrainingPlan:
+    """A job on `train_rows` of `rows` (8 validation rows of another seed)."""
+    return TrainingPlan(
+        adapter="a",
+        task=task,
+        method=method,
+        train_rows=rows(task, train_rows, 0),
+        validation_rows=rows(task, 8, 1),
+        labels=labels_of(task),
+        hyperparameters=hyperparameters,
+    )
+
+
 @pytest.mark.parametrize("task", [SEQ, TOKEN])
 @pytest.mark.parametrize("method", ["ia3", "prompt", "prefix"])
 def test_method_trains_registers_and_serves(
@@ -66,14 +86,11 @@ def test_method_trains_registers_and_serves(
     tmp_path: Path,
     tokenizer: PreTrainedTokenizerBase,
 ) -> None:
-    labels = ["O", "B-LOC"] if task == TOKEN else ["neg", "pos"]
-    plan = TrainingPlan(
-        adapter="a",
-        task=task,
-        method=method,
-        train_rows=rows(task, 32, 0),
-        validation_rows=rows(task, 8, 1),
-        labels=labels,
+    labels = labels_of(task)
+    plan = plan_for(
+        task,
+        method,
+        train_rows=32,
         hyperparameters={
             "epochs": 3,
             "batch_size": 8,

@@ -32,7 +32,7 @@ from tests.conftest import device_under_test
 from tests.unit.method_adapters import SEQ, TOKEN, make_runtime
 from tests.unit.reporters import RecordingReporter
 from tests.unit.tiny_decoder import tiny_llama, tiny_tokenizer
-from tests.unit.training.test_methods_training import rows
+from tests.unit.training.test_methods_training import labels_of, plan_for
 
 HYPER = {"epochs": 2, "batch_size": 8, "seed": 0, "head_init": "random", "num_virtual_tokens": 3}
 
@@ -77,16 +77,8 @@ def test_an_encoder_adapter_trains_registers_and_serves_on_a_half_base(
 ) -> None:
     base = bert_in(tiny_bert_dir, tokenizer, dtype)
     runtime, registry = make_runtime(base, settings)
-    labels = ["O", "B-LOC"] if task == TOKEN else ["neg", "pos"]
-    plan = TrainingPlan(
-        adapter="a",
-        task=task,
-        method=method,
-        train_rows=rows(task, 16, 0),
-        validation_rows=rows(task, 8, 1),
-        labels=labels,
-        hyperparameters=HYPER,
-    )
+    labels = labels_of(task)
+    plan = plan_for(task, method, train_rows=16, hyperparameters=HYPER)
     outcome, _losses = run(base, plan)
     # What the run made stays float32: the optimizer's steps on it were not rounded to half.
     assert {t.dtype for t in load(outcome.files[WEIGHTS_FILE]).values()} == {torch.float32}
@@ -131,15 +123,7 @@ def test_train_dtype_bfloat16_runs_a_float32_base_under_autocast(
 ) -> None:
     """The same seeded run twice: under bfloat16 the losses move a little (so the products
     did run in bfloat16), and the adapter is float32 like any other."""
-    plan = TrainingPlan(
-        adapter="a",
-        task=SEQ,
-        method="lora",
-        train_rows=rows(SEQ, 16, 0),
-        validation_rows=rows(SEQ, 8, 1),
-        labels=["neg", "pos"],
-        hyperparameters=HYPER,
-    )
+    plan = plan_for(SEQ, "lora", train_rows=16, hyperparameters=HYPER)
     losses: dict[torch.dtype | None, torch.Tensor] = {}
     for dtype in (None, torch.bfloat16):
         base = bert_in(tiny_bert_dir, tokenizer, torch.float32)

@@ -93,10 +93,24 @@ def register(
     meta: dict[str, Any] | None = None,
 ) -> None:
     """Store a PEFT folder as the next version of `name` (`meta`: its switchyard.json keys)."""
-    registry.register(
+    files = {file: (folder / file).read_bytes() for file in (CONFIG_FILE, WEIGHTS_FILE)}
+    register_files(registry, name, files, task=task, labels=labels, meta=meta)
+
+
+def register_files(
+    registry: Registry,
+    name: str,
+    files: dict[str, bytes],
+    *,
+    task: str,
+    labels: list[str],
+    meta: dict[str, Any] | None = None,
+) -> int:
+    """Store PEFT files (a trained outcome's) as the next version of `name`; its number."""
+    return registry.register(
         name,
-        config_bytes=(folder / CONFIG_FILE).read_bytes(),
-        weights_bytes=(folder / WEIGHTS_FILE).read_bytes(),
+        config_bytes=files[CONFIG_FILE],
+        weights_bytes=files[WEIGHTS_FILE],
         task=task,
         labels=labels,
         meta=meta,

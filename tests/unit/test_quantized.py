@@ -37,12 +37,12 @@ from app.quantized import (
     int8_bytes,
 )
 from app.registry.records import AdapterRef
-from app.registry.store import CONFIG_FILE, WEIGHTS_FILE
+from app.registry.store import WEIGHTS_FILE
 from app.runtime.engine import EncodeRequest
 from app.training.trainer import train
 from app.training.types import CancelToken, TrainingPlan
 from app.training.view import build_view
-from tests.unit.method_adapters import SEQ, make_runtime, peft_files, register
+from tests.unit.method_adapters import SEQ, make_runtime, peft_files, register, register_files
 from tests.unit.reporters import RecordingReporter
 
 TEXTS = ["a gripping, beautiful film", "meh", "the plot falls apart but the actors shine"]
@@ -267,13 +267,7 @@ def test_a_lora_job_on_the_int8_base_stores_only_its_own_weights(
     )
     stored = load(outcome.files[WEIGHTS_FILE])
     assert stored and all("lora_" in k or "classifier" in k for k in stored), sorted(stored)[:5]
-    registry.register(
-        "q",
-        config_bytes=outcome.files[CONFIG_FILE],
-        weights_bytes=outcome.files[WEIGHTS_FILE],
-        task=SEQ,
-        labels=["neg", "pos"],
-    )
+    register_files(registry, "q", outcome.files, task=SEQ, labels=["neg", "pos"])
     rows = runtime.encoder.prepare(["it was good today"], task=SEQ)
     result = runtime.encoder.run([EncodeRequest(key=AdapterRef("q", 1), task=SEQ, rows=rows)])[0]
     assert result.error is None and result.outputs, result.error

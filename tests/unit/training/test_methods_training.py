@@ -14,12 +14,19 @@ from transformers import PreTrainedTokenizerBase
 from app.base import FrozenBase
 from app.config import Settings
 from app.registry.records import AdapterRef
-from app.registry.store import CONFIG_FILE, WEIGHTS_FILE
+from app.registry.store import WEIGHTS_FILE
 from app.runtime.engine import EncodeRequest
 from app.tasks import TOKEN_CLASSIFICATION
 from app.training.trainer import train
 from app.training.types import CancelToken, TrainingPlan
-from tests.unit.method_adapters import SEQ, TOKEN, make_runtime, peft_logits, prefix_logits
+from tests.unit.method_adapters import (
+    SEQ,
+    TOKEN,
+    make_runtime,
+    peft_logits,
+    prefix_logits,
+    register_files,
+)
 
 GOOD, BAD = ["good", "great", "fine", "nice"], ["bad", "awful", "poor", "sad"]
 CITIES = ["paris", "london", "rome"]
@@ -116,13 +123,7 @@ def test_method_trains_registers_and_serves(
     assert last < first, events.losses
     assert outcome.best and outcome.metrics
 
-    registry.register(
-        "a",
-        config_bytes=outcome.files[CONFIG_FILE],
-        weights_bytes=outcome.files[WEIGHTS_FILE],
-        task=task,
-        labels=labels,
-    )
+    register_files(registry, "a", outcome.files, task=task, labels=labels)
     folder = tmp_path / "saved"
     folder.mkdir()
     for name, data in outcome.files.items():
@@ -218,13 +219,7 @@ def test_linear_probe_trains_on_tokens_and_serves_its_head(
         plan, base=tiny_base, reporter=Events(), cancel=CancelToken(), max_rank=64, max_tokens=64
     )
     assert "entity_f1" in outcome.metrics
-    registry.register(
-        "p",
-        config_bytes=outcome.files[CONFIG_FILE],
-        weights_bytes=outcome.files[WEIGHTS_FILE],
-        task=TOKEN,
-        labels=labels,
-    )
+    register_files(registry, "p", outcome.files, task=TOKEN, labels=labels)
     texts = ["we went to paris today", "rome"]
     engine = runtime.encoder
     served = (

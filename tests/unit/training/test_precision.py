@@ -29,7 +29,7 @@ from app.training import precision
 from app.training.trainer import train
 from app.training.types import CancelToken, TrainingOutcome, TrainingPlan
 from tests.conftest import device_under_test
-from tests.unit.method_adapters import SEQ, TOKEN, make_runtime
+from tests.unit.method_adapters import SEQ, TOKEN, make_runtime, register_files
 from tests.unit.reporters import RecordingReporter
 from tests.unit.tiny_decoder import tiny_llama, tiny_tokenizer
 from tests.unit.training.test_methods_training import labels_of, plan_for
@@ -82,13 +82,7 @@ def test_an_encoder_adapter_trains_registers_and_serves_on_a_half_base(
     outcome, _losses = run(base, plan)
     # What the run made stays float32: the optimizer's steps on it were not rounded to half.
     assert {t.dtype for t in load(outcome.files[WEIGHTS_FILE]).values()} == {torch.float32}
-    registry.register(
-        "a",
-        config_bytes=outcome.files[CONFIG_FILE],
-        weights_bytes=outcome.files[WEIGHTS_FILE],
-        task=task,
-        labels=labels,
-    )
+    register_files(registry, "a", outcome.files, task=task, labels=labels)
     engine = runtime.encoder
     job = EncodeRequest(
         key=AdapterRef("a", 1), task=task, rows=engine.prepare(["we went to rome"], task=task)

@@ -31,6 +31,7 @@ from app.training.preflight import preflight
 from app.training.targets import resolve_targets, view_modules
 from app.training.types import TrainingPlan
 from app.training.view import build_view
+from tests.unit.method_adapters import register_files
 from tests.unit.reporters import RecordingReporter
 from tests.unit.training.test_jobs import EXAMPLES, FakeRegistry, FakeTrainer, finished, wait_for
 
@@ -315,7 +316,7 @@ def test_resolved_targets_train_register_and_load(
     import json
 
     from app.registry.catalog import Registry
-    from app.registry.store import CONFIG_FILE, WEIGHTS_FILE, AdapterStore
+    from app.registry.store import CONFIG_FILE, AdapterStore
     from app.training.trainer import train
     from app.training.types import CancelToken
 
@@ -334,12 +335,8 @@ def test_resolved_targets_train_register_and_load(
     ]
     assert sorted(config["target_modules"]) == wanted
     registry = Registry(AdapterStore(settings.store), tiny_base, settings)
-    version = registry.register(
-        "resolved",
-        config_bytes=outcome.files[CONFIG_FILE],
-        weights_bytes=outcome.files[WEIGHTS_FILE],
-        task="classification",
-        labels=["neg", "pos"],
+    version = register_files(
+        registry, "resolved", outcome.files, task="classification", labels=["neg", "pos"]
     )
     weights = registry.load_weights("resolved", version)
     layers = weights.lora if method == "lora" else weights.ia3
